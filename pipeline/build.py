@@ -1,0 +1,111 @@
+"""`phonerec shards` end to end: list -> ingest (zarr) -> statistics -> shards -> report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import atomic, manifest as mf, stats as st
+from .layout import LayoutError, list_split
+from .shards import ShardOptions, build_split
+from .store import CorpusStore, StrictError, ingest, is_current, store_path
+from .validate import Rejection
+
+REJECTED_TSV = "rejected.tsv"
+
+
+@dataclass
+class SplitSummary:
+    split: str
+    role: str
+    inputs: int
+    kept: int
+    rejected: int
+    shards: int
+    frames: int
+    reused_store: bool
+
+
+@dataclass
+class BuildSummary:
+    splits: list[SplitSummary] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    stats: st.Stats | None = None
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        rows = [f"{'split':<18}{'role':<6}{'inputs':>8}{'kept':>8}{'rejected':>9}{'shards':>7}{'hours':>8}"]
+        for s in self.splits:
+            rows.append(f"{s.split:<18}{s.role:<6}{s.inputs:>8}{s.kept:>8}{s.rejected:>9}{s.shards:>7}"
+                        f"{s.frames / 360000:>8.2f}")
+        return "\n".join(rows)
+
+
+def _parse(names: str | None) -> list[str]:
+    return [n.strip() for n in (names or "").split(",") if n.strip()]
+
+
+def write_rejections(shards_dir: Path, rejections: list[Rejection]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["split", "utterance", "file", "reason"])
+    for r in rejections:
+        w.writerow(list(r))
+    path = shards_dir / REJECTED_TSV
+    atomic.write_text(path, buf.getvalue())
+    return path
+
+
+def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = "", test: str = "",
+          options: ShardOptions = ShardOptions(), workers: int = 2, cmn: bool = False, strict: bool = False,
+          progress: bool = True, log=print) -> BuildSummary:
+    t0 = time.perf_counter()
+    shards_dir = Path(shards_dir)
+    roles = [(n, "train") for n in _parse(train)] + [(n, "dev") for n in _parse(dev)] + \
+            [(n, "test") for n in _parse(test)]
+    if not _parse(train):
+        raise LayoutError("no training split given (--train): statistics come from training data only")
+    names = [n for n, _ in roles]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LayoutError(f"split(s) {', '.join(dup)} named more than once across --train/--dev/--test")
+    listings = {n: list_split(data, n) for n in names}   # fails early, before any work, on a missing split
+
+    summary = BuildSummary()
+    stores: dict[str, CorpusStore] = {}
+    reused: dict[str, bool] = {}
+    for name, _ in roles:
+        files = listings[name]
+        path = store_path(shards_dir, name)
+        fp = files.fingerprint()
+        reused[name] = is_current(path, fp)
+        if reused[name]:
+            stores[name] = CorpusStore.open(path)
+            log(f"{name}: inputs unchanged, reusing {path}")
+        else:
+            stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress)
+        if strict and stores[name].rejections:     # a reused store may hold rejections from a lax run
+            r = stores[name].rejections[0]
+            raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid})")
+
+    train_stores = [stores[n] for n, role in roles if role == "train"]
+    fp = st.fingerprint([s.fingerprint for s in train_stores], cmn)
+    stats = st.load(shards_dir)
+    if stats is None or stats.fingerprint != fp:
+        stats = st.compute(train_stores, cmn=cmn, workers=workers, progress=progress)
+        st.save(stats, shards_dir)
+    summary.stats = stats
+
+    for name, role in roles:
+        s = stores[name]
+        m = build_split(s, stats, shards_dir, options, workers=workers, progress=progress)
+        summary.rejections.extend(s.rejections)
+        summary.splits.append(SplitSummary(split=name, role=role, inputs=s.inputs, kept=m.num_utterances,
+                                           rejected=len(s.rejections), shards=len(m.shards),
+                                           frames=m.total_frames, reused_store=reused[name]))
+    write_rejections(shards_dir, summary.rejections)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,142 @@
+"""Per-split shard manifest: everything the trainer needs to plan batches without opening a tar.
+
+Utterances are listed in shard order: shard ``i`` holds utterances
+``[shard_start[i], shard_start[i+1])`` of the columns below, in tar member order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+from .vocab import VOCAB
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ManifestError(RuntimeError):
+    """A manifest that is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class ShardInfo:
+    name: str          # file name inside the split folder
+    sha256: str
+    utterances: int
+    frames: int
+    min_frames: int
+    max_frames: int
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    split: str
+    labelled: bool
+    seed: int
+    stats: dict                      # mean/std/count/cmn and the stats fingerprint
+    shards: list[ShardInfo]
+    ids: list[str]                   # utterance ids (raw file stems)
+    keys: list[str]                  # WebDataset keys (ids made dot-free and unique)
+    frames: np.ndarray               # int64 [N]
+    label_lens: np.ndarray           # int64 [N]; 0 for an unlabelled split
+    index: np.ndarray                # int64 [N]: position in sorted-file-name order of the raw split
+    buckets: list[int] = field(default_factory=list)  # length boundaries of equal-frame buckets
+    inputs: int = 0                  # raw utterances seen (kept + rejected)
+    rejected: int = 0
+    vocab: list[str] = field(default_factory=lambda: list(VOCAB))
+    fingerprint: str = ""            # hash of everything the shards depend on
+    directory: Path | None = None    # folder holding the shards (set on load)
+
+    @property
+    def num_utterances(self) -> int:
+        return len(self.ids)
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.frames.sum())
+
+    @property
+    def shard_start(self) -> np.ndarray:
+        """Offsets of each shard's first utterance, plus the total (length = shards + 1)."""
+        return np.concatenate([[0], np.cumsum([s.utterances for s in self.shards])]).astype(np.int64)
+
+    def shard_paths(self) -> list[Path]:
+        assert self.directory is not None
+        return [self.directory / s.name for s in self.shards]
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "split": self.split,
+            "labelled": self.labelled,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint,
+            "num_utterances": self.num_utterances,
+            "total_frames": self.total_frames,
+            "inputs": self.inputs,
+            "rejected": self.rejected,
+            "feature_dtype": "float16",
+            "vocab": self.vocab,
+            "stats": self.stats,
+            "buckets": [int(b) for b in self.buckets],
+            "shards": [asdict(s) for s in self.shards],
+            "utterances": {
+                "id": list(self.ids),
+                "key": list(self.keys),
+                "frames": [int(x) for x in self.frames],
+                "label_len": [int(x) for x in self.label_lens],
+                "index": [int(x) for x in self.index],
+            },
+        }
+
+
+def manifest_path(shards_dir: str | Path, split: str) -> Path:
+    return Path(shards_dir) / split / MANIFEST_NAME
+
+
+def save(m: Manifest, shards_dir: str | Path) -> Path:
+    path = manifest_path(shards_dir, m.split)
+    atomic.write_json(path, m.to_json())
+    return path
+
+
+def available_splits(shards_dir: str | Path) -> list[str]:
+    root = Path(shards_dir)
+    return sorted(p.parent.name for p in root.glob(f"*/{MANIFEST_NAME}")) if root.is_dir() else []
+
+
+def load(shards_dir: str | Path, split: str) -> Manifest:
+    path = manifest_path(shards_dir, split)
+    if not path.is_file():
+        have = ", ".join(available_splits(shards_dir)) or "none"
+        raise ManifestError(f"no manifest for split {split!r} at {path} (splits with manifests: {have}); "
+                            "run `phonerec shards` first")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc}; rebuild with `phonerec shards`") from exc
+    if raw.get("format") != FORMAT_VERSION:
+        raise ManifestError(f"{path}: manifest format {raw.get('format')!r}, expected {FORMAT_VERSION}; "
+                            "rebuild with `phonerec shards`")
+    u = raw["utterances"]
+    m = Manifest(
+        split=raw["split"], labelled=raw["labelled"], seed=raw["seed"], stats=raw["stats"],
+        shards=[ShardInfo(**s) for s in raw["shards"]],
+        ids=u["id"], keys=u["key"],
+        frames=np.asarray(u["frames"], dtype=np.int64),
+        label_lens=np.asarray(u["label_len"], dtype=np.int64),
+        index=np.asarray(u["index"], dtype=np.int64),
+        buckets=raw.get("buckets", []), inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
+        vocab=raw["vocab"], fingerprint=raw.get("fingerprint", ""), directory=path.parent,
+    )
+    n = len(m.ids)
+    if not (len(m.keys) == len(m.frames) == len(m.label_lens) == len(m.index) == n) or \
+            int(m.shard_start[-1]) != n:
+        raise ManifestError(f"{path}: utterance columns and shard counts disagree; rebuild with `phonerec shards`")
+    return m

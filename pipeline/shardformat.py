@@ -1,0 +1,74 @@
+"""How one utterance is laid out inside a WebDataset tar, and byte-reproducible tar writing.
+
+Members per utterance: ``<key>.feats.npy`` (float16 [T, 15], normalized) and, for labelled
+splits, ``<key>.labels.npy`` (uint8 [L], vocabulary indices without [SOS]/[EOS]).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+
+FEATS = "feats.npy"
+LABELS = "labels.npy"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def make_keys(ids: list[str]) -> list[str]:
+    """WebDataset splits keys at the first dot, so map ids to unique, dot-free, ASCII keys."""
+    keys, seen = [], set()
+    for i, uid in enumerate(ids):
+        key = _UNSAFE.sub("_", uid) or "utt"
+        if key in seen:
+            key = f"{key}_{i}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> None:
+    """Write a tar atomically with fixed metadata, so equal inputs give byte-identical files."""
+    with atomic.atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+
+
+def sample_members(key: str, feats: np.ndarray, labels: np.ndarray | None) -> list[tuple[str, bytes]]:
+    out = [(f"{key}.{FEATS}", npy_bytes(feats.astype(np.float16, copy=False)))]
+    if labels is not None:
+        out.append((f"{key}.{LABELS}", npy_bytes(labels.astype(np.uint8, copy=False))))
+    return out
+
+
+def decode_sample(sample: dict) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """A WebDataset sample dict (raw bytes per extension) -> (key, feats float16, labels or None)."""
+    key = sample["__key__"]
+    if FEATS not in sample:
+        raise KeyError(f"sample {key!r} in {sample.get('__url__', '?')} has no {FEATS} member")
+    feats = load_npy(sample[FEATS])
+    labels = load_npy(sample[LABELS]) if LABELS in sample else None
+    return key, feats, labels

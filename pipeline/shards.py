@@ -1,0 +1,190 @@
+"""Length-sorted WebDataset shards of one split, planned from the store and written in parallel.
+
+Order: by length with seeded random tie-breaking, so each shard covers a narrow length range
+and any batch drawn from one shard pads almost nothing. Shards are cut at equal byte
+quantiles into ``max(ceil(bytes / target), min(min_shards, N))`` pieces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import atomic, manifest as mf
+from .shardformat import make_keys, sample_members, write_tar
+from .stats import Stats
+from .store import CorpusStore
+
+SHARD_FORMAT = 1
+PLAN_NAME = ".plan.json"
+NUM_BUCKETS = 20
+TAR_OVERHEAD = 2 * 512 + 2 * 128 + 512   # tar headers, npy headers and padding per utterance (estimate)
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    seed: int = 0
+    target_mb: float = 16.0
+    min_shards: int = 8
+
+
+def plan_order(frames: np.ndarray, seed: int) -> np.ndarray:
+    """Store positions in shard order: by length, ties broken by a seeded permutation."""
+    tie = np.random.default_rng(seed).random(len(frames))
+    return np.lexsort((tie, frames))
+
+
+def cut_points(sizes: np.ndarray, target_bytes: float, min_shards: int) -> np.ndarray:
+    """Shard boundaries (len = shards + 1) at equal cumulative-size quantiles."""
+    n = len(sizes)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    total = float(sizes.sum())
+    k = max(int(np.ceil(total / target_bytes)), min(min_shards, n), 1)
+    cum = np.cumsum(sizes)
+    cuts = np.searchsorted(cum, total * np.arange(1, k) / k, side="left") + 1
+    return np.unique(np.concatenate([[0], np.clip(cuts, 1, n - 1) if n > 1 else [], [n]])).astype(np.int64)
+
+
+def bucket_boundaries(frames_sorted: np.ndarray, buckets: int = NUM_BUCKETS) -> list[int]:
+    """Length limits of buckets holding equal total frames (Lhotse-style), for batch planning."""
+    if len(frames_sorted) == 0:
+        return []
+    cum = np.cumsum(frames_sorted)
+    pos = np.searchsorted(cum, cum[-1] * np.arange(1, buckets) / buckets)
+    return sorted({int(frames_sorted[min(p, len(frames_sorted) - 1)]) for p in pos})
+
+
+def fingerprint(store: CorpusStore, stats: Stats, opts: ShardOptions) -> str:
+    h = hashlib.sha256(f"shards-v{SHARD_FORMAT}|{store.fingerprint}|{stats.fingerprint}|"
+                       f"{opts.seed}|{opts.target_mb}|{opts.min_shards}".encode())
+    return h.hexdigest()
+
+
+def shard_name(split: str, i: int) -> str:
+    return f"{split}-{i:06d}.tar"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+_STORES: dict[str, CorpusStore] = {}
+
+
+def _store(path: str) -> CorpusStore:
+    # Opened lazily inside each worker process (zarr handles must not cross a fork).
+    if path not in _STORES:
+        _STORES[path] = CorpusStore.open(path)
+    return _STORES[path]
+
+
+def _write_shard(job) -> mf.ShardInfo:
+    store_path, out, positions, keys, stats_json = job
+    store = _store(store_path)
+    stats = Stats.from_json(stats_json)
+    positions = np.asarray(positions)
+    lo, hi = int(positions.min()), int(positions.max()) + 1
+    block = store.read_frames(lo, hi)                       # one contiguous read
+    base = int(store.offsets[lo])
+    labels = store.read_labels(lo, hi) if store.labelled else None
+    lbase = int(store.label_offsets[lo]) if store.labelled else 0
+    members, frames = [], []
+    for pos, key in zip(positions, keys):
+        a, b = int(store.offsets[pos]) - base, int(store.offsets[pos + 1]) - base
+        feats = stats.normalize(block[a:b])
+        lab = None
+        if labels is not None:
+            la, lb = int(store.label_offsets[pos]) - lbase, int(store.label_offsets[pos + 1]) - lbase
+            lab = labels[la:lb]
+        members.extend(sample_members(key, feats, lab))
+        frames.append(b - a)
+    path = Path(out)
+    write_tar(path, members)
+    return mf.ShardInfo(name=path.name, sha256=sha256_file(path), utterances=len(keys), frames=int(sum(frames)),
+                        min_frames=int(min(frames)), max_frames=int(max(frames)), bytes=path.stat().st_size)
+
+
+def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: ShardOptions, *,
+                workers: int = 2, progress: bool = True) -> mf.Manifest:
+    """Write (or finish writing) the shards and manifest of one split; idempotent and resumable."""
+    out_dir = Path(shards_dir) / store.split
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(store, stats, opts)
+    try:
+        old = mf.load(shards_dir, store.split)
+        if old.fingerprint == fp and all(p.is_file() and p.stat().st_size == s.bytes
+                                         for p, s in zip(old.shard_paths(), old.shards)):
+            return old
+    except mf.ManifestError:
+        pass
+
+    frames = store.frames
+    order = plan_order(frames, opts.seed)
+    sizes = frames[order] * 30 + store.label_lens[order] + TAR_OVERHEAD
+    cuts = cut_points(sizes, opts.target_mb * 2**20, opts.min_shards)
+    names = [shard_name(store.split, i) for i in range(len(cuts) - 1)]
+
+    # A plan file records which shard set is being written: finished shards of the same plan
+    # survive an interruption; anything else in the folder is stale and removed.
+    plan_file = out_dir / PLAN_NAME
+    same_plan = plan_file.is_file() and json.loads(plan_file.read_text()).get("fingerprint") == fp
+    mf.manifest_path(shards_dir, store.split).unlink(missing_ok=True)
+    for p in out_dir.glob("*.tar"):
+        if not same_plan or p.name not in names:
+            p.unlink()
+    for p in out_dir.glob(".*.tmp*"):
+        p.unlink()
+    atomic.write_json(plan_file, {"fingerprint": fp, "shards": names})
+
+    ids_sorted = [store.ids[i] for i in order]
+    keys = make_keys(ids_sorted)
+    jobs, infos = [], {}
+    for i, name in enumerate(names):
+        path = out_dir / name
+        if path.is_file():        # finished by an interrupted run of this same plan
+            continue
+        a, b = int(cuts[i]), int(cuts[i + 1])
+        jobs.append((str(store.path), str(path), order[a:b].tolist(), keys[a:b], stats.to_json()))
+    bar = tqdm(total=len(names), initial=len(names) - len(jobs), desc=f"shards {store.split}", unit="shard",
+               disable=not progress, leave=False)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                info = _write_shard(job)
+                infos[info.name] = info
+                bar.update()
+        else:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for info in pool.imap_unordered(_write_shard, jobs):
+                    infos[info.name] = info
+                    bar.update()
+    finally:
+        bar.close()
+    shard_infos = []
+    for i, name in enumerate(names):
+        if name in infos:
+            shard_infos.append(infos[name])
+            continue
+        path = out_dir / name
+        f = frames[order[cuts[i]:cuts[i + 1]]]
+        shard_infos.append(mf.ShardInfo(name=name, sha256=sha256_file(path), utterances=len(f), frames=int(f.sum()),
+                                        min_frames=int(f.min()), max_frames=int(f.max()),
+                                        bytes=path.stat().st_size))
+    m = mf.Manifest(
+        split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats.to_json(), shards=shard_infos,
+        ids=ids_sorted, keys=keys, frames=frames[order].astype(np.int64),
+        label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
+        buckets=bucket_boundaries(frames[order]), inputs=store.inputs, rejected=len(store.rejections),
+        fingerprint=fp, directory=out_dir,
+    )
+    mf.save(m, shards_dir)
+    plan_file.unlink(missing_ok=True)
+    return m

@@ -1,0 +1,233 @@
+"""Per-split zarr corpus store: every utterance's raw features in one [frames, 15] array.
+
+The store is written in length order (frames from each file's .npy header, ties by file
+name), so every shard later reads one contiguous slice and statistics read in storage order.
+Layout: ``features`` float32 [F, 15] in ~2 MB chunks, ``offsets`` int64 [N+1], ``index``
+int64 [N] (position in sorted-file-name order), ``ids`` str [N], and for labelled splits
+``labels`` uint8 [L] with ``label_offsets`` int64 [N+1]. Attributes record the input
+fingerprint and every rejection.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from .layout import SplitFiles
+from .validate import Rejection, UtteranceError, load_utterance, npy_frames
+from .vocab import FEATURE_DIM
+
+CHUNK_FRAMES = 32768          # 32768 x 15 x 4 B ~= 1.97 MB per chunk
+STORE_FORMAT = 1
+
+
+class StrictError(RuntimeError):
+    """Raised on the first rejection under --strict."""
+
+
+def store_path(shards_dir: str | Path, split: str) -> Path:
+    return Path(shards_dir) / "store" / f"{split}.zarr"
+
+
+@dataclass
+class CorpusStore:
+    """Read side of a finished store; cheap to open (metadata only)."""
+
+    path: Path
+    split: str
+    labelled: bool
+    fingerprint: str
+    ids: list[str]
+    offsets: np.ndarray
+    index: np.ndarray
+    label_offsets: np.ndarray | None
+    rejections: list[Rejection]
+    inputs: int
+    _group: zarr.Group
+
+    @classmethod
+    def open(cls, path: str | Path) -> CorpusStore:
+        g = zarr.open_group(str(path), mode="r")
+        a = g.attrs
+        labelled = bool(a["labelled"])
+        return cls(
+            path=Path(path), split=a["split"], labelled=labelled, fingerprint=a["fingerprint"],
+            ids=[str(s) for s in g["ids"][:]] if a["num_utterances"] else [],
+            offsets=g["offsets"][:], index=g["index"][:],
+            label_offsets=g["label_offsets"][:] if labelled else None,
+            rejections=[Rejection(*r) for r in a["rejections"]], inputs=int(a["inputs"]), _group=g,
+        )
+
+    @property
+    def frames(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def label_lens(self) -> np.ndarray:
+        if self.label_offsets is None:
+            return np.zeros(len(self.ids), dtype=np.int64)
+        return np.diff(self.label_offsets)
+
+    def read_frames(self, start_utt: int, stop_utt: int) -> np.ndarray:
+        """Features of utterances [start_utt, stop_utt) as one contiguous block."""
+        return self._group["features"][int(self.offsets[start_utt]):int(self.offsets[stop_utt])]
+
+    def read_labels(self, start_utt: int, stop_utt: int) -> np.ndarray:
+        lo = self.label_offsets
+        return self._group["labels"][int(lo[start_utt]):int(lo[stop_utt])]
+
+
+def is_current(path: Path, fingerprint: str) -> bool:
+    """A finished store built from exactly these inputs exists (so ingest can be skipped)."""
+    try:
+        a = zarr.open_group(str(path), mode="r").attrs
+        return a.get("complete") is True and a.get("fingerprint") == fingerprint \
+            and a.get("format") == STORE_FORMAT
+    except Exception:  # noqa: BLE001 - missing or half-written store: rebuild
+        return False
+
+
+def _read_one(job: tuple[int, str, str | None, bool]):
+    i, mfcc, transcript, labelled = job
+    try:
+        feats, labels = load_utterance(Path(mfcc), Path(transcript) if transcript else None, labelled)
+        return i, feats, labels, None, None
+    except UtteranceError as exc:
+        return i, None, None, str(exc), str(exc.path or mfcc)
+
+
+def _windows(jobs: list, size: int):
+    for s in range(0, len(jobs), size):
+        yield jobs[s:s + size]
+
+
+def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: bool = False,
+           progress: bool = True, on_reject: Callable[[Rejection], None] | None = None) -> CorpusStore:
+    """Read, validate and consolidate one split into a zarr store, atomically."""
+    path = Path(path)
+    fingerprint = files.fingerprint()
+    n_in = len(files.ids)
+    header_frames = np.fromiter((npy_frames(p) for p in files.mfcc), dtype=np.int64, count=n_in)
+    order = np.lexsort((np.arange(n_in), header_frames))        # by length, ties by file name
+    jobs = [(int(i), str(files.mfcc[i]), str(files.transcripts[i]) if files.transcripts[i] else None,
+             files.labelled) for i in order]
+
+    rejections: list[Rejection] = []
+
+    def reject(r: Rejection) -> None:
+        if strict:
+            raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid}); "
+                              "rerun without --strict to skip and report such utterances")
+        rejections.append(r)
+        if on_reject:
+            on_reject(r)
+
+    for uid, tpath in files.orphans:
+        reject(Rejection(files.name, uid, str(tpath), "transcript without features"))
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    g = zarr.open_group(str(tmp), mode="w")
+    capacity = max(int(header_frames.clip(min=0).sum()), 1)
+    feats_arr = g.create_array("features", shape=(capacity, FEATURE_DIM), chunks=(CHUNK_FRAMES, FEATURE_DIM),
+                               dtype="float32")
+    buf: list[np.ndarray] = []
+    buf_frames = written = 0
+    offsets, index, ids, labels, label_offsets = [0], [], [], [], [0]
+
+    def flush(final: bool) -> None:
+        nonlocal buf, buf_frames, written
+        if not buf:
+            return
+        block = np.concatenate(buf)
+        n = len(block) if final else (len(block) // CHUNK_FRAMES) * CHUNK_FRAMES  # chunk-aligned writes
+        if n == 0:
+            return
+        if written + n > feats_arr.shape[0]:
+            feats_arr.resize((written + n, FEATURE_DIM))
+        feats_arr[written:written + n] = block[:n]
+        written += n
+        rest = block[n:]
+        buf, buf_frames = ([rest] if len(rest) else []), len(rest)
+
+    def take(result) -> None:
+        nonlocal buf_frames
+        i, feats, lab, reason, bad_path = result
+        if reason is not None:
+            reject(Rejection(files.name, files.ids[i], bad_path, reason))
+            return
+        buf.append(feats)
+        buf_frames += len(feats)
+        offsets.append(offsets[-1] + len(feats))
+        index.append(i)
+        ids.append(files.ids[i])
+        if lab is not None:
+            labels.append(lab)
+            label_offsets.append(label_offsets[-1] + len(lab))
+        if buf_frames >= CHUNK_FRAMES:
+            flush(final=False)
+
+    bar = tqdm(total=n_in, desc=f"ingest {files.name}", unit="utt", disable=not progress, leave=False)
+    try:
+        if workers <= 1:
+            for job in jobs:
+                take(_read_one(job))
+                bar.update()
+        else:
+            # Double-buffered windows: workers read window k+1 while this process writes window k,
+            # and at most two windows of arrays are ever held in memory.
+            window = 64 * workers
+            with mp.get_context("spawn").Pool(workers) as pool:
+                it = _windows(jobs, window)
+                pending = pool.map_async(_read_one, next(it, []), chunksize=8)
+                for nxt in it:
+                    results = pending.get()
+                    pending = pool.map_async(_read_one, nxt, chunksize=8)
+                    for r in results:
+                        take(r)
+                    bar.update(len(results))
+                results = pending.get()
+                for r in results:
+                    take(r)
+                bar.update(len(results))
+        flush(final=True)
+        feats_arr.resize((written, FEATURE_DIM))
+        n = len(ids)
+        g.create_array("offsets", data=np.asarray(offsets, dtype=np.int64))
+        g.create_array("index", data=np.asarray(index, dtype=np.int64))
+        ids_arr = g.create_array("ids", shape=(n,), dtype=str)
+        if n:
+            ids_arr[:] = np.asarray(ids, dtype=str)
+        if files.labelled:
+            g.create_array("labels", data=np.concatenate(labels) if labels else np.zeros(0, np.uint8))
+            g.create_array("label_offsets", data=np.asarray(label_offsets, dtype=np.int64))
+        g.attrs.update({
+            "format": STORE_FORMAT, "split": files.name, "labelled": files.labelled,
+            "fingerprint": fingerprint, "num_utterances": n, "inputs": n_in + len(files.orphans),
+            "rejections": [list(r) for r in rejections], "complete": True,
+        })
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bar.close()
+    _swap_dir(tmp, path)
+    return CorpusStore.open(path)
+
+
+def _swap_dir(tmp: Path, final: Path) -> None:
+    """Replace a directory atomically enough: the final name is never half-written."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

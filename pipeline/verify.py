@@ -1,0 +1,94 @@
+"""`phonerec shards --verify`: re-read every shard and account for every input utterance."""
+
+from __future__ import annotations
+
+import csv
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from . import manifest as mf
+from .layout import list_split
+from .shardformat import FEATS, LABELS, load_npy
+from .shards import sha256_file
+from .vocab import FEATURE_DIM
+
+
+def _read_rejected(shards_dir: Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    p = shards_dir / "rejected.tsv"
+    if p.is_file():
+        with open(p, newline="") as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                out.setdefault(row["split"], set()).add(row["utterance"])
+    return out
+
+
+def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list[str]:
+    """Problems found in one split (empty = verified)."""
+    problems: list[str] = []
+    try:
+        m = mf.load(shards_dir, split)
+    except mf.ManifestError as exc:
+        return [str(exc)]
+    starts = m.shard_start
+    for i, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
+        where = f"{split}/{info.name}"
+        if not path.is_file():
+            problems.append(f"{where}: missing shard")
+            continue
+        if sha256_file(path) != info.sha256:
+            problems.append(f"{where}: sha256 differs from the manifest (corrupted or replaced)")
+            continue
+        expect = list(zip(m.keys[starts[i]:starts[i + 1]], m.frames[starts[i]:starts[i + 1]],
+                          m.label_lens[starts[i]:starts[i + 1]]))
+        try:
+            with tarfile.open(path) as tar:
+                members = {}
+                order = []
+                for ti in tar:
+                    key, _, ext = ti.name.partition(".")
+                    if key not in members:
+                        order.append(key)
+                    members.setdefault(key, {})[ext] = tar.extractfile(ti).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            problems.append(f"{where}: unreadable tar ({exc})")
+            continue
+        if order != [k for k, _, _ in expect]:
+            problems.append(f"{where}: holds {len(order)} utterances, manifest lists {len(expect)} "
+                            "(or a different order)")
+            continue
+        for key, frames, llen in expect:
+            sample = members[key]
+            try:
+                x = load_npy(sample[FEATS])
+                if x.shape != (frames, FEATURE_DIM):
+                    problems.append(f"{where}: {key} features {list(x.shape)}, manifest says [{frames}, {FEATURE_DIM}]")
+                if m.labelled and len(load_npy(sample[LABELS])) != llen:
+                    problems.append(f"{where}: {key} label length differs from the manifest")
+            except (KeyError, ValueError) as exc:
+                problems.append(f"{where}: {key} has a missing or unreadable member ({exc})")
+    counts = Counter(m.ids)
+    dups = [u for u, c in counts.items() if c > 1]
+    if dups:
+        problems.append(f"{split}: {len(dups)} utterance(s) appear more than once, e.g. {dups[0]}")
+    rejected = _read_rejected(shards_dir).get(split, set())
+    if m.num_utterances + m.rejected != m.inputs:
+        problems.append(f"{split}: {m.num_utterances} kept + {m.rejected} rejected != {m.inputs} inputs")
+    if data is not None and (Path(data) / split / "mfcc").is_dir():
+        raw = set(list_split(data, split).ids)
+        missing = raw - set(m.ids) - rejected
+        if missing:
+            problems.append(f"{split}: {len(missing)} input utterance(s) neither in a shard nor rejected, "
+                            f"e.g. {sorted(missing)[0]}")
+        extra = set(m.ids) - raw
+        if extra:
+            problems.append(f"{split}: {len(extra)} sharded utterance(s) no longer in {data}, "
+                            f"e.g. {sorted(extra)[0]} (rebuild)")
+    return problems
+
+
+def verify(shards_dir: str | Path, splits: list[str] | None = None, data: str | Path | None = None) -> dict[str, list[str]]:
+    shards_dir = Path(shards_dir)
+    splits = splits or mf.available_splits(shards_dir)
+    return {s: verify_split(shards_dir, s, Path(data) if data else None) for s in splits}

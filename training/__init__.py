@@ -1,0 +1,1 @@
+"""Stage 2 of phonerec: stream shards, train the CNN + BiLSTM CTC model, decode."""
