@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,16 @@ def write_rejections(shards_dir: Path, rejections: list[Rejection]) -> Path:
     return path
 
 
+def remove_stale_temps(shards_dir: Path) -> None:
+    """Temp files a killed run left behind (atomic writes, half-built stores); a finished run leaves none."""
+    for p in [*shards_dir.glob(".*.tmp*"), *shards_dir.glob("*/.*.tmp*")]:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+    store_dir = shards_dir / "store"
+    for p in [*store_dir.glob("*.zarr.tmp*"), *store_dir.glob("*.zarr.old")]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = "", test: str = "",
           options: ShardOptions = ShardOptions(), workers: int = 2, cmn: bool = False, strict: bool = False,
           progress: bool = True, log=print) -> BuildSummary:
@@ -73,6 +84,7 @@ def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = ""
     if dup:
         raise LayoutError(f"split(s) {', '.join(dup)} named more than once across --train/--dev/--test")
     listings = {n: list_split(data, n) for n in names}   # fails early, before any work, on a missing split
+    remove_stale_temps(shards_dir)
 
     summary = BuildSummary()
     stores: dict[str, CorpusStore] = {}

@@ -140,3 +140,30 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
             int(m.shard_start[-1]) != n:
         raise ManifestError(f"{path}: utterance columns and shard counts disagree; rebuild with `phonerec shards`")
     return m
+
+
+def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
+    """Several splits as one (e.g. train-clean-100 + train-clean-360); shard names become
+    relative to the common shards root. Their statistics must be the same."""
+    if len(manifests) == 1:
+        return manifests[0]
+    first = manifests[0]
+    for m in manifests[1:]:
+        if m.stats.get("fingerprint") != first.stats.get("fingerprint") or m.vocab != first.vocab:
+            raise ManifestError(f"splits {first.split} and {m.split} were normalized with different statistics; "
+                                "build them in one `phonerec shards` run")
+    shards = [ShardInfo(**{**asdict(s), "name": f"{m.split}/{s.name}"}) for m in manifests for s in m.shards]
+    cat = lambda attr: np.concatenate([getattr(m, attr) for m in manifests])  # noqa: E731
+    return Manifest(
+        split="+".join(m.split for m in manifests), labelled=all(m.labelled for m in manifests), seed=first.seed,
+        stats=first.stats, shards=shards, ids=[i for m in manifests for i in m.ids],
+        keys=[k for m in manifests for k in m.keys], frames=cat("frames"), label_lens=cat("label_lens"),
+        index=cat("index"), buckets=first.buckets, inputs=sum(m.inputs for m in manifests),
+        rejected=sum(m.rejected for m in manifests), vocab=first.vocab,
+        fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
+    )
+
+
+def load_many(shards_dir: str | Path, splits: str | list[str]) -> Manifest:
+    names = [s.strip() for s in splits.split(",")] if isinstance(splits, str) else list(splits)
+    return merge([load(shards_dir, s) for s in names if s], shards_dir)

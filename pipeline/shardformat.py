@@ -25,9 +25,11 @@ def make_keys(ids: list[str]) -> list[str]:
     """WebDataset splits keys at the first dot, so map ids to unique, dot-free, ASCII keys."""
     keys, seen = [], set()
     for i, uid in enumerate(ids):
-        key = _UNSAFE.sub("_", uid) or "utt"
-        if key in seen:
-            key = f"{key}_{i}"
+        base = _UNSAFE.sub("_", uid) or "utt"
+        key, n = base, i
+        while key in seen:            # the suffixed key may itself be taken (ids "a_b_2", "a_b", "a.b")
+            key = f"{base}_{n}"
+            n += len(ids)
         seen.add(key)
         keys.append(key)
     return keys
@@ -57,8 +59,13 @@ def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
+F16_MAX = float(np.finfo(np.float16).max)
+
+
 def sample_members(key: str, feats: np.ndarray, labels: np.ndarray | None) -> list[tuple[str, bytes]]:
-    out = [(f"{key}.{FEATS}", npy_bytes(feats.astype(np.float16, copy=False)))]
+    # Clip, so a finite value beyond float16's range (an outlier far from the training statistics)
+    # is stored as the largest float16 rather than as infinity.
+    out = [(f"{key}.{FEATS}", npy_bytes(np.clip(feats, -F16_MAX, F16_MAX).astype(np.float16)))]
     if labels is not None:
         out.append((f"{key}.{LABELS}", npy_bytes(labels.astype(np.uint8, copy=False))))
     return out

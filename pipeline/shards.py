@@ -46,10 +46,14 @@ def cut_points(sizes: np.ndarray, target_bytes: float, min_shards: int) -> np.nd
     if n == 0:
         return np.zeros(1, dtype=np.int64)
     total = float(sizes.sum())
-    k = max(int(np.ceil(total / target_bytes)), min(min_shards, n), 1)
+    k = min(max(int(np.ceil(total / target_bytes)), min(min_shards, n), 1), n)
     cum = np.cumsum(sizes)
     cuts = np.searchsorted(cum, total * np.arange(1, k) / k, side="left") + 1
-    return np.unique(np.concatenate([[0], np.clip(cuts, 1, n - 1) if n > 1 else [], [n]])).astype(np.int64)
+    # Quantiles of very uneven sizes can coincide; move such cuts apart (strictly increasing, within
+    # [1, n-1]) so the split really gets k shards, as --min-shards promises.
+    j = np.arange(k - 1)
+    cuts = np.minimum(np.maximum.accumulate(np.clip(cuts, 1, n - 1) - j), n - k + 1) + j if k > 1 else cuts
+    return np.concatenate([[0], cuts, [n]]).astype(np.int64)
 
 
 def bucket_boundaries(frames_sorted: np.ndarray, buckets: int = NUM_BUCKETS) -> list[int]:
@@ -76,19 +80,21 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-_STORES: dict[str, CorpusStore] = {}
+_STORES: dict[tuple[str, str], CorpusStore] = {}
 
 
-def _store(path: str) -> CorpusStore:
-    # Opened lazily inside each worker process (zarr handles must not cross a fork).
-    if path not in _STORES:
-        _STORES[path] = CorpusStore.open(path)
-    return _STORES[path]
+def _store(path: str, fingerprint: str) -> CorpusStore:
+    # Opened lazily inside each worker process (zarr handles must not cross a fork). Keyed by the
+    # store's fingerprint too: a store rebuilt at the same path (in this same process, e.g. with
+    # workers=1) must not be read through the stale offsets of the old one.
+    if (path, fingerprint) not in _STORES:
+        _STORES[(path, fingerprint)] = CorpusStore.open(path)
+    return _STORES[(path, fingerprint)]
 
 
 def _write_shard(job) -> mf.ShardInfo:
-    store_path, out, positions, keys, stats_json = job
-    store = _store(store_path)
+    store_path, store_fp, out, positions, keys, stats_json = job
+    store = _store(store_path, store_fp)
     stats = Stats.from_json(stats_json)
     positions = np.asarray(positions)
     lo, hi = int(positions.min()), int(positions.max()) + 1
@@ -120,11 +126,13 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
     fp = fingerprint(store, stats, opts)
     try:
         old = mf.load(shards_dir, store.split)
-        if old.fingerprint == fp and all(p.is_file() and p.stat().st_size == s.bytes
-                                         for p, s in zip(old.shard_paths(), old.shards)):
-            return old
     except mf.ManifestError:
-        pass
+        old = None
+    if old is not None and old.fingerprint != fp:
+        old = None
+    if old is not None and all(p.is_file() and p.stat().st_size == s.bytes
+                               for p, s in zip(old.shard_paths(), old.shards)):
+        return old
 
     frames = store.frames
     order = plan_order(frames, opts.seed)
@@ -133,12 +141,21 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
     names = [shard_name(store.split, i) for i in range(len(cuts) - 1)]
 
     # A plan file records which shard set is being written: finished shards of the same plan
-    # survive an interruption; anything else in the folder is stale and removed.
+    # survive an interruption; anything else in the folder is stale and removed. It stays after a
+    # finished run too, so a deleted manifest or shard later costs only the missing pieces; shards
+    # that a manifest of this same plan describes must still match their recorded size and sha256.
     plan_file = out_dir / PLAN_NAME
-    same_plan = plan_file.is_file() and json.loads(plan_file.read_text()).get("fingerprint") == fp
+    try:
+        same_plan = json.loads(plan_file.read_text()).get("fingerprint") == fp
+    except (OSError, ValueError, AttributeError):
+        same_plan = False
+    known = {s.name: s for s in old.shards} if old is not None else {}
+    same_plan = same_plan or old is not None
     mf.manifest_path(shards_dir, store.split).unlink(missing_ok=True)
     for p in out_dir.glob("*.tar"):
-        if not same_plan or p.name not in names:
+        if not same_plan or p.name not in names or (
+                p.name in known and (p.stat().st_size != known[p.name].bytes
+                                     or sha256_file(p) != known[p.name].sha256)):
             p.unlink()
     for p in out_dir.glob(".*.tmp*"):
         p.unlink()
@@ -152,7 +169,8 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         if path.is_file():        # finished by an interrupted run of this same plan
             continue
         a, b = int(cuts[i]), int(cuts[i + 1])
-        jobs.append((str(store.path), str(path), order[a:b].tolist(), keys[a:b], stats.to_json()))
+        jobs.append((str(store.path), store.fingerprint, str(path), order[a:b].tolist(), keys[a:b],
+                     stats.to_json()))
     bar = tqdm(total=len(names), initial=len(names) - len(jobs), desc=f"shards {store.split}", unit="shard",
                disable=not progress, leave=False)
     try:
@@ -186,5 +204,4 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         fingerprint=fp, directory=out_dir,
     )
     mf.save(m, shards_dir)
-    plan_file.unlink(missing_ok=True)
     return m

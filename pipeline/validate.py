@@ -23,18 +23,30 @@ class Rejection(NamedTuple):
     reason: str
 
 
+def _read_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of an open .npy file, leaving it at the start of the data."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    if version == (1, 0):
+        return fmt.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return fmt.read_array_header_2_0(fh)
+    # Version 3.0 (UTF-8 field names) has no public reader; its private name moved in NumPy 2.
+    impl = getattr(fmt, "_read_array_header", None) or np.lib._format_impl._read_array_header  # noqa: SLF001
+    return impl(fh, version)
+
+
 def npy_frames(path: Path) -> int:
     """Frame count from the .npy header alone (128 bytes), used to sort before ingest."""
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            shape, _, _ = np.lib.format._read_array_header(fh, version)  # noqa: SLF001
+            shape, _, _ = _read_header(fh)
     except Exception:  # noqa: BLE001 - any unreadable header is ingested (and rejected) later
         return 0
     return int(shape[0]) if len(shape) >= 1 else 0
 
 
-def _load(path: Path, what: str) -> np.ndarray:
+def _load(path: Path, what: str, allow_objects: bool = False) -> np.ndarray:
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -42,17 +54,42 @@ def _load(path: Path, what: str) -> np.ndarray:
     if size == 0:
         raise UtteranceError(f"empty {what} file (0 bytes)")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(np.lib.format.MAGIC_PREFIX))
+            if head != np.lib.format.MAGIC_PREFIX[:len(head)]:
+                raise UtteranceError(f"{what} file is not a .npy file (no NumPy header, {size} bytes)")
+            fh.seek(0)
+            try:
+                shape, _, dtype = _read_header(fh)
+            except Exception as exc:  # noqa: BLE001 - a damaged header can raise several types
+                msg = str(exc)
+                if "EOF" in msg:
+                    raise UtteranceError(f"truncated {what} file ({size} bytes): {msg}") from exc
+                raise UtteranceError(f"{what} file is not a valid .npy file: {msg}") from exc
+            data_start = fh.tell()
+    except PermissionError as exc:
+        raise UtteranceError(f"{what} file is not readable (permission denied)") from exc
+    except OSError as exc:
+        raise UtteranceError(f"{what} file is not a valid .npy file ({size} bytes): {exc}") from exc
+    if dtype.hasobject:
+        if not allow_objects:
+            raise UtteranceError(f"{what} file holds a Python-object array")
+        try:
+            arr = np.load(path, allow_pickle=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged pickle can raise almost anything
+            raise UtteranceError(f"{what} file holds an unreadable Python-object array "
+                                 f"(truncated?): {type(exc).__name__}: {exc}") from exc
+        if not isinstance(arr, np.ndarray):
+            raise UtteranceError(f"{what} file does not hold an array")
+        return arr
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < expected:
+        raise UtteranceError(f"truncated {what} file ({size} bytes, its header needs {expected})")
+    try:
         return np.load(path, allow_pickle=False)
     except PermissionError as exc:
         raise UtteranceError(f"{what} file is not readable (permission denied)") from exc
-    except ValueError as exc:
-        msg = str(exc)
-        if "allow_pickle" in msg:
-            raise UtteranceError(f"{what} file holds a Python-object array") from exc
-        if "reshape" in msg or "EOF" in msg or "size" in msg:
-            raise UtteranceError(f"truncated {what} file ({size} bytes): {msg}") from exc
-        raise UtteranceError(f"{what} file is not a valid .npy file: {msg}") from exc
-    except (OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise UtteranceError(f"{what} file is not a valid .npy file ({size} bytes): {exc}") from exc
 
 
@@ -69,20 +106,19 @@ def load_features(path: Path) -> np.ndarray:
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
         raise UtteranceError(f"features contain NaN or infinity ({bad} frame(s))")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():          # e.g. float64 values beyond float32's range
+        raise UtteranceError("features hold values beyond the float32 range (overflow to infinity)")
+    return x
 
 
 def load_transcript(path: Path) -> np.ndarray:
     """Vocabulary indices (uint8) without the [SOS]/[EOS] frame."""
-    try:
-        t = _load(path, "transcript")
-    except UtteranceError as exc:
-        if "Python-object" not in str(exc):
-            raise
-        # Some releases store transcripts as object arrays of str: accept exactly that.
-        t = np.load(path, allow_pickle=True)
-        if not all(isinstance(s, str) for s in t.reshape(-1)):
-            raise UtteranceError("transcript holds objects that are not strings") from exc
+    # Some releases store transcripts as object arrays of str: accept exactly that.
+    t = _load(path, "transcript", allow_objects=True)
+    if t.dtype.hasobject and not all(isinstance(s, str) for s in t.reshape(-1)):
+        raise UtteranceError("transcript holds objects that are not strings")
     if t.ndim != 1 or t.dtype.kind not in "UO":
         raise UtteranceError(f"transcript has shape {list(t.shape)} and dtype {t.dtype}, "
                              "expected a 1-D array of symbol strings")

@@ -2,4 +2,102 @@
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import os
+
+import click
+
+from .config import TrainConfig, read_config_file
+
+_D = TrainConfig()
+
+
+def _model_overrides(values: tuple[str, ...]) -> dict:
+    import yaml
+    out = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. lstm_layers=2 or conv_channels=[128,128]")
+        out[k.strip()] = yaml.safe_load(val)
+    return out
+
+
+@click.command("train")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML/JSON recipe of any options below (command-line flags override it).")
+@click.option("--shards", default=_D.shards, show_default=True, help="Folder written by `phonerec shards`.")
+@click.option("--weights", default=_D.weights, show_default=True, help="Checkpoint folder (last.pt, best.pt, config.json).")
+@click.option("--results", default=_D.results, show_default=True, help="Folder for metrics.jsonl and curves.png.")
+@click.option("--train", "train_splits", default=_D.train, show_default=True, help="Comma-separated training splits.")
+@click.option("--dev", default=_D.dev, show_default=True, help="Dev split for per-epoch validation ('' for none).")
+@click.option("--epochs", default=_D.epochs, show_default=True)
+@click.option("--preset", default=_D.preset, show_default=True,
+              type=click.Choice(["model1", "model2", "model3", "default", "large"]), help="Model architecture.")
+@click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
+              help="Override a model setting, e.g. --set lstm_layers=2 --set conv_channels=[128,128].")
+@click.option("--seed", default=_D.seed, show_default=True, help="Fixes data order, initialisation and augmentation.")
+@click.option("--max-frames", default=_D.max_frames, show_default=True,
+              help="Frame budget per batch: utterances x longest utterance <= this.")
+@click.option("--max-utts", default=_D.max_utts, show_default=True, help="At most this many utterances per batch.")
+@click.option("--workers", default=_D.workers, show_default=True, help="DataLoader workers per rank (0 = in-process).")
+@click.option("--lr", default=_D.lr, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", default=_D.weight_decay, show_default=True)
+@click.option("--scheduler", default=_D.scheduler, show_default=True,
+              type=click.Choice(["cosine", "onecycle", "plateau", "none"]),
+              help="cosine: warm-up then cosine per step; plateau: ReduceLROnPlateau on dev distance.")
+@click.option("--warmup", default=_D.warmup, show_default=True, help="Warm-up fraction of all steps (cosine).")
+@click.option("--plateau-patience", default=_D.plateau_patience, show_default=True)
+@click.option("--plateau-factor", default=_D.plateau_factor, show_default=True)
+@click.option("--clip", default=_D.clip, show_default=True, help="Gradient-norm clipping (0 = off).")
+@click.option("--amp/--no-amp", default=_D.amp, show_default=True, help="Mixed precision (CUDA only).")
+@click.option("--spec-augment/--no-spec-augment", default=_D.spec_augment, show_default=True,
+              help="Time and feature masking on training batches.")
+@click.option("--time-masks", default=_D.time_masks, show_default=True)
+@click.option("--time-width", default=_D.time_width, show_default=True)
+@click.option("--freq-masks", default=_D.freq_masks, show_default=True)
+@click.option("--freq-width", default=_D.freq_width, show_default=True)
+@click.option("--noise-std", default=_D.noise_std, show_default=True, help="Gaussian input noise (0 = off).")
+@click.option("--checkpoint-every", default=_D.checkpoint_every, show_default=True,
+              help="Also write weights/last.pt every N steps (0 = at epoch ends only).")
+@click.option("--max-steps", default=_D.max_steps, show_default=True, help="Cap on steps per epoch (0 = all).")
+@click.option("--stop-after", default=_D.stop_after, show_default=True,
+              help="Stop after N steps of this run, with a checkpoint (for testing resume).")
+@click.option("--resume", is_flag=True, help="Continue from weights/last.pt at its exact step.")
+@click.option("--device", default=_D.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train(ctx, config_file, train_splits, model_set, quiet, **opts):
+    """Stream the length-sorted shards and train the CNN + BiLSTM CTC model.
+
+    Runs alone, or on every rank of a torchrun job (`make train NGPU=N`): gloo on CPU,
+    nccl on GPU. Writes weights/last.pt (every epoch and every --checkpoint-every steps),
+    weights/best.pt (best dev distance), results/metrics.jsonl and results/curves.png.
+    Ctrl-C writes a checkpoint at the current step before exiting.
+    """
+    from .train import TrainingError, train as run
+
+    values = read_config_file(config_file) if config_file else {}
+    if "train_splits" in values:
+        values["train"] = values.pop("train_splits")
+    cli = dict(opts, train=train_splits, model=_model_overrides(model_set), progress=not quiet)
+    src = {"train": "train_splits", "model": "model_set", "progress": "quiet"}
+    for key, val in cli.items():
+        param = src.get(key, key)
+        explicit = ctx.get_parameter_source(param) not in (click.core.ParameterSource.DEFAULT, None)
+        if explicit or key not in values:
+            values[key] = val
+    try:
+        cfg = TrainConfig.from_dict(values)
+        run(cfg, log=lambda m: click.echo(m, err=True))
+    except (TrainingError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        from pipeline.manifest import ManifestError
+        from .data import ShardReadError
+        from .checkpoint import CheckpointError
+        if isinstance(exc, (ManifestError, ShardReadError, CheckpointError)):
+            raise click.ClickException(str(exc)) from None
+        raise
+
+
+COMMANDS: list = [train]

@@ -246,6 +246,40 @@ class Model(nn.Module):
         self.classifier_act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
         self.classifier_dropout = nn.Dropout(config.classifier_dropout)
 
+    # "packed": nn.LSTM on a PackedSequence (cuDNN on GPU). "masked": the same computation on
+    # padded tensors, each direction seeing its utterance's frames first and padding last, so
+    # real frames get exactly the packed result. On CPU, torch's packed-LSTM backward grows
+    # quadratically with T when lengths differ (12 x 1200 frames: 11 s instead of 0.17 s),
+    # so "auto" picks masked there.
+    lstm_impl: str = "auto"
+
+    def _use_packed(self, feats: torch.Tensor) -> bool:
+        if self.lstm_impl == "auto":
+            return feats.is_cuda
+        return self.lstm_impl == "packed"
+
+    def _lstm_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Bidirectional multi-layer LSTM on padded x, exact on real frames, using self.lstm's weights."""
+        b, t, _ = x.shape
+        steps = torch.arange(t, device=x.device).expand(b, t)
+        lens = lengths.view(b, 1)
+        # Reverses each utterance's real frames in place and leaves padding at the end; an involution.
+        rev = torch.where(steps < lens, lens - 1 - steps, steps)
+        h0 = x.new_zeros(1, b, self.lstm.hidden_size)
+        out = x
+        for layer in range(self.lstm.num_layers):
+            if layer > 0 and self.lstm.dropout > 0:
+                out = F.dropout(out, self.lstm.dropout, self.training)
+            dirs = []
+            for suffix, reverse in (("", False), ("_reverse", True)):
+                params = [getattr(self.lstm, f"{n}_l{layer}{suffix}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inp = out.gather(1, rev.unsqueeze(-1).expand_as(out)) if reverse else out
+                y = torch.lstm(inp, (h0, h0), params, True, 1, 0.0, self.training, False, True)[0]
+                dirs.append(y.gather(1, rev.unsqueeze(-1).expand_as(y)) if reverse else y)
+            out = torch.cat(dirs, dim=-1)
+        mask = (steps < lens).unsqueeze(-1)
+        return out * mask   # padding zeroed, as pad_packed_sequence does
+
     @property
     def downsampling(self) -> int:
         return self.config.downsampling
@@ -287,12 +321,21 @@ class Model(nn.Module):
         t_out = feats.size(1)
         out_lengths_cpu = self.output_lengths(lengths_cpu)
 
-        packed = pack_padded_sequence(feats, out_lengths_cpu, batch_first=True, enforce_sorted=False)
-        lstm_out, _ = self.lstm(packed)
-        unpacked, _ = pad_packed_sequence(lstm_out, batch_first=True, total_length=t_out)
+        if self._use_packed(feats):
+            packed = pack_padded_sequence(feats, out_lengths_cpu, batch_first=True, enforce_sorted=False)
+            lstm_out, _ = self.lstm(packed)
+            unpacked, _ = pad_packed_sequence(lstm_out, batch_first=True, total_length=t_out)
+            if inter is not None:
+                inter["packed"] = packed.data
+                inter["lstm_packed"] = lstm_out.data
+        else:
+            unpacked = self._lstm_masked(feats, out_lengths_cpu.to(feats.device))
+            if inter is not None:  # the same packed views, for inspection
+                inter["packed"] = pack_padded_sequence(feats, out_lengths_cpu, batch_first=True,
+                                                       enforce_sorted=False).data
+                inter["lstm_packed"] = pack_padded_sequence(unpacked, out_lengths_cpu, batch_first=True,
+                                                            enforce_sorted=False).data
         if inter is not None:
-            inter["packed"] = packed.data
-            inter["lstm_packed"] = lstm_out.data
             inter["unpacked"] = unpacked
 
         y = unpacked

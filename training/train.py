@@ -1,0 +1,354 @@
+"""The training loop: one code path for 1..N ranks under torchrun.
+
+Loss scaling: each rank sums its CTC loss; the sum of target symbols over all ranks is
+all-reduced every step, and the rank's loss is scaled by world / global_symbols, so after
+DDP's gradient averaging the update is the gradient of (total loss / total symbols)
+whatever the batch sizes on each rank.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import Levenshtein
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline import manifest as mf
+from pipeline.atomic import atomic_path, write_json
+from pipeline.vocab import VOCAB, to_codes
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from . import metrics
+from .augment import AugmentConfig
+from .config import TrainConfig
+from .data import Batch, make_loader
+from .decode import greedy_decode
+from .model import Model, ModelConfig, count_parameters, describe, preset_config
+from .plan import BatchOptions, check_budget, plan_epoch
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (persistent non-finite loss, incompatible resume, ...)."""
+
+
+class _Stop:
+    """SIGINT/SIGTERM ask for a checkpoint at the next step boundary; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def ctc_sum(log_probs: torch.Tensor, out_lens: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return F.ctc_loss(log_probs.transpose(0, 1), batch.labels, out_lens, batch.label_lengths, blank=0,
+                      reduction="sum", zero_infinity=True)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
+    if cfg.scheduler == "cosine":
+        warm = max(1, int(cfg.warmup * total_steps))
+
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            p = min(1.0, (step - warm) / max(1, total_steps - warm))
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p))
+        return torch.optim.lr_scheduler.LambdaLR(opt, f)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 2))
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.plateau_patience,
+                                                          factor=cfg.plateau_factor)
+    if cfg.scheduler == "none":
+        return None
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}: cosine, onecycle, plateau or none")
+
+
+@dataclass
+class EvalResult:
+    loss: float           # CTC loss per target symbol
+    distance: float       # mean Levenshtein distance per utterance (greedy)
+    utterances: int
+    phonemes: int
+
+
+@torch.no_grad()
+def evaluate_greedy(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp: bool) -> EvalResult:
+    """Dev loss and greedy distance; each rank takes its share of shards, sums are all-reduced."""
+    model.eval()
+    plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers,
+                      opts=BatchOptions(cfg.max_frames, cfg.max_utts), shuffle=False, balance=False)
+    loss = dist_sum = 0.0
+    n = tokens = 0
+    for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
+        batch = batch.to(ctx.device)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            lp, out_lens = model(batch.feats.float(), batch.lengths)
+        loss += float(ctc_sum(lp.float(), out_lens, batch))
+        hyps = greedy_decode(lp, out_lens)
+        labels, llens = batch.labels.cpu(), batch.label_lengths.cpu()
+        for i, h in enumerate(hyps):
+            dist_sum += Levenshtein.distance(to_codes(h), to_codes(labels[i, : llens[i]].tolist()))
+        n += len(hyps)
+        tokens += int(llens.sum())
+    loss, dist_sum, n, tokens = D.all_sum(ctx, [loss, dist_sum, n, tokens])
+    model.train()
+    return EvalResult(loss=loss / max(tokens, 1), distance=dist_sum / max(n, 1), utterances=int(n),
+                      phonemes=int(tokens))
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run (or resume) training; returns the last epoch's metrics."""
+    ctx = D.init(cfg.device)
+    try:
+        return _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None))
+    finally:
+        D.shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
+    weights, results = Path(cfg.weights), Path(cfg.results)
+    state = None
+    if cfg.resume:
+        last = weights / ckpt.LAST
+        if last.is_file():
+            state = ckpt.load(last)
+            old = TrainConfig.from_dict(state["config"])
+            changed = [k for k in TrainConfig.PINNED if getattr(old, k) != getattr(cfg, k)]
+            if changed:
+                log(f"resume: keeping the checkpoint's {', '.join(changed)} (they fix the data order and model)")
+                for k in changed:
+                    setattr(cfg, k, getattr(old, k))
+            if state["world"] != ctx.world:
+                log(f"resume: checkpoint made with {state['world']} rank(s), now {ctx.world}: "
+                    "the epoch plan changes from here on")
+        else:
+            log(f"resume: no checkpoint at {last}, starting from scratch")
+
+    train_m = mf.load_many(cfg.shards, cfg.train)
+    dev_m = mf.load_many(cfg.shards, cfg.dev) if cfg.dev else None
+    if not train_m.labelled:
+        raise TrainingError(f"training split {train_m.split} has no transcripts")
+    opts = BatchOptions(max_frames=cfg.max_frames, max_utts=cfg.max_utts)
+    check_budget(train_m, opts)
+    if dev_m is not None:
+        check_budget(dev_m, opts)
+        if dev_m.stats.get("fingerprint") != train_m.stats.get("fingerprint"):
+            raise TrainingError("dev and train shards were normalized with different statistics; rebuild them together")
+
+    torch.manual_seed(cfg.seed * 1000 + ctx.rank)
+    np.random.seed(cfg.seed * 1000 + ctx.rank)
+    random.seed(cfg.seed * 1000 + ctx.rank)
+    mcfg = ModelConfig.from_dict(state["model_config"]) if state else preset_config(cfg.preset, **cfg.model)
+    model = Model(mcfg).to(ctx.device)
+    log(f"model ({cfg.preset}): {describe(model)}")
+    amp = cfg.amp and ctx.device.type == "cuda"
+    ddp = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    aug = AugmentConfig(spec_augment=cfg.spec_augment, time_masks=cfg.time_masks, time_width=cfg.time_width,
+                        freq_masks=cfg.freq_masks, freq_width=cfg.freq_width, noise=cfg.noise_std > 0,
+                        noise_std=cfg.noise_std)
+
+    plan0 = plan_epoch(train_m, seed=cfg.seed, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers, opts=opts)
+    steps_per_epoch = min(plan0.steps, cfg.max_steps) if cfg.max_steps else plan0.steps
+    if steps_per_epoch == 0:
+        raise TrainingError(f"no training steps: {train_m.num_utterances} utterances in {len(train_m.shards)} shard(s) "
+                            f"for {ctx.world} rank(s); build more shards (--min-shards) or use fewer ranks")
+    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs)
+    step_sched = sched is not None and cfg.scheduler != "plateau"
+
+    start_epoch, start_step, global_step, best = 0, 0, 0, float("inf")
+    acc = {"loss": 0.0, "tokens": 0.0, "real": 0.0, "padded": 0.0, "utts": 0.0, "wait": 0.0, "busy": 0.0,
+           "skipped": 0.0}
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
+        best = state.get("best", best)
+        acc.update(state.get("accumulators", {}))
+        rngs = state["rng"]
+        if ctx.rank < len(rngs):
+            _set_rng_state(rngs[ctx.rank])
+        log(f"resumed at epoch {start_epoch + 1}, step {start_step} (global step {global_step})")
+        if ctx.is_main:
+            metrics.truncate_after(results, start_epoch)
+    if ctx.is_main:
+        weights.mkdir(parents=True, exist_ok=True)
+        results.mkdir(parents=True, exist_ok=True)
+        write_json(weights / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(),
+                                             "parameters": count_parameters(model)})
+    log(f"{train_m.num_utterances} training utterances in {len(train_m.shards)} shards, {ctx.world} rank(s) x "
+        f"{max(cfg.workers, 1)} stream(s); {steps_per_epoch} steps/epoch; batch budget {cfg.max_frames} frames")
+
+    def save(path_name: str, epoch: int, step: int) -> None:
+        rng = [None] * ctx.world
+        if ctx.distributed:
+            dist.all_gather_object(rng, _rng_state())
+        else:
+            rng = [_rng_state()]
+        if ctx.is_main:
+            ckpt.save({
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
+                "rng": rng, "epoch": epoch, "step": step, "global_step": global_step, "best": best,
+                "accumulators": dict(acc), "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
+                "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats,
+            }, weights / path_name)
+
+    record: dict = {}
+    run_steps = 0
+    bad_streak = 0
+    with _Stop() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            plan = plan_epoch(train_m, seed=cfg.seed, epoch=epoch, rank=ctx.rank, world=ctx.world,
+                              workers=cfg.workers, opts=opts)
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                acc = dict.fromkeys(acc, 0.0)
+            if plan.dropped_utterances:
+                log(f"epoch {epoch + 1}: {plan.dropped_utterances} utterances ({plan.dropped_batches} batches) "
+                    f"left out this epoch so every rank runs {plan.steps} steps")
+            t_epoch = time.perf_counter()
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                       disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
+            step = first
+            t_ready = time.perf_counter()
+            loader = make_loader(train_m, plan, first, pin_memory=ctx.device.type == "cuda") \
+                if first < steps_per_epoch else []
+            for batch in loader:
+                if step >= steps_per_epoch:
+                    break
+                t_got = time.perf_counter()
+                acc["wait"] += t_got - t_ready
+                batch = batch.to(ctx.device)
+                x = batch.feats.float()
+                if aug.active:
+                    seed = np.random.SeedSequence([cfg.seed, epoch, step, ctx.rank]).generate_state(1)[0]
+                    gen = torch.Generator(device=ctx.device).manual_seed(int(seed))
+                    x = aug.apply(x, batch.lengths, gen)
+                with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+                    lp, out_lens = ddp(x, batch.lengths)
+                loss_sum = ctc_sum(lp, out_lens, batch)
+                finite = bool(torch.isfinite(loss_sum.detach()))
+                tokens, stop_votes, bad_votes = D.all_sum(
+                    ctx, [float(batch.label_lengths.sum()), float(stop.requested), float(not finite)])
+                if bad_votes:
+                    # Every rank skips together, so DDP's gradient all-reduce stays in step.
+                    acc["skipped"] += 1
+                    bad_streak += 1
+                    opt.zero_grad(set_to_none=True)
+                    if bad_streak >= cfg.max_bad_steps:
+                        raise TrainingError(f"loss was NaN/inf for {bad_streak} consecutive steps at epoch "
+                                            f"{epoch + 1} step {step}; lower --lr or check the data")
+                else:
+                    bad_streak = 0
+                    loss = loss_sum * (ctx.world / max(tokens, 1.0))
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    if cfg.clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    if step_sched:
+                        sched.step()
+                    acc["loss"] += float(loss_sum.detach())
+                    acc["tokens"] += float(batch.label_lengths.sum())
+                real = int(batch.lengths.sum())
+                acc["real"] += real
+                acc["padded"] += int(batch.lengths.max()) * len(batch.lengths)
+                acc["utts"] += len(batch.lengths)
+                step += 1
+                global_step += 1
+                run_steps += 1
+                bar.update()
+                bar.set_postfix(loss=f"{acc['loss'] / max(acc['tokens'], 1):.3f}")
+                t_ready = time.perf_counter()
+                acc["busy"] += t_ready - t_got
+                interrupted = stop_votes > 0 or (cfg.stop_after and run_steps >= cfg.stop_after)
+                if interrupted or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
+                    save(ckpt.LAST, epoch, step)
+                if interrupted:
+                    bar.close()
+                    log(f"stopped at epoch {epoch + 1}, step {step}: checkpoint {weights / ckpt.LAST}; "
+                        "continue with --resume")
+                    return {"stopped": True, "epoch": epoch, "step": step}
+            bar.close()
+            seconds = time.perf_counter() - t_epoch
+            tot = D.all_sum(ctx, [acc["loss"], acc["tokens"], acc["real"], acc["padded"], acc["utts"],
+                                  acc["wait"], acc["busy"]])
+            ev = evaluate_greedy(model, dev_m, ctx, cfg, amp) if dev_m is not None else None
+            lr = opt.param_groups[0]["lr"]
+            if sched is not None and not step_sched and ev is not None:
+                sched.step(ev.distance)
+            record = {
+                "epoch": epoch, "step": global_step, "train_loss": tot[0] / max(tot[1], 1),
+                "dev_loss": ev.loss if ev else None, "dev_distance": ev.distance if ev else None,
+                "dev_per": ev.distance * ev.utterances / max(ev.phonemes, 1) if ev else None,
+                "padding_efficiency": tot[2] / max(tot[3], 1), "lr": lr,
+                "frames_per_s": tot[2] / max(seconds, 1e-9), "utterances": int(tot[4]),
+                "data_wait_fraction": tot[5] / max(tot[5] + tot[6], 1e-9),
+                "dropped_utterances": plan.dropped_utterances, "skipped_steps": int(acc["skipped"]),
+                "epoch_seconds": seconds, "world": ctx.world,
+            }
+            improved = ev is not None and ev.distance < best
+            if improved:
+                best = ev.distance
+            save(ckpt.LAST, epoch + 1, 0)
+            if ctx.is_main:
+                if improved or dev_m is None:
+                    with atomic_path(weights / ckpt.BEST) as tmp:
+                        shutil.copyfile(weights / ckpt.LAST, tmp)
+                metrics.append(results, record)
+                metrics.plot(results)
+            dev_txt = f"dev loss {ev.loss:.3f}, dev distance {ev.distance:.2f}" if ev else "no dev split"
+            log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
+                f"padding {record['padding_efficiency']:.3f}, {record['frames_per_s']:.0f} frames/s, lr {lr:.2e}"
+                f"{'  (best)' if improved else ''}")
+            D.barrier(ctx)
+    return record
