@@ -15,7 +15,7 @@ TORCH_VERSION ?= 2.13.0
 TORCHRUN_ARGS ?= --standalone
 TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node=$(NGPU)
 
-.PHONY: setup shards train predict evaluate test bench demo clean-outputs help
+.PHONY: setup shards train predict evaluate test bench demo help
 
 help:
 	@echo "make demo | setup | shards | train | predict | evaluate | test | bench"
@@ -44,3 +44,24 @@ evaluate: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# ---- benchmarks and the demo -------------------------------------------------------------
+BENCH_SIZES ?= 7135,28539
+bench: setup
+	$(BIN)/python bench/bench_shards.py --sizes $(BENCH_SIZES) --out $(RESULTS)/bench_shards.json
+	$(BIN)/python bench/bench_decode.py --out $(RESULTS)/bench_decode.json
+
+# The whole job on a generated corpus: corpus -> shards -> train -> evaluate -> predict.
+DEMO_DATA ?= data/demo
+DEMO_SHARDS ?= shards/demo
+DEMO_TRAIN ?= 600
+DEMO_EPOCHS ?= 8
+demo: setup
+	@test -d $(DEMO_DATA)/train-clean-100 || $(BIN)/phonerec synth-corpus --data $(DEMO_DATA) \
+	  --split train-clean-100=$(DEMO_TRAIN) --split dev-clean=60 --split test-clean=60
+	$(BIN)/phonerec shards --data $(DEMO_DATA) --shards $(DEMO_SHARDS) --quiet
+	$(TORCHRUN) -m pipeline.cli train --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) \
+	  --epochs $(DEMO_EPOCHS) --quiet $(ARGS)
+	$(BIN)/phonerec evaluate --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
+	$(BIN)/phonerec predict --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
+	@echo "demo done: $(RESULTS)/submission.csv, $(RESULTS)/curves.png, $(RESULTS)/metrics.jsonl"

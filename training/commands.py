@@ -100,4 +100,154 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
         raise
 
 
-COMMANDS: list = [train]
+def _run_inference(fn):
+    """Map the errors a user can cause to one-line messages."""
+    from pipeline.manifest import ManifestError
+    from .checkpoint import CheckpointError
+    from .data import ShardReadError
+    from .inference import CompatibilityError
+    try:
+        return fn()
+    except (ManifestError, CheckpointError, ShardReadError, CompatibilityError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_threads = click.option("--threads", default=os.cpu_count() or 1, show_default=True,
+                        help="Beam-search threads per rank.")
+_weights = click.option("--weights", default="weights", show_default=True,
+                        help="Checkpoint folder (uses best.pt) or a checkpoint file.")
+
+
+@click.command("predict")
+@click.option("--shards", default="shards", show_default=True, help="Folder written by `phonerec shards`.")
+@_weights
+@click.option("--results", default="results", show_default=True, help="Where submission.csv goes.")
+@click.option("--split", default="test-clean", show_default=True, help="Split to decode.")
+@click.option("--beam-width", default=50, show_default=True, help="Beam width (0 = greedy).")
+@_threads
+@click.option("--workers", default=2, show_default=True, help="DataLoader workers per rank.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", default="submission.csv", show_default=True, help="File name inside --results.")
+@click.option("--quiet", is_flag=True)
+def predict(shards, weights, results, split, beam_width, threads, workers, device, output, quiet):
+    """Beam-decode a split (the test split) into <results>/submission.csv (index,label).
+
+    One row per input utterance in the original order (sorted file names), whatever the
+    shard order; under torchrun (`make predict NGPU=N`) each rank decodes its share of the
+    shards and rank 0 writes the merged file.
+    """
+    from pathlib import Path
+
+    from pipeline import manifest as mf
+
+    from . import distributed as D
+    from .inference import check_compatible, decode_split, load_model, submission_rows, write_submission
+
+    def go():
+        ctx = D.init(device)
+        try:
+            loaded = load_model(weights, ctx.device)
+            m = mf.load(shards, split)
+            check_compatible(loaded, m)
+            hyps = decode_split(loaded, m, ctx, beam_width=beam_width, threads=threads, greedy=False,
+                                workers=workers, progress=not quiet)
+            if ctx.is_main:
+                rows, missing = submission_rows(m, hyps)
+                out = Path(results) / output
+                write_submission(out, rows)
+                click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, beam width {beam_width})")
+                if missing:
+                    click.echo(f"warning: {len(missing)} utterance(s) were rejected by `phonerec shards` and have "
+                               f"empty labels (rows {missing[:10]}...); see {Path(shards) / 'rejected.tsv'}", err=True)
+        finally:
+            D.shutdown(ctx)
+    _run_inference(go)
+
+
+@click.command("evaluate")
+@click.option("--shards", default="shards", show_default=True)
+@_weights
+@click.option("--results", default="results", show_default=True, help="Where the per-utterance TSV goes.")
+@click.option("--split", default="dev-clean", show_default=True, help="A labelled split.")
+@click.option("--beam-width", default=20, show_default=True)
+@_threads
+@click.option("--workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def evaluate(shards, weights, results, split, beam_width, threads, workers, device, quiet):
+    """Mean Levenshtein distance and phoneme error rate, greedy and beam, on a labelled split.
+
+    Writes <results>/evaluate-<split>.tsv (id, reference, greedy, beam, distances) and
+    <results>/evaluate-<split>.json.
+    """
+    import json
+    from pathlib import Path
+
+    from pipeline import manifest as mf
+    from pipeline.atomic import write_json
+
+    from . import distributed as D
+    from .inference import check_compatible, decode_split, evaluate as score, load_model
+
+    def go():
+        ctx = D.init(device)
+        try:
+            loaded = load_model(weights, ctx.device)
+            m = mf.load(shards, split)
+            check_compatible(loaded, m)
+            hyps = decode_split(loaded, m, ctx, beam_width=beam_width, threads=threads, workers=workers,
+                                progress=not quiet)
+            if ctx.is_main:
+                ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv")
+                summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
+                summary["beam_width"] = beam_width
+                write_json(Path(results) / f"evaluate-{split}.json", summary)
+                click.echo(f"{split}: {ev.utterances} utterances, {ev.phonemes} phonemes\n"
+                           f"  greedy: distance {ev.greedy_distance:.3f}, PER {100 * ev.greedy_per:.2f}%\n"
+                           f"  beam {beam_width}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
+                           f"  per utterance: {ev.tsv}")
+                click.echo(json.dumps(summary))
+        finally:
+            D.shutdown(ctx)
+    _run_inference(go)
+
+
+@click.command("transcribe")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@_weights
+@click.option("--beam-width", default=50, show_default=True, help="Beam width (0 = greedy).")
+@click.option("--arpabet", is_flag=True, help="Print ARPAbet symbols instead of the one-character codes.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols marked).")
+@_threads
+@click.option("--device", default="auto", show_default=True)
+def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
+    """Decode raw feature files (.npy [T,15]); prints `name<TAB>labels`, as in a submission.
+
+    Each file is normalized with the statistics stored in the checkpoint.
+    """
+    from pathlib import Path
+
+    from pipeline.validate import UtteranceError
+    from pipeline.vocab import to_arpabet, to_codes
+
+    from . import distributed as D
+    from .inference import load_model, plot_posteriorgram, transcribe as run
+
+    def go():
+        ctx = D.Context(device=D.init(device).device)
+        loaded = load_model(weights, ctx.device)
+        try:
+            out = run(loaded, [Path(f) for f in files], ctx.device, beam_width=beam_width, threads=threads)
+        except UtteranceError as exc:
+            raise click.ClickException(f"cannot read features: {exc}") from None
+        for path, hyp, _, _ in out:
+            click.echo(f"{path.name}\t{' '.join(to_arpabet(hyp)) if arpabet else to_codes(hyp)}")
+        if plot:
+            path, hyp, frames, lp = out[0]
+            png = plot_posteriorgram(Path(plot), lp, hyp, frames, path.name)
+            click.echo(f"posteriorgram: {png}", err=True)
+    _run_inference(go)
+
+
+COMMANDS: list = [train, predict, evaluate, transcribe]

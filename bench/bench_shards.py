@@ -1,0 +1,94 @@
+"""Preprocessing benchmark: wall time, throughput and peak memory of `phonerec shards` at several corpus sizes.
+
+Usage: python bench/bench_shards.py --sizes 7135,28539 [--work /tmp/phonerec-bench] [--out results/bench_shards.json]
+Peak memory is the largest resident set of any process of the run (main or worker), from
+getrusage of the waited-for process tree, so it shows whether memory grows with corpus size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def phonerec(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB of the largest process in the tree) of one command run in a fresh child."""
+    code = ("import resource,subprocess,sys,time;t=time.perf_counter();"
+            "r=subprocess.run(sys.argv[1:]);dt=time.perf_counter()-t;"
+            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True, cwd=ROOT)
+    seconds, kb = out.stdout.strip().splitlines()[-1].split()
+    return float(seconds), int(kb) / 1024
+
+
+def run(sizes: list[int], work: Path, workers: int, keep: bool = False) -> dict:
+    rows = []
+    for n in sizes:
+        data, shards = work / f"corpus-{n}", work / f"shards-{n}"
+        dev, test = max(n // 10, 10), max(n // 10, 10)
+        if not (data / "train-clean-100").is_dir():
+            subprocess.run(phonerec("synth-corpus", "--data", str(data), "--split", f"train-clean-100={n}",
+                                    "--split", f"dev-clean={dev}", "--split", f"test-clean={test}",
+                                    "--workers", str(workers)), check=True, cwd=ROOT, capture_output=True)
+        shutil.rmtree(shards, ignore_errors=True)
+        seconds, peak = measure(phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet",
+                                         "--workers", str(workers)))
+        rerun_s, _ = measure(phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet",
+                                      "--workers", str(workers)))
+        total = {}
+        for split in ("train-clean-100", "dev-clean", "test-clean"):
+            m = json.loads((shards / split / "manifest.json").read_text())
+            total[split] = (m["num_utterances"], m["total_frames"], len(m["shards"]))
+        utts = sum(v[0] for v in total.values())
+        frames = sum(v[1] for v in total.values())
+        raw_mb = sum(f.stat().st_size for f in data.rglob("*.npy")) / 2**20
+        shard_mb = sum(f.stat().st_size for f in shards.rglob("*.tar")) / 2**20
+        rows.append({"train_utterances": n, "utterances": utts, "frames": frames, "hours": frames / 360000,
+                     "seconds": round(seconds, 1), "utts_per_s": round(utts / seconds, 1),
+                     "frames_per_s": round(frames / seconds), "peak_rss_mb": round(peak),
+                     "rerun_seconds": round(rerun_s, 1), "raw_mb": round(raw_mb), "shard_mb": round(shard_mb),
+                     "train_shards": total["train-clean-100"][2], "workers": workers})
+        print(json.dumps(rows[-1]), flush=True)
+        if not keep:
+            shutil.rmtree(shards, ignore_errors=True)
+    return {"machine": f"{os.cpu_count()} CPU cores", "runs": rows}
+
+
+def table(res: dict) -> str:
+    lines = ["| train utterances | all utterances | hours | wall time (s) | utts/s | peak RSS (MB) | rerun (s) | raw MB -> shard MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in res["runs"]:
+        lines.append(f"| {r['train_utterances']:,} | {r['utterances']:,} | {r['hours']:.1f} | {r['seconds']} | "
+                     f"{r['utts_per_s']} | {r['peak_rss_mb']} | {r['rerun_seconds']} | {r['raw_mb']} -> {r['shard_mb']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", default="7135,28539", help="Comma-separated training-split sizes.")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/phonerec-bench"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_shards.json")
+    ap.add_argument("--keep", action="store_true", help="Keep the shards of the largest size.")
+    a = ap.parse_args()
+    res = run([int(s) for s in a.sizes.split(",")], a.work, a.workers, a.keep)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Decoding with a trained checkpoint: the test submission, dev evaluation and single files.
+
+Every rank decodes its share of the split's shards; rank 0 gathers the hypotheses and
+writes the outputs in the split's original order (the manifest's `index`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import Levenshtein
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pipeline import manifest as mf
+from pipeline.atomic import write_text
+from pipeline.stats import Stats
+from pipeline.validate import load_features
+from pipeline.vocab import VOCAB, to_arpabet, to_codes
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .data import make_loader
+from .decode import CTCBeamDecoder, beam_decode, greedy_decode
+from .model import Model, ModelConfig
+from .plan import BatchOptions, plan_epoch
+
+
+class CompatibilityError(RuntimeError):
+    """Weights and shards (or files) that do not belong together."""
+
+
+@dataclass
+class Loaded:
+    model: Model
+    state: dict
+    stats: Stats
+    path: Path
+
+
+def load_model(weights: str | Path, device: torch.device, name: str = ckpt.BEST) -> Loaded:
+    path = ckpt.resolve(weights, name)
+    state = ckpt.load(path)
+    if list(state.get("vocab", [])) != list(VOCAB):
+        raise CompatibilityError(f"{path}: trained with a different vocabulary ({len(state.get('vocab', []))} "
+                                 f"symbols); this version uses {len(VOCAB)}")
+    model = Model(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return Loaded(model=model, state=state, stats=Stats.from_json(state["stats"]), path=path)
+
+
+def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
+    if list(m.vocab) != list(VOCAB):
+        raise CompatibilityError(f"shards of {m.split} use a different vocabulary; rebuild them with `phonerec shards`")
+    want, have = loaded.stats.fingerprint, m.stats.get("fingerprint")
+    if want != have:
+        raise CompatibilityError(
+            f"{loaded.path} was trained on features normalized with other statistics (from {loaded.stats.splits}) "
+            f"than the {m.split} shards in {m.directory} (from {m.stats.get('splits')}); use the shards the "
+            "model was trained with, or retrain")
+
+
+@torch.no_grad()
+def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: int = 10, threads: int = 1,
+                 greedy: bool = True, max_frames: int = 48000, workers: int = 2, progress: bool = True
+                 ) -> dict[int, dict]:
+    """Manifest row -> {"greedy": [...], "beam": [...]} for every utterance, gathered on every rank."""
+    plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
+                      opts=BatchOptions(max_frames=max(max_frames, int(m.frames.max(initial=1)))),
+                      shuffle=False, balance=False)
+    out: dict[int, dict] = {}
+    bar = tqdm(total=int(sum(len(b) for b in plan.sequence())), desc=f"decode {m.split}", unit="utt",
+               disable=not (progress and ctx.is_main), leave=False)
+    for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
+        b = batch.to(ctx.device)
+        lp, out_lens = loaded.model(b.feats.float(), b.lengths)
+        lp, out_lens = lp.float().cpu(), out_lens.cpu()
+        g = greedy_decode(lp, out_lens) if greedy else [None] * len(out_lens)
+        bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
+        for r, gh, bh in zip(batch.rows.tolist(), g, bm):
+            out[r] = {"greedy": gh, "beam": bh}
+        bar.update(len(out_lens))
+    bar.close()
+    if ctx.distributed:
+        parts = [None] * ctx.world
+        dist.all_gather_object(parts, out)
+        out = {k: v for p in parts for k, v in p.items()}
+    if len(out) != m.num_utterances:
+        raise RuntimeError(f"decoded {len(out)} of {m.num_utterances} utterances of {m.split}")
+    return out
+
+
+def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> tuple[list[tuple[int, str]], list[int]]:
+    """(index, code string) for every input utterance in the original order; rejected ones get ''."""
+    by_index = {int(m.index[r]): to_codes(h[key]) for r, h in hyps.items()}
+    total = max(m.inputs, (max(by_index) + 1) if by_index else 0)
+    missing = [i for i in range(total) if i not in by_index]
+    return [(i, by_index.get(i, "")) for i in range(total)], missing
+
+
+def write_submission(path: str | Path, rows: list[tuple[int, str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "label"])
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+@dataclass
+class Evaluation:
+    split: str
+    utterances: int
+    phonemes: int
+    greedy_distance: float
+    beam_distance: float
+    greedy_per: float
+    beam_per: float
+    tsv: Path | None = None
+
+
+def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluation:
+    if not m.labelled:
+        raise CompatibilityError(f"split {m.split} has no transcripts to evaluate against")
+    start = m.shard_start
+    from .data import read_shards
+    rows_out = ["id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance"]
+    dg = db = 0
+    refs = 0
+    for s in range(len(m.shards)):           # references come from the shards, one shard at a time
+        samples = read_shards(m, [s])
+        for r in range(int(start[s]), int(start[s + 1])):
+            ref = to_codes(samples[r][1])
+            g, b = to_codes(hyps[r]["greedy"]), to_codes(hyps[r]["beam"])
+            dgi, dbi = Levenshtein.distance(g, ref), Levenshtein.distance(b, ref)
+            dg, db, refs = dg + dgi, db + dbi, refs + len(ref)
+            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
+    n = max(m.num_utterances, 1)
+    if tsv is not None:
+        write_text(tsv, "\n".join(rows_out) + "\n")
+    return Evaluation(split=m.split, utterances=m.num_utterances, phonemes=refs, greedy_distance=dg / n,
+                      beam_distance=db / n, greedy_per=dg / max(refs, 1), beam_per=db / max(refs, 1), tsv=tsv)
+
+
+def features_for(loaded: Loaded, path: Path) -> np.ndarray:
+    """A raw .npy feature file normalized exactly as the shards are (including float16 rounding)."""
+    x = load_features(path)
+    return loaded.stats.normalize(x).astype(np.float16).astype(np.float32)
+
+
+@torch.no_grad()
+def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_width: int = 10,
+               threads: int = 1) -> list[tuple[Path, list[int], list[int], torch.Tensor]]:
+    """(file, hypothesis, frame of each token, log-probs [T', C]) per file."""
+    out = []
+    for p in paths:
+        x = torch.from_numpy(features_for(loaded, p))[None].to(device)
+        lp, ol = loaded.model(x, torch.tensor([x.shape[1]], device=device))
+        lp, ol = lp.float().cpu(), ol.cpu()
+        if beam_width > 0:
+            res, _, steps, lens = CTCBeamDecoder(beam_width=beam_width, num_processes=threads,
+                                                 cutoff_top_n=len(VOCAB)).decode(lp, ol, compute_scores=False)
+            n = int(lens[0, 0])
+            hyp, frames = res[0, 0, :n].tolist(), steps[0, 0, :n].tolist()
+        else:
+            hyp = greedy_decode(lp, ol)[0]
+            best = lp[0, : int(ol[0])].argmax(-1)
+            keep = (best != 0) & torch.cat([torch.tensor([True]), best[1:] != best[:-1]])
+            frames = torch.nonzero(keep).flatten().tolist()
+        out.append((p, hyp, frames, lp[0, : int(ol[0])]))
+    return out
+
+
+def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], frames: list[int], title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = log_probs.exp().numpy().T                # [C, T]
+    fig, ax = plt.subplots(figsize=(min(24, 4 + probs.shape[1] / 40), 7))
+    ax.imshow(probs, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    ax.plot(frames, hyp, "o", ms=3, mfc="none", color="cyan", label="decoded symbols")
+    ax.set_yticks(range(len(VOCAB)))
+    ax.set_yticklabels(["<b>" if s == "" else s for s in VOCAB], fontsize=6)
+    ax.set_xlabel("output frame")
+    ax.set_title(f"{title}\n{' '.join(to_arpabet(hyp))[:200]}", fontsize=8)
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from pipeline.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
