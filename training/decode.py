@@ -309,3 +309,13 @@ def beam_decode(
 def hypotheses_to_codes(hypotheses: Sequence[Sequence[int]]) -> list[str]:
     """Index hypotheses -> submission strings (one code character per phoneme)."""
     return [to_codes(h) for h in hypotheses]
+
+
+def restrict_to_labels(log_probs: torch.Tensor) -> torch.Tensor:
+    """Make [SOS]/[EOS] impossible: they are model outputs (43 classes) but never targets,
+    and an undertrained model must not put them into a transcript."""
+    if log_probs.shape[-1] != len(VOCAB):
+        return log_probs
+    out = log_probs.clone()
+    out[..., len(VOCAB) - 2:] = float("-inf")
+    return out

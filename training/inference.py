@@ -26,7 +26,7 @@ from pipeline.vocab import VOCAB, to_arpabet, to_codes
 from . import checkpoint as ckpt
 from . import distributed as D
 from .data import make_loader
-from .decode import CTCBeamDecoder, beam_decode, greedy_decode
+from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import BatchOptions, plan_epoch
 
@@ -80,8 +80,8 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
     for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
         b = batch.to(ctx.device)
         lp, out_lens = loaded.model(b.feats.float(), b.lengths)
-        lp, out_lens = lp.float().cpu(), out_lens.cpu()
-        g = greedy_decode(lp, out_lens) if greedy else [None] * len(out_lens)
+        lp, out_lens = restrict_to_labels(lp.float().cpu()), out_lens.cpu()
+        g = greedy_decode(lp, out_lens) if greedy or beam_width <= 0 else [None] * len(out_lens)
         bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
         for r, gh, bh in zip(batch.rows.tolist(), g, bm):
             out[r] = {"greedy": gh, "beam": bh}
@@ -161,7 +161,7 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_wid
     for p in paths:
         x = torch.from_numpy(features_for(loaded, p))[None].to(device)
         lp, ol = loaded.model(x, torch.tensor([x.shape[1]], device=device))
-        lp, ol = lp.float().cpu(), ol.cpu()
+        lp, ol = restrict_to_labels(lp.float().cpu()), ol.cpu()
         if beam_width > 0:
             res, _, steps, lens = CTCBeamDecoder(beam_width=beam_width, num_processes=threads,
                                                  cutoff_top_n=len(VOCAB)).decode(lp, ol, compute_scores=False)

@@ -34,7 +34,7 @@ from . import metrics
 from .augment import AugmentConfig
 from .config import TrainConfig
 from .data import Batch, make_loader
-from .decode import greedy_decode
+from .decode import greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig, count_parameters, describe, preset_config
 from .plan import BatchOptions, check_budget, plan_epoch
 
@@ -124,7 +124,7 @@ def evaluate_greedy(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConf
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
             lp, out_lens = model(batch.feats.float(), batch.lengths)
         loss += float(ctc_sum(lp.float(), out_lens, batch))
-        hyps = greedy_decode(lp, out_lens)
+        hyps = greedy_decode(restrict_to_labels(lp), out_lens)
         labels, llens = batch.labels.cpu(), batch.label_lengths.cpu()
         for i, h in enumerate(hyps):
             dist_sum += Levenshtein.distance(to_codes(h), to_codes(labels[i, : llens[i]].tolist()))

@@ -1,0 +1,139 @@
+"""Prediction, evaluation and transcription with a (briefly) trained checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline import manifest as mf
+from pipeline.cli import main
+from pipeline.vocab import CODES
+from tests.conftest import TEST, build_shards, raw_ids
+
+
+def _cli(*args: str) -> str:
+    res = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_shards, tmp_path_factory) -> Path:
+    """A model1 checkpoint trained for a few steps on the tiny shards (read-only)."""
+    w = tmp_path_factory.mktemp("weights")
+    _cli("train", "--shards", str(tiny_shards), "--weights", str(w), "--results", str(w / "results"),
+         "--epochs", "1", "--preset", "model1", "--workers", "0", "--max-frames", "8000", "--max-steps", "4",
+         "--quiet")
+    assert (w / "best.pt").is_file()
+    return w
+
+
+def _read_csv(path: Path) -> list[tuple[int, str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["index", "label"]
+    return [(int(i), lab) for i, lab in rows[1:]]
+
+
+def _shuffle_shards(shards_dir: Path, split: str, seed: int) -> None:
+    """Rewrite a split's manifest with its shards in another order (utterance blocks moved along)."""
+    m = mf.load(shards_dir, split)
+    start = m.shard_start
+    perm = np.random.default_rng(seed).permutation(len(m.shards))
+    assert not (perm == np.arange(len(perm))).all()
+    rows = np.concatenate([np.arange(start[s], start[s + 1]) for s in perm])
+    m.shards = [m.shards[s] for s in perm]
+    m.ids = [m.ids[r] for r in rows]
+    m.keys = [m.keys[r] for r in rows]
+    m.frames, m.label_lens, m.index = m.frames[rows], m.label_lens[rows], m.index[rows]
+    mf.save(m, shards_dir)
+
+
+def test_submission_has_every_test_utterance_in_original_order(tiny_corpus, tiny_shards, trained, tmp_path):
+    shuffled = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shuffled)
+    _shuffle_shards(shuffled, TEST, seed=3)
+    out = {}
+    for name, shards in (("plain", tiny_shards), ("shuffled", shuffled)):
+        res = tmp_path / name
+        _cli("predict", "--shards", str(shards), "--weights", str(trained), "--results", str(res),
+             "--beam-width", "0", "--workers", "0", "--quiet")
+        out[name] = _read_csv(res / "submission.csv")
+    ids = raw_ids(tiny_corpus, TEST)
+    assert [i for i, _ in out["plain"]] == list(range(len(ids)))
+    assert out["plain"] == out["shuffled"]
+
+    # Row k is test file k (sorted names): transcribing that file alone gives the same string.
+    files = [str(tiny_corpus / TEST / "mfcc" / f"{u}.npy") for u in ids]
+    printed = _cli("transcribe", "--weights", str(trained), "--beam-width", "0", *files).splitlines()
+    assert [line.split("\t")[0] for line in printed] == [f"{u}.npy" for u in ids]
+    assert [line.split("\t")[1] if "\t" in line else "" for line in printed] == [lab for _, lab in out["plain"]]
+
+
+def test_beam_prediction_and_multirank_style_merge(tiny_shards, trained, tmp_path):
+    _cli("predict", "--shards", str(tiny_shards), "--weights", str(trained), "--results", str(tmp_path),
+         "--beam-width", "2", "--threads", "2", "--workers", "2", "--quiet")
+    rows = _read_csv(tmp_path / "submission.csv")
+    m = mf.load(tiny_shards, TEST)
+    assert len(rows) == m.inputs == m.num_utterances
+    allowed = set(CODES[1:-2])
+    assert all(set(lab) <= allowed for _, lab in rows)
+
+
+def test_evaluate_writes_per_utterance_tsv(tiny_shards, trained, tmp_path):
+    out = _cli("evaluate", "--shards", str(tiny_shards), "--weights", str(trained), "--results", str(tmp_path),
+               "--split", "dev-clean", "--beam-width", "2", "--workers", "0", "--quiet")
+    summary = json.loads(out.strip().splitlines()[-1])
+    tsv = (tmp_path / "evaluate-dev-clean.tsv").read_text().splitlines()
+    m = mf.load(tiny_shards, "dev-clean")
+    assert len(tsv) == 1 + m.num_utterances
+    dists = [int(line.split("\t")[4]) for line in tsv[1:]]
+    assert summary["greedy_distance"] == pytest.approx(sum(dists) / len(dists))
+    assert summary["phonemes"] == int(m.label_lens.sum())
+    assert 0 < summary["greedy_per"] and summary["beam_per"] >= 0
+
+
+def test_mismatched_statistics_fail_clearly(tiny_corpus, trained, tmp_path):
+    other = tmp_path / "other"
+    # Different training data -> different normalization statistics.
+    build_shards(tiny_corpus, other, train="dev-clean", dev="", test=TEST, min_shards=2)
+    res = CliRunner().invoke(main, ["predict", "--shards", str(other), "--weights", str(trained),
+                                    "--results", str(tmp_path), "--quiet"])
+    assert res.exit_code != 0
+    assert "other statistics" in res.output and "retrain" in res.output
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_mismatched_vocabulary_and_missing_weights_fail_clearly(tiny_shards, trained, tmp_path):
+    state = torch.load(trained / "best.pt", weights_only=False)
+    state["vocab"] = state["vocab"][:-1]
+    torch.save(state, tmp_path / "bad.pt")
+    res = CliRunner().invoke(main, ["predict", "--shards", str(tiny_shards), "--weights", str(tmp_path / "bad.pt"),
+                                    "--results", str(tmp_path), "--quiet"])
+    assert res.exit_code != 0 and "different vocabulary" in res.output
+    res = CliRunner().invoke(main, ["predict", "--shards", str(tiny_shards), "--weights", str(tmp_path / "none"),
+                                    "--results", str(tmp_path), "--quiet"])
+    assert res.exit_code != 0 and "no checkpoint" in res.output
+
+
+def test_transcribe_arpabet_and_posteriorgram(tiny_corpus, trained, tmp_path):
+    f = sorted((tiny_corpus / TEST / "mfcc").glob("*.npy"))[0]
+    png = tmp_path / "post.png"
+    out = _cli("transcribe", "--weights", str(trained), "--arpabet", "--plot", str(png), "--beam-width", "2", str(f))
+    name, _, symbols = out.splitlines()[0].partition("\t")
+    assert name == f.name
+    assert all(s in {"[SIL]", "NG", "F", "M", "AE", "R", "UW", "N", "IY", "AW", "V", "UH", "OW", "AA", "ER", "HH",
+                     "Z", "K", "CH", "W", "EY", "ZH", "T", "EH", "Y", "AH", "B", "P", "TH", "DH", "AO", "G", "L",
+                     "JH", "OY", "SH", "D", "AY", "S", "IH"} for s in symbols.split())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((10, 13), np.float32))
+    res = CliRunner().invoke(main, ["transcribe", "--weights", str(trained), str(bad)])
+    assert res.exit_code != 0 and "[T, 15]" in res.output
