@@ -138,19 +138,14 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
     """
     from pathlib import Path
 
-    from pipeline import manifest as mf
-
     from . import distributed as D
-    from .inference import check_compatible, decode_split, load_model, submission_rows, write_submission
+    from .inference import decode_checkpoint, submission_rows, write_submission
 
     def go():
         ctx = D.init(device)
         try:
-            loaded = load_model(weights, ctx.device)
-            m = mf.load(shards, split)
-            check_compatible(loaded, m)
-            hyps = decode_split(loaded, m, ctx, beam_width=beam_width, threads=threads, greedy=False,
-                                workers=workers, progress=not quiet)
+            m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
+                                        greedy=False, workers=workers, progress=not quiet)
             if ctx.is_main:
                 rows, missing = submission_rows(m, hyps)
                 out = Path(results) / output
@@ -183,20 +178,16 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
     import json
     from pathlib import Path
 
-    from pipeline import manifest as mf
     from pipeline.atomic import write_json
 
     from . import distributed as D
-    from .inference import check_compatible, decode_split, evaluate as score, load_model
+    from .inference import decode_checkpoint, evaluate as score
 
     def go():
         ctx = D.init(device)
         try:
-            loaded = load_model(weights, ctx.device)
-            m = mf.load(shards, split)
-            check_compatible(loaded, m)
-            hyps = decode_split(loaded, m, ctx, beam_width=beam_width, threads=threads, workers=workers,
-                                progress=not quiet)
+            m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
+                                        workers=workers, progress=not quiet)
             if ctx.is_main:
                 ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv")
                 summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}

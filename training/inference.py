@@ -96,6 +96,15 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
     return out
 
 
+def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: D.Context, **kwargs
+                      ) -> tuple[mf.Manifest, dict[int, dict]]:
+    """Load best.pt, check it fits the split's shards, decode the split (see decode_split)."""
+    loaded = load_model(weights, ctx.device)
+    m = mf.load(shards, split)
+    check_compatible(loaded, m)
+    return m, decode_split(loaded, m, ctx, **kwargs)
+
+
 def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> tuple[list[tuple[int, str]], list[int]]:
     """(index, code string) for every input utterance in the original order; rejected ones get ''."""
     by_index = {int(m.index[r]): to_codes(h[key]) for r, h in hyps.items()}

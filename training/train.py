@@ -226,11 +226,14 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
         f"{max(cfg.workers, 1)} stream(s); {steps_per_epoch} steps/epoch; batch budget {cfg.max_frames} frames")
 
     def save(path_name: str, epoch: int, step: int) -> None:
-        rng = [None] * ctx.world
+        # Every rank's RNG state and step count (the latter shows all ranks ran the same steps).
+        mine = (_rng_state(), global_step)
+        gathered = [None] * ctx.world
         if ctx.distributed:
-            dist.all_gather_object(rng, _rng_state())
+            dist.all_gather_object(gathered, mine)
         else:
-            rng = [_rng_state()]
+            gathered = [mine]
+        rng = [g[0] for g in gathered]
         if ctx.is_main:
             ckpt.save({
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -238,6 +241,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                 "rng": rng, "epoch": epoch, "step": step, "global_step": global_step, "best": best,
                 "accumulators": dict(acc), "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
                 "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats,
+                "rank_steps": [int(g[1]) for g in gathered],
             }, weights / path_name)
 
     record: dict = {}
