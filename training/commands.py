@@ -84,11 +84,13 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
     for key, val in cli.items():
         param = src.get(key, key)
         explicit = ctx.get_parameter_source(param) not in (click.core.ParameterSource.DEFAULT, None)
+        if key == "model" and explicit and isinstance(values.get("model"), dict):
+            val = {**values["model"], **val}     # --set overrides single model settings of the recipe
         if explicit or key not in values:
             values[key] = val
     try:
         cfg = TrainConfig.from_dict(values)
-        run(cfg, log=lambda m: click.echo(m, err=True))
+        outcome = run(cfg, log=lambda m: click.echo(m, err=True))
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
@@ -98,6 +100,8 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
         if isinstance(exc, (ManifestError, ShardReadError, CheckpointError)):
             raise click.ClickException(str(exc)) from None
         raise
+    if outcome.get("signal"):
+        ctx.exit(130)   # interrupted (checkpoint written): scripts can tell it from a finished run
 
 
 def _run_inference(fn):

@@ -163,8 +163,9 @@ def plan_epoch(m: Manifest, *, seed: int, epoch: int, rank: int = 0, world: int 
     for w, ws in enumerate(worker_sets):
         shards = [mine[i] for i in ws]
         wins = []
-        for k in range(0, len(shards), max(opts.mix, 1)):
-            group = shards[k:k + opts.mix]
+        mix = max(opts.mix, 1)
+        for k in range(0, len(shards), mix):
+            group = shards[k:k + mix]
             batches = [b for s in group for b in per_shard[s]]
             if shuffle:
                 rng = np.random.default_rng([seed, epoch, 2, group[0]])

@@ -200,7 +200,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
 
     start_epoch, start_step, global_step, best = 0, 0, 0, float("inf")
     acc = {"loss": 0.0, "tokens": 0.0, "real": 0.0, "padded": 0.0, "utts": 0.0, "wait": 0.0, "busy": 0.0,
-           "skipped": 0.0}
+           "skipped": 0.0, "seconds": 0.0}
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -210,7 +210,9 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         best = state.get("best", best)
-        acc.update(state.get("accumulators", {}))
+        per_rank = state.get("rank_accumulators")     # this rank's partial sums of the interrupted epoch
+        acc.update(per_rank[ctx.rank] if per_rank and len(per_rank) == ctx.world
+                   else state.get("accumulators", {}))
         rngs = state["rng"]
         if ctx.rank < len(rngs):
             _set_rng_state(rngs[ctx.rank])
@@ -226,8 +228,9 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
         f"{max(cfg.workers, 1)} stream(s); {steps_per_epoch} steps/epoch; batch budget {cfg.max_frames} frames")
 
     def save(path_name: str, epoch: int, step: int) -> None:
-        # Every rank's RNG state and step count (the latter shows all ranks ran the same steps).
-        mine = (_rng_state(), global_step)
+        # Every rank's RNG state, step count (shows all ranks ran the same steps) and accumulators
+        # (each rank sums over its own batches: a resumed epoch needs every rank's partial sums).
+        mine = (_rng_state(), global_step, dict(acc))
         gathered = [None] * ctx.world
         if ctx.distributed:
             dist.all_gather_object(gathered, mine)
@@ -241,7 +244,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                 "rng": rng, "epoch": epoch, "step": step, "global_step": global_step, "best": best,
                 "accumulators": dict(acc), "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
                 "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats,
-                "rank_steps": [int(g[1]) for g in gathered],
+                "rank_steps": [int(g[1]) for g in gathered], "rank_accumulators": [g[2] for g in gathered],
             }, weights / path_name)
 
     record: dict = {}
@@ -257,7 +260,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
             if plan.dropped_utterances:
                 log(f"epoch {epoch + 1}: {plan.dropped_utterances} utterances ({plan.dropped_batches} batches) "
                     f"left out this epoch so every rank runs {plan.steps} steps")
-            t_epoch = time.perf_counter()
+            t_epoch = time.perf_counter() - acc.get("seconds", 0.0)   # a resumed epoch keeps its earlier time
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                        disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
             step = first
@@ -316,12 +319,13 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                 acc["busy"] += t_ready - t_got
                 interrupted = stop_votes > 0 or (cfg.stop_after and run_steps >= cfg.stop_after)
                 if interrupted or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
+                    acc["seconds"] = time.perf_counter() - t_epoch
                     save(ckpt.LAST, epoch, step)
                 if interrupted:
                     bar.close()
                     log(f"stopped at epoch {epoch + 1}, step {step}: checkpoint {weights / ckpt.LAST}; "
                         "continue with --resume")
-                    return {"stopped": True, "epoch": epoch, "step": step}
+                    return {"stopped": True, "signal": stop_votes > 0, "epoch": epoch, "step": step}
             bar.close()
             seconds = time.perf_counter() - t_epoch
             tot = D.all_sum(ctx, [acc["loss"], acc["tokens"], acc["real"], acc["padded"], acc["utts"],

@@ -1,0 +1,408 @@
+"""Stage-2 trainer end to end: the `phonerec train` command alone and under torchrun (gloo, 2 ranks),
+exact resumption, config files and Ctrl-C.
+
+Every run trains for real on a small corpus of short synthetic utterances (so an epoch takes well
+under a second on a CPU); what dominates is process start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline import manifest as mf
+from pipeline.cli import main as cli_main
+from pipeline.synth import utterance
+from training import data as tdata
+from training.plan import BatchOptions, plan_epoch
+
+TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
+ROOT = Path(__file__).resolve().parents[1]
+MAX_FRAMES = 1600
+N_TRAIN = 64
+DDP_TIMEOUT = 240
+
+
+# ------------------------------------------------------------------------------------ corpus
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs use one intra-op thread, like the subprocesses (OMP_NUM_THREADS=1): the small
+    LSTM steps are dominated by thread synchronisation and slow down badly on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fast_shards(pipe, tmp_path_factory) -> Path:
+    """Short learnable utterances (60-400 frames): 64 train in 6 shards, 12 dev, 6 unlabelled test."""
+    root = tmp_path_factory.mktemp("fast")
+    data = root / "data"
+    for k, (split, n) in enumerate({TRAIN: N_TRAIN, DEV: 12, TEST: 6}.items()):
+        rng = np.random.default_rng([5, k])
+        for i in range(n):
+            x, labels = utterance(5, k, i, int(rng.integers(60, 400)))
+            pipe.write_utterance(data, split, f"{100 + k}-{2000 + k}-{i:04d}", x, labels if split != TEST else None)
+    pipe.build(data, root / "shards", min_shards=6)
+    m = mf.load(root / "shards", TRAIN)
+    assert m.num_utterances == N_TRAIN and len(m.shards) == 6
+    return root / "shards"
+
+
+def plan(shards, epoch=0, rank=0, world=1, workers=0, max_frames=MAX_FRAMES, seed=0):
+    m = mf.load(shards, TRAIN)
+    return plan_epoch(m, seed=seed, epoch=epoch, rank=rank, world=world, workers=workers,
+                      opts=BatchOptions(max_frames=max_frames))
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+def train_args(shards, run: Path, *extra) -> list[str]:
+    return ["train", "--shards", str(shards), "--weights", str(run / "weights"), "--results", str(run / "results"),
+            "--preset", "model1", "--workers", "0", "--max-frames", str(MAX_FRAMES), "--quiet", *extra]
+
+
+def cli(args, ok=True):
+    """`phonerec ...` in this process."""
+    res = CliRunner().invoke(cli_main, args, catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+def subprocess_env() -> dict:
+    # One thread per process: two ranks on a 2-core machine would otherwise oversubscribe it.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def torchrun(args, nproc=2, timeout=DDP_TIMEOUT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pipeline.cli", *args]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(),
+                             cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"torchrun did not finish in {timeout} s (a rank hung?)\n{exc.stderr}")
+    assert res.returncode == 0, f"torchrun exited {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def metrics(run: Path) -> list[dict]:
+    path = run / "results" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def last(run: Path, name="last.pt") -> dict:
+    return torch.load(run / "weights" / name, map_location="cpu", weights_only=False)
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs (max |diff| {(a[k] - b[k]).abs().max()})"
+
+
+def assert_same_optimizer(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for name, t in a["state"][k].items():
+            assert torch.equal(t, b["state"][k][name]), f"optimizer state {k}.{name} differs"
+
+
+METRIC_KEYS = {"epoch", "step", "train_loss", "dev_loss", "dev_distance", "padding_efficiency", "lr", "frames_per_s"}
+
+
+# ------------------------------------------------------------------------- 6. single process
+
+def test_train_three_epochs(fast_shards, tmp_path):
+    steps = plan(fast_shards).steps
+    res = cli(train_args(fast_shards, tmp_path, "--epochs", "3"))
+    assert f"{steps} steps/epoch" in res.output
+    rows = metrics(tmp_path)
+    assert len(rows) == 3
+    for e, r in enumerate(rows):
+        assert METRIC_KEYS <= r.keys(), sorted(METRIC_KEYS - r.keys())
+        assert r["epoch"] == e and r["step"] == (e + 1) * steps and r["world"] == 1
+        assert all(np.isfinite(r[k]) for k in ("train_loss", "dev_loss", "dev_distance", "lr", "frames_per_s"))
+        assert 0.5 < r["padding_efficiency"] <= 1.0
+        assert r["frames_per_s"] > 0 and r["lr"] > 0 and r["dev_distance"] >= 0
+        assert r["utterances"] == N_TRAIN and r["dropped_utterances"] == 0
+    assert rows[2]["train_loss"] < rows[0]["train_loss"], [r["train_loss"] for r in rows]
+
+    w = tmp_path / "weights"
+    for name in ("last.pt", "best.pt", "config.json"):
+        assert (w / name).is_file(), name
+    state = last(tmp_path)
+    assert (state["epoch"], state["step"], state["global_step"]) == (3, 0, 3 * steps)
+    assert state["rank_steps"] == [3 * steps] and state["world"] == 1
+    best = last(tmp_path, "best.pt")
+    assert best["epoch"] >= 1
+    cfg = json.loads((w / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["preset"] == "model1"
+    assert cfg["train"]["max_frames"] == MAX_FRAMES and cfg["parameters"] > 0
+    png = (tmp_path / "results" / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_train_budget_error_is_one_line(fast_shards, tmp_path):
+    res = cli(train_args(fast_shards, tmp_path, "--epochs", "1", "--max-frames", "100"), ok=False)
+    assert res.exit_code != 0
+    assert "--max-frames" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "weights" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------------- 7. two ranks (gloo)
+
+DDP_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def ddp_run(fast_shards, tmp_path_factory):
+    """An uninterrupted 2-rank run (3 epochs, with dev evaluation); read-only for the tests."""
+    run = tmp_path_factory.mktemp("ddp_a")
+    t0 = time.perf_counter()
+    res = torchrun(train_args(fast_shards, run, "--epochs", str(DDP_EPOCHS)))
+    print(f"2-rank run: {time.perf_counter() - t0:.1f} s")
+    return run, res
+
+
+def test_ddp_two_ranks(fast_shards, ddp_run):
+    run, res = ddp_run
+    plans = [plan(fast_shards, rank=r, world=2) for r in range(2)]
+    steps = plans[0].steps
+    assert steps == plans[1].steps and 0 < steps < plan(fast_shards).steps
+    # Rank 0 alone logs (once), with the planned step count.
+    found = re.findall(r"(\d+) steps/epoch", res.stderr + res.stdout)
+    assert found == [str(steps)], found
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == list(range(DDP_EPOCHS))
+    for e, r in enumerate(rows):
+        assert r["world"] == 2 and r["step"] == (e + 1) * steps
+        p = [plan(fast_shards, epoch=e, rank=k, world=2) for k in range(2)]
+        used = sum(len(b) for q in p for b in q.sequence())
+        assert r["utterances"] == used == N_TRAIN - r["dropped_utterances"]
+        assert r["dev_loss"] is not None and np.isfinite(r["dev_loss"])
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"], [r["train_loss"] for r in rows]
+    state = last(run)
+    assert state["world"] == 2 and (state["epoch"], state["step"]) == (DDP_EPOCHS, 0)
+    assert state["global_step"] == DDP_EPOCHS * steps
+    assert state["rank_steps"] == [DDP_EPOCHS * steps] * 2, "ranks ran different numbers of steps"
+    assert len(state["rng"]) == 2
+
+
+# ----------------------------------------------------------------------------------- 8. resume
+
+def _stop_point(p) -> int:
+    """A step inside the second window of worker 0: the first window is fully consumed before it."""
+    first = len(p.windows[0][0].batches)
+    k = first + 1
+    assert 0 < k < p.steps and len(p.windows[0]) >= 2
+    return k
+
+
+def test_resume_single_process_is_exact_and_skips_consumed_shards(fast_shards, tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("--epochs", "2", "--dev", "")
+    cli(train_args(fast_shards, a, *common))
+
+    p0, p1 = plan(fast_shards, epoch=0), plan(fast_shards, epoch=1)
+    k = _stop_point(p0)
+    assert k != len(p0.windows[0][0].batches)
+    res = cli(train_args(fast_shards, b, *common, "--stop-after", str(k)))
+    assert f"stopped at epoch 1, step {k}" in res.output
+    state = last(b)
+    assert (state["epoch"], state["step"], state["global_step"]) == (0, k, k)
+    assert metrics(b) == []                     # no epoch finished
+
+    reads = []
+    real = tdata.read_shards
+
+    def spy(m, shards):
+        reads.append(list(shards))
+        return real(m, shards)
+
+    monkeypatch.setattr(tdata, "read_shards", spy)
+    res = cli(train_args(fast_shards, b, *common, "--resume"))
+    assert f"resumed at epoch 1, step {k}" in res.output
+    # Epoch 1 from step k: the fully consumed first window is never read; then all of epoch 2.
+    wins0 = p0.windows[0]
+    expected = [w.shards for w in wins0[1:]] + [w.shards for w in p1.windows[0]]
+    assert reads == expected
+    assert wins0[0].shards not in reads[: len(wins0) - 1]
+
+    sa, sb = last(a), last(b)
+    assert (sb["epoch"], sb["step"], sb["global_step"]) == (sa["epoch"], sa["step"], sa["global_step"]) == \
+        (2, 0, 2 * p0.steps)
+    assert_same_tensors(sa["model"], sb["model"], "model after resume")
+    assert_same_optimizer(sa["optimizer"], sb["optimizer"])
+    assert sa["scheduler"] == sb["scheduler"]
+    ma, mb = metrics(a), metrics(b)
+    assert [r["epoch"] for r in mb] == [0, 1]
+    for ra, rb in zip(ma, mb):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)
+        assert rb["utterances"] == ra["utterances"] == N_TRAIN
+        assert rb["padding_efficiency"] == ra["padding_efficiency"]
+
+
+def test_resume_with_loader_workers_is_exact(fast_shards, tmp_path):
+    """Two DataLoader workers: after a resume the loader must restart its round-robin at the worker
+    that was due next (odd stop step), or the batch order, and so the weights, would differ."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("--epochs", "2", "--dev", "", "--workers", "2")
+    cli(train_args(fast_shards, a, *common))
+    p = plan(fast_shards, workers=2)
+    k = p.steps // 2 + 1 if (p.steps // 2) % 2 == 0 else p.steps // 2
+    assert k % 2 == 1 and 0 < k < p.steps
+    cli(train_args(fast_shards, b, *common, "--stop-after", str(k)))
+    assert (last(b)["epoch"], last(b)["step"]) == (0, k)
+    cli(train_args(fast_shards, b, *common, "--resume"))
+    sa, sb = last(a), last(b)
+    assert sb["global_step"] == sa["global_step"] == 2 * p.steps
+    assert_same_tensors(sa["model"], sb["model"], "model after resume with 2 workers")
+    for ra, rb in zip(metrics(a), metrics(b), strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)
+
+
+def test_resume_two_ranks_is_exact(fast_shards, ddp_run, tmp_path):
+    a, _ = ddp_run
+    b = tmp_path / "b"
+    p = plan(fast_shards, world=2)
+    k = _stop_point(p)
+    torchrun(train_args(fast_shards, b, "--epochs", str(DDP_EPOCHS), "--stop-after", str(k)))
+    state = last(b)
+    assert (state["epoch"], state["step"], state["global_step"]) == (0, k, k)
+    assert state["rank_steps"] == [k, k]
+    res = torchrun(train_args(fast_shards, b, "--epochs", str(DDP_EPOCHS), "--resume"))
+    assert f"resumed at epoch 1, step {k}" in res.stderr
+    sa, sb = last(a), last(b)
+    assert sb["rank_steps"] == sa["rank_steps"] == [DDP_EPOCHS * p.steps] * 2
+    assert_same_tensors(sa["model"], sb["model"], "2-rank model after resume")
+    assert_same_optimizer(sa["optimizer"], sb["optimizer"])
+    for ra, rb in zip(metrics(a), metrics(b), strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)
+        assert rb["dev_loss"] == pytest.approx(ra["dev_loss"], rel=1e-12)
+        assert rb["utterances"] == ra["utterances"] and rb["padding_efficiency"] == ra["padding_efficiency"]
+
+
+def test_resume_at_epoch_boundary_keeps_pinned_options(fast_shards, tmp_path):
+    """Stopped exactly at the end of an epoch (before its evaluation), then resumed with another
+    --seed/--max-frames: the checkpoint's values are kept (they fix the data order) and the epoch's
+    metrics come out whole."""
+    steps = plan(fast_shards).steps
+    cli(train_args(fast_shards, tmp_path, "--epochs", "2", "--dev", "", "--stop-after", str(steps)))
+    state = last(tmp_path)
+    assert (state["epoch"], state["step"]) == (0, steps) and metrics(tmp_path) == []
+    res = cli(train_args(fast_shards, tmp_path, "--epochs", "2", "--dev", "", "--resume", "--seed", "9",
+                         "--max-frames", "3000"))
+    assert "keeping the checkpoint's seed, max_frames" in res.output
+    assert f"resumed at epoch 1, step {steps}" in res.output
+    state = last(tmp_path)
+    assert state["config"]["seed"] == 0 and state["config"]["max_frames"] == MAX_FRAMES
+    assert (state["epoch"], state["step"], state["global_step"]) == (2, 0, 2 * steps)
+    rows = metrics(tmp_path)
+    assert [(r["epoch"], r["step"], r["utterances"]) for r in rows] == [(0, steps, N_TRAIN), (1, 2 * steps, N_TRAIN)]
+
+
+# ---------------------------------------------------------------------------- 9. config file
+
+def test_config_file_and_cli_override(fast_shards, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "epochs: 1\n"
+        "max-frames: 2000\n"          # dashes are accepted, as on the command line
+        "seed: 3\n"
+        "lr: 0.001\n"
+        "dev: ''\n"
+        "train_splits: train-clean-100\n"
+        "model:\n"
+        "  lstm_hidden: 48\n"
+        "checkpoint_every: 7\n"
+    )
+    w, r = tmp_path / "weights", tmp_path / "results"
+    # Explicit flags win over the recipe, even when they equal the built-in default (--seed 0).
+    res = cli(["train", "--config", str(recipe), "--shards", str(fast_shards), "--weights", str(w), "--results", str(r),
+               "--preset", "model1", "--workers", "0", "--quiet", "--lr", "0.003", "--seed", "0",
+               "--set", "lstm_layers=2"])
+    cfg = json.loads((w / "config.json").read_text())
+    t = cfg["train"]
+    assert t["lr"] == 0.003 and t["seed"] == 0                  # CLI overrides
+    assert t["epochs"] == 1 and t["max_frames"] == 2000 and t["dev"] == "" and t["checkpoint_every"] == 7
+    assert t["train"] == TRAIN and t["preset"] == "model1" and t["workers"] == 0 and t["progress"] is False
+    # --set overrides one model setting; the recipe's other model settings stay.
+    assert t["model"] == {"lstm_hidden": 48, "lstm_layers": 2}
+    assert cfg["model"]["lstm_hidden"] == 48 and cfg["model"]["lstm_layers"] == 2
+    assert "BiLSTM 2x48/dir" in res.output
+    assert last(tmp_path)["config"] == t
+    steps = plan(fast_shards, max_frames=2000).steps
+    assert len(metrics(tmp_path)) == 1 and metrics(tmp_path)[0]["step"] == steps
+
+
+def test_config_file_unknown_key(fast_shards, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    res = cli(["train", "--config", str(recipe), "--shards", str(fast_shards), "--weights", str(tmp_path / "w"),
+               "--quiet"], ok=False)
+    assert res.exit_code != 0 and "learning_rate" in res.output and "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------------------- 10. SIGINT
+
+def test_sigint_checkpoints_mid_epoch_and_resumes(fast_shards, tmp_path):
+    max_frames = 400                       # about one utterance per batch: many steps per epoch
+    steps = plan(fast_shards, max_frames=max_frames).steps
+    assert steps >= 40
+    args = ["train", "--shards", str(fast_shards), "--weights", str(tmp_path / "weights"),
+            "--results", str(tmp_path / "results"), "--preset", "model1", "--workers", "0", "--dev", "",
+            "--max-frames", str(max_frames), "--quiet", "--checkpoint-every", "3"]
+    ckpt = tmp_path / "weights" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args, "--epochs", "50"], cwd=ROOT,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists():            # the first mid-epoch checkpoint (step 3): training is under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - t0 < 60
+    assert proc.returncode == 130, err   # interrupted, checkpoint written
+    assert "Traceback" not in err
+    state = torch.load(ckpt, weights_only=False)
+    epoch, stopped = state["epoch"], state["step"]
+    # Normally epoch 0, a few steps after 3; on a very busy machine possibly a later epoch, but
+    # always inside one (the epoch-end checkpoint has step 0).
+    assert 0 < stopped <= steps and epoch < 50 and (epoch, stopped) >= (0, 3), (epoch, stopped, steps)
+    assert state["global_step"] == epoch * steps + stopped
+    assert f"stopped at epoch {epoch + 1}, step {stopped}" in err
+    assert len(metrics(tmp_path)) == epoch
+
+    # --resume finishes that epoch (--epochs is not pinned: stop after this one).
+    res = cli([*args, "--epochs", str(epoch + 1), "--resume"])
+    assert f"resumed at epoch {epoch + 1}, step {stopped}" in res.output
+    rows = metrics(tmp_path)
+    assert len(rows) == epoch + 1 and rows[-1]["step"] == (epoch + 1) * steps
+    assert rows[-1]["utterances"] == N_TRAIN        # the interrupted run's accumulators carried over
+    state = torch.load(ckpt, weights_only=False)
+    assert (state["epoch"], state["step"], state["global_step"]) == (epoch + 1, 0, (epoch + 1) * steps)
