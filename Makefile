@@ -61,7 +61,7 @@ demo: setup
 	  --split train-clean-100=$(DEMO_TRAIN) --split dev-clean=60 --split test-clean=60
 	$(BIN)/phonerec shards --data $(DEMO_DATA) --shards $(DEMO_SHARDS) --quiet
 	$(TORCHRUN) -m pipeline.cli train --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) \
-	  --epochs $(DEMO_EPOCHS) --quiet $(ARGS)
+	  --epochs $(DEMO_EPOCHS) --max-frames 16000 --quiet $(ARGS)
 	$(BIN)/phonerec evaluate --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
 	$(BIN)/phonerec predict --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
 	@echo "demo done: $(RESULTS)/submission.csv, $(RESULTS)/curves.png, $(RESULTS)/metrics.jsonl"
