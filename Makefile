@@ -15,7 +15,7 @@ TORCH_VERSION ?= 2.13.0
 TORCHRUN_ARGS ?= --standalone
 TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node=$(NGPU)
 
-.PHONY: setup shards train predict evaluate test bench demo help
+.PHONY: setup shards train predict evaluate test bench demo speech-corpus help
 
 help:
 	@echo "make demo | setup | shards | train | predict | evaluate | test | bench"
@@ -26,8 +26,9 @@ $(BIN)/python:
 
 # torch is pinned to the CPU build on disk; a bare `torch` requirement would pull a multi-GB CUDA build.
 setup: $(BIN)/python
+	@bash scripts/install-speech-tools.sh || echo "warning: speech tools missing: synth-speech and its tests will be skipped"
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,speech]"
 	@$(BIN)/phonerec --help >/dev/null && echo "setup done: $(BIN)/phonerec"
 
 shards: setup
@@ -44,6 +45,10 @@ evaluate: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# A corpus of synthesized English speech (flite, espeak-ng) in the raw layout, e.g. ARGS="--split train-clean-100=3000"
+speech-corpus: setup
+	$(BIN)/phonerec synth-speech --data $(DATA) $(ARGS)
 
 # ---- benchmarks and the demo -------------------------------------------------------------
 BENCH_SIZES ?= 7135,28539

@@ -118,4 +118,42 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
     sys.stdout.flush()
 
 
+@click.command("synth-speech")
+@click.option("--data", "out", type=click.Path(file_okay=False, path_type=Path), default="data", show_default=True,
+              help="Root folder to write the corpus into (standard layout, plus <split>/metadata.tsv).")
+@click.option("--split", "splits", multiple=True, metavar="NAME=COUNT",
+              help="A split and its utterance count; repeat. The name must contain train, dev or test "
+                   "(that picks its voice set). [default: train-clean-100=3000, dev-clean=200, test-clean=200]")
+@click.option("--unlabelled", default="test-clean", show_default=True,
+              help="Comma-separated splits written without transcripts.")
+@click.option("--seed", default=0, show_default=True, help="Seed: same seed, same corpus (any --workers).")
+@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Synthesis processes.")
+@click.option("--engines", default="flite,espeak-ng", show_default=True,
+              help="Comma-separated synthesizers to use (flite, espeak-ng).")
+@click.option("--keep-wav", is_flag=True, help="Also write the audio as <split>/wav/<id>.wav (float32, 16 kHz).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def synth_speech(out, splits, unlabelled, seed, workers, engines, keep_wav, quiet):
+    """Write a corpus of synthesized English speech with read-back phoneme labels.
+
+    Real sentences (Debian fortune files) with CMU Pronouncing Dictionary pronunciations are
+    rendered by flite and espeak-ng; the phonemes each synthesizer reports it rendered become the
+    transcript. Voice, rate, pitch, a +-5 % resampling warp, level and background noise
+    (10-30 dB SNR) vary per utterance; train, dev and test use disjoint voices and sentences.
+    Needs the speech tools: `bash scripts/install-speech-tools.sh` and `pip install -e '.[speech]'`.
+    """
+    from .speech import MissingToolError, generate
+    counts = _split_counts(splits) if splits else None
+    try:
+        summary = generate(out, counts, seed=seed, unlabelled=tuple(s for s in unlabelled.split(",") if s),
+                           workers=workers, progress=not quiet, keep_wav=keep_wav,
+                           engines=tuple(e.strip() for e in engines.split(",") if e.strip()))
+    except (MissingToolError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, s in summary.items():
+        rej = sum(s["rejected"].values())
+        click.echo(f"{name}: {s['utterances']} utterances, {s['frames'] / 360000:.2f} h, {s['voice_group']} voices"
+                   f"{'' if s['labelled'] else ' (unlabelled)'}, {rej} renderings rejected and redrawn -> {out / name}")
+
+
 COMMANDS = [synth_corpus, shards]
+COMMANDS.append(synth_speech)
