@@ -9,9 +9,38 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 
-class WriteError(OSError):
-    """A write failed (e.g. a full disk); the previous file under the final name is intact."""
+# Errors that mean "the disk (or the user's quota) is full".
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class WriteError(OSError, click.ClickException):
+    """A write failed (e.g. a full disk); the previous file under the final name is intact.
+
+    Also a ClickException, so any `phonerec` command shows it as one line (`Error: ...`, exit
+    status 1) rather than a traceback, whichever command it escapes from.
+    """
+
+    def __init__(self, code: int | None, message: str):
+        OSError.__init__(self, code, message)
+        self.message = message
+        self.show_color = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def disk_full_error(exc: OSError, what: str | os.PathLike) -> WriteError:
+    """A full-disk OSError as a WriteError naming what was being written and what to do."""
+    if isinstance(exc, WriteError):
+        return exc
+    return WriteError(exc.errno, f"no space left on device while writing {what} ({exc.strerror or exc}); "
+                      "the previous version (if any) is intact: free some space and rerun")
 
 
 @contextlib.contextmanager
@@ -27,9 +56,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise WriteError(exc.errno, f"no space left on device while writing {final}; "
-                             "the previous version (if any) is intact") from exc
+        if disk_full(exc):
+            raise disk_full_error(exc, final) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, manifest as mf, stats as st
-from .layout import LayoutError, list_split
+from .layout import LayoutError, SplitFiles, list_split
 from .shards import ShardOptions, build_split
-from .store import CorpusStore, StrictError, ingest, is_current, store_path
+from .store import CorpusStore, StrictError, ingest, is_current, store_fingerprint, store_path
 from .validate import Rejection
 
 REJECTED_TSV = "rejected.tsv"
@@ -70,9 +70,60 @@ def remove_stale_temps(shards_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def duplicate_ids(listings: dict[str, SplitFiles], roles: dict[str, str]) -> tuple[dict[str, dict[str, str]],
+                                                                                 dict[str, list[str]]]:
+    """Utterance ids that occur in more than one split.
+
+    Among the labelled splits (--train, then --dev, each in the order given) the first split keeps
+    the utterance and every later copy is rejected, naming the split that keeps it: training data is
+    never reduced by a dev copy, and dev never scores an utterance that was trained on. Test splits
+    are never reduced (a submission needs a row for every test file): a test id that also occurs in
+    another split is kept and only reported. Returns ({split: {id: reason}} to reject,
+    {test split: [ids also elsewhere]})."""
+    owner: dict[str, str] = {}
+    reject: dict[str, dict[str, str]] = {}
+    for name, files in listings.items():
+        if roles[name] == "test":
+            continue
+        for uid in files.ids:
+            first = owner.setdefault(uid, name)
+            if first != name:
+                reject.setdefault(name, {})[uid] = (f"duplicate utterance id: also in split {first}, which keeps it "
+                                                    "(an utterance id must be in one split only)")
+    seen = set(owner)
+    report: dict[str, list[str]] = {}
+    for name, files in listings.items():
+        if roles[name] == "test":
+            shared = [u for u in files.ids if u in seen]
+            if shared:
+                report[name] = shared
+            seen.update(files.ids)
+    return reject, report
+
+
+def _list(data, name: str) -> SplitFiles:
+    try:
+        return list_split(data, name)
+    except OSError as exc:             # e.g. an mfcc/ or transcript/ folder without read permission
+        raise LayoutError(f"cannot list split {name!r} under {data}: {exc.strerror or exc} "
+                          f"({exc.filename or data})") from exc
+
+
 def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = "", test: str = "",
           options: ShardOptions = ShardOptions(), workers: int = 2, cmn: bool = False, strict: bool = False,
           progress: bool = True, log=print) -> BuildSummary:
+    """Run stage 1. A full disk raises atomic.WriteError (a one-line `phonerec` error); every file
+    already under its final name stays complete, and a rerun finishes the job."""
+    try:
+        return _build(data, shards_dir, train=train, dev=dev, test=test, options=options, workers=workers,
+                      cmn=cmn, strict=strict, progress=progress, log=log)
+    except OSError as exc:
+        if atomic.disk_full(exc):
+            raise atomic.disk_full_error(exc, f"shards under {shards_dir}") from exc
+        raise
+
+
+def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict, progress, log) -> BuildSummary:
     t0 = time.perf_counter()
     shards_dir = Path(shards_dir)
     roles = [(n, "train") for n in _parse(train)] + [(n, "dev") for n in _parse(dev)] + \
@@ -83,7 +134,11 @@ def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = ""
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise LayoutError(f"split(s) {', '.join(dup)} named more than once across --train/--dev/--test")
-    listings = {n: list_split(data, n) for n in names}   # fails early, before any work, on a missing split
+    listings = {n: _list(data, n) for n in names}   # fails early, before any work, on a missing split
+    duplicates, shared_test = duplicate_ids(listings, dict(roles))
+    for name, ids in shared_test.items():
+        log(f"warning: {name}: {len(ids)} test utterance id(s) also occur in another split, e.g. {ids[0]}; "
+            "kept (the submission needs every test utterance)")
     remove_stale_temps(shards_dir)
 
     summary = BuildSummary()
@@ -92,13 +147,14 @@ def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = ""
     for name, _ in roles:
         files = listings[name]
         path = store_path(shards_dir, name)
-        fp = files.fingerprint()
+        exclude = duplicates.get(name, {})
+        fp = store_fingerprint(files, exclude)
         reused[name] = is_current(path, fp)
         if reused[name]:
             stores[name] = CorpusStore.open(path)
             log(f"{name}: inputs unchanged, reusing {path}")
         else:
-            stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress)
+            stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress, exclude=exclude)
         if strict and stores[name].rejections:     # a reused store may hold rejections from a lax run
             r = stores[name].rejections[0]
             raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid})")

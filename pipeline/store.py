@@ -10,6 +10,8 @@ fingerprint and every rejection.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -21,6 +23,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
+from .atomic import disk_full, disk_full_error
 from .layout import SplitFiles
 from .validate import Rejection, UtteranceError, load_utterance, npy_frames
 from .vocab import FEATURE_DIM
@@ -95,6 +98,16 @@ def is_current(path: Path, fingerprint: str) -> bool:
         return False
 
 
+def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None) -> str:
+    """The inputs' fingerprint, plus the utterances excluded by other splits (duplicate ids): a
+    store is current only for the same files *and* the same exclusions."""
+    base = files.fingerprint()
+    if not exclude:
+        return base
+    extra = json.dumps(sorted(exclude.items()), ensure_ascii=True)
+    return hashlib.sha256(f"{base}|exclude|{extra}".encode()).hexdigest()
+
+
 def _read_one(job: tuple[int, str, str | None, bool]):
     i, mfcc, transcript, labelled = job
     try:
@@ -102,6 +115,10 @@ def _read_one(job: tuple[int, str, str | None, bool]):
         return i, feats, labels, None, None
     except UtteranceError as exc:
         return i, None, None, str(exc), str(exc.path or mfcc)
+    except MemoryError:
+        return i, None, None, "features too large to load (out of memory)", mfcc
+    except Exception as exc:  # noqa: BLE001 - last resort: one unexpected file must not stop the build
+        return i, None, None, f"unreadable ({type(exc).__name__}: {exc})", mfcc
 
 
 def _windows(jobs: list, size: int):
@@ -110,15 +127,20 @@ def _windows(jobs: list, size: int):
 
 
 def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: bool = False,
-           progress: bool = True, on_reject: Callable[[Rejection], None] | None = None) -> CorpusStore:
-    """Read, validate and consolidate one split into a zarr store, atomically."""
+           progress: bool = True, on_reject: Callable[[Rejection], None] | None = None,
+           exclude: dict[str, str] | None = None) -> CorpusStore:
+    """Read, validate and consolidate one split into a zarr store, atomically.
+
+    `exclude` maps utterance ids to a reason: those are rejected without being read (duplicate
+    ids kept in another split)."""
     path = Path(path)
-    fingerprint = files.fingerprint()
+    exclude = exclude or {}
+    fingerprint = store_fingerprint(files, exclude)
     n_in = len(files.ids)
     header_frames = np.fromiter((npy_frames(p) for p in files.mfcc), dtype=np.int64, count=n_in)
     order = np.lexsort((np.arange(n_in), header_frames))        # by length, ties by file name
     jobs = [(int(i), str(files.mfcc[i]), str(files.transcripts[i]) if files.transcripts[i] else None,
-             files.labelled) for i in order]
+             files.labelled) for i in order if files.ids[i] not in exclude]
 
     rejections: list[Rejection] = []
 
@@ -132,6 +154,9 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
 
     for uid, tpath in files.orphans:
         reject(Rejection(files.name, uid, str(tpath), "transcript without features"))
+    for i, uid in enumerate(files.ids):
+        if uid in exclude:
+            reject(Rejection(files.name, uid, str(files.mfcc[i]), exclude[uid]))
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -214,9 +239,11 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
             "fingerprint": fingerprint, "num_utterances": n, "inputs": n_in + len(files.orphans),
             "rejections": [list(r) for r in rejections], "complete": True,
         })
-    except BaseException:
+    except BaseException as exc:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(exc):
+            raise disk_full_error(exc, f"the corpus store {path}") from exc
         raise
     bar.close()
     _swap_dir(tmp, path)

@@ -37,6 +37,10 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
         if not path.is_file():
             problems.append(f"{where}: missing shard")
             continue
+        size = path.stat().st_size
+        if size != info.bytes:
+            problems.append(f"{where}: {size} bytes, the manifest says {info.bytes} (truncated or replaced)")
+            continue
         if sha256_file(path) != info.sha256:
             problems.append(f"{where}: sha256 differs from the manifest (corrupted or replaced)")
             continue
@@ -88,7 +92,33 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
     return problems
 
 
+def cross_split_duplicates(shards_dir: Path, splits: list[str]) -> dict[str, list[str]]:
+    """Utterance ids sharded in more than one labelled split (a build rejects all but the first
+    copy; unlabelled test splits are never reduced, so they are not checked)."""
+    first: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
+    for split in splits:
+        try:
+            m = mf.load(shards_dir, split)
+        except mf.ManifestError:
+            continue
+        if not m.labelled:
+            continue
+        ids = m.ids
+        dups = []
+        for uid in ids:
+            if first.setdefault(uid, split) != split:
+                dups.append(uid)
+        if dups:
+            out[split] = [f"{split}: {len(dups)} utterance id(s) also sharded in another split "
+                          f"(e.g. {dups[0]} in {first[dups[0]]}); rebuild with `phonerec shards`"]
+    return out
+
+
 def verify(shards_dir: str | Path, splits: list[str] | None = None, data: str | Path | None = None) -> dict[str, list[str]]:
     shards_dir = Path(shards_dir)
     splits = splits or mf.available_splits(shards_dir)
-    return {s: verify_split(shards_dir, s, Path(data) if data else None) for s in splits}
+    out = {s: verify_split(shards_dir, s, Path(data) if data else None) for s in splits}
+    for split, problems in cross_split_duplicates(shards_dir, splits).items():
+        out[split].extend(problems)
+    return out

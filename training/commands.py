@@ -63,16 +63,20 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--stop-after", default=_D.stop_after, show_default=True,
               help="Stop after N steps of this run, with a checkpoint (for testing resume).")
 @click.option("--resume", is_flag=True, help="Continue from weights/last.pt at its exact step.")
+@click.option("--skip-bad-shards", is_flag=True,
+              help="Check every shard's sha256 first and train without the damaged ones (reported in the log, "
+                   "metrics.jsonl and the checkpoint) instead of stopping.")
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def train(ctx, config_file, train_splits, model_set, quiet, **opts):
+def train(ctx, config_file, train_splits, model_set, quiet, skip_bad_shards, **opts):
     """Stream the length-sorted shards and train the CNN + BiLSTM CTC model.
 
     Runs alone, or on every rank of a torchrun job (`make train NGPU=N`): gloo on CPU,
     nccl on GPU. Writes weights/last.pt (every epoch and every --checkpoint-every steps),
     weights/best.pt (best dev distance), results/metrics.jsonl and results/curves.png.
-    Ctrl-C writes a checkpoint at the current step before exiting.
+    Ctrl-C writes a checkpoint at the current step before exiting; so does a damaged shard
+    (unless --skip-bad-shards), before stopping with a one-line error.
     """
     from .train import TrainingError, train as run
 
@@ -90,15 +94,20 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
             values[key] = val
     try:
         cfg = TrainConfig.from_dict(values)
-        outcome = run(cfg, log=lambda m: click.echo(m, err=True))
+        outcome = run(cfg, log=lambda m: click.echo(m, err=True), skip_bad_shards=skip_bad_shards)
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
+        from pipeline.atomic import disk_full, disk_full_error
         from pipeline.manifest import ManifestError
-        from .data import ShardReadError
+        from .data import ShardReadError, error_message
         from .checkpoint import CheckpointError
-        if isinstance(exc, (ManifestError, ShardReadError, CheckpointError)):
+        if isinstance(exc, ShardReadError):
+            raise click.ClickException(error_message(exc)) from None
+        if isinstance(exc, (ManifestError, CheckpointError)):
             raise click.ClickException(str(exc)) from None
+        if disk_full(exc):
+            raise disk_full_error(exc, f"{values.get('weights')} or {values.get('results')}") from None
         raise
     if outcome.get("signal"):
         ctx.exit(130)   # interrupted (checkpoint written): scripts can tell it from a finished run
@@ -106,14 +115,21 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
 
 def _run_inference(fn):
     """Map the errors a user can cause to one-line messages."""
+    from pipeline.atomic import disk_full, disk_full_error
     from pipeline.manifest import ManifestError
     from .checkpoint import CheckpointError
-    from .data import ShardReadError
+    from .data import ShardReadError, error_message
     from .inference import CompatibilityError
     try:
         return fn()
-    except (ManifestError, CheckpointError, ShardReadError, CompatibilityError, FileNotFoundError) as exc:
+    except ShardReadError as exc:
+        raise click.ClickException(f"{error_message(exc)} (nothing was written)") from None
+    except (ManifestError, CheckpointError, CompatibilityError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        if disk_full(exc):
+            raise disk_full_error(exc, "the results") from None
+        raise
 
 
 _threads = click.option("--threads", default=os.cpu_count() or 1, show_default=True,
@@ -232,16 +248,28 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
     def go():
         ctx = D.Context(device=D.init(device).device)
         loaded = load_model(weights, ctx.device)
-        try:
-            out = run(loaded, [Path(f) for f in files], ctx.device, beam_width=beam_width, threads=threads)
-        except UtteranceError as exc:
-            raise click.ClickException(f"cannot read features: {exc}") from None
-        for path, hyp, _, _ in out:
+        failed = []
+        first = None
+        for f in files:               # one file at a time: a bad file is reported and the others decoded
+            try:
+                out = run(loaded, [Path(f)], ctx.device, beam_width=beam_width, threads=threads)
+            except UtteranceError as exc:
+                failed.append(f"cannot read features {exc}")
+                if len(files) > 1:
+                    click.echo(f"error: {failed[-1]}", err=True)
+                continue
+            path, hyp, _, _ = out[0]
+            first = first or out[0]
             click.echo(f"{path.name}\t{' '.join(to_arpabet(hyp)) if arpabet else to_codes(hyp)}")
-        if plot:
-            path, hyp, frames, lp = out[0]
+        if plot and first is not None:
+            path, hyp, frames, lp = first
             png = plot_posteriorgram(Path(plot), lp, hyp, frames, path.name)
             click.echo(f"posteriorgram: {png}", err=True)
+        if len(files) == 1 and failed:
+            raise click.ClickException(failed[0])
+        if failed:
+            raise click.ClickException(f"{len(failed)} of {len(files)} file(s) could not be read (listed above); "
+                                       "the others were transcribed")
     _run_inference(go)
 
 

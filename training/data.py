@@ -1,27 +1,116 @@
 """Streaming the shards of an epoch plan: one IterableDataset per rank, batches built in workers.
 
-Workers read whole shards with webdataset (never a whole split), check every sample against
-the manifest, and yield padded batches in exactly the planned order, so the DataLoader's
-round-robin over workers reproduces EpochPlan.sequence().
+Workers read whole shards (never a whole split) into memory, check each file's size and sha256
+against the manifest (a shard is ~16 MB, so this costs no extra I/O: the bytes are parsed from
+memory with webdataset's tar iterators), check every sample against the manifest, and yield
+padded batches in exactly the planned order, so the DataLoader's round-robin over workers
+reproduces EpochPlan.sequence().
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.manifest import Manifest
 from pipeline.shardformat import decode_sample
+from pipeline.vocab import FEATURE_DIM
 
 from .plan import EpochPlan
 
 
 class ShardReadError(RuntimeError):
-    """A shard that does not hold what its manifest says."""
+    """A shard that does not hold what its manifest says (missing, truncated, corrupted, replaced)."""
+
+
+def repair_hint(path: Path) -> str:
+    shards_dir = Path(path).parent.parent
+    return (f"run `phonerec shards --verify --shards {shards_dir}` to list every damaged shard, delete them "
+            "and rerun `phonerec shards` with the same options to rewrite them")
+
+
+def shard_label(m: Manifest, s: int) -> str:
+    """'<split>/<file>' of shard s, for reports (merged manifests already carry the split)."""
+    name = m.shards[s].name
+    return name if "/" in name else f"{m.split}/{name}"
+
+
+def check_shards(m: Manifest, *, full: bool = False) -> list[tuple[int, str]]:
+    """(shard number, problem) for each shard that is missing or whose size differs from the
+    manifest; with `full`, also each whose sha256 differs (reads every shard once)."""
+    problems = []
+    for s, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append((s, "missing"))
+            continue
+        except OSError as exc:
+            problems.append((s, f"cannot access ({exc.strerror or exc})"))
+            continue
+        if info.sha256 and size != info.bytes:
+            problems.append((s, f"{size} bytes, the manifest says {info.bytes} (truncated or replaced)"))
+            continue
+        if full and info.sha256:
+            try:
+                with open(path, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError as exc:
+                problems.append((s, f"unreadable ({exc.strerror or exc})"))
+                continue
+            if digest != info.sha256:
+                problems.append((s, "sha256 differs from the manifest (corrupted or replaced)"))
+    return problems
+
+
+def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
+    """The manifest without these shards and their utterances (shard order otherwise kept)."""
+    drop = set(drop)
+    if not drop:
+        return m
+    start = m.shard_start
+    keep = [s for s in range(len(m.shards)) if s not in drop]
+    rows = np.concatenate([np.arange(start[s], start[s + 1]) for s in keep] or [np.zeros(0, np.int64)])
+    rows = rows.astype(np.int64)
+    return dataclasses.replace(
+        m, shards=[m.shards[s] for s in keep], ids=[m.ids[r] for r in rows], keys=[m.keys[r] for r in rows],
+        frames=m.frames[rows], label_lens=m.label_lens[rows], index=m.index[rows])
+
+
+def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:
+    """A shard's bytes, checked against the manifest's size and sha256."""
+    info = m.shards[s]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ShardReadError(f"missing shard {path}; {repair_hint(path)}") from None
+    except OSError as exc:
+        raise ShardReadError(f"cannot read shard {path} ({exc.strerror or exc}); {repair_hint(path)}") from None
+    if info.sha256:
+        if len(data) != info.bytes:
+            raise ShardReadError(f"shard {path} has {len(data)} bytes, the manifest says {info.bytes} "
+                                 f"(truncated or replaced); {repair_hint(path)}")
+        if hashlib.sha256(data).hexdigest() != info.sha256:
+            raise ShardReadError(f"shard {path}: sha256 differs from the manifest (corrupted or replaced); "
+                                 f"{repair_hint(path)}")
+    return data
+
+
+def _samples(data: bytes, url: str):
+    def files():
+        for f in tar_file_iterator(io.BytesIO(data)):
+            f["__url__"] = url
+            yield f
+    return group_by_keys(files())
 
 
 @dataclass
@@ -53,29 +142,28 @@ def read_shards(m: Manifest, shards: list[int]) -> dict[int, tuple[np.ndarray, n
         rows = range(int(start[s]), int(start[s + 1]))
         expected = {m.keys[r]: r for r in rows}
         path = paths[s]
-        if not path.is_file():
-            raise ShardReadError(f"missing shard {path}; run `phonerec shards --verify`, then rebuild")
-        ds = wds.WebDataset(str(path), shardshuffle=False, nodesplitter=None, workersplitter=None,
-                            empty_check=False)
+        data = read_shard_bytes(m, s, path)
         seen = 0
         try:
-            for sample in ds:
+            for sample in _samples(data, str(path)):
                 key, feats, labels = decode_sample(sample)
                 r = expected.get(key)
                 if r is None or r in out:
-                    raise ShardReadError(f"{path}: unexpected or repeated sample {key!r}")
-                if feats.shape[0] != m.frames[r] or (m.labelled and (labels is None or len(labels) != m.label_lens[r])):
-                    raise ShardReadError(f"{path}: sample {key!r} does not match the manifest")
+                    raise ShardReadError(f"{path}: unexpected or repeated sample {key!r}; {repair_hint(path)}")
+                if feats.ndim != 2 or feats.shape[0] != m.frames[r] or feats.shape[1] != FEATURE_DIM or \
+                        (m.labelled and (labels is None or len(labels) != m.label_lens[r])):
+                    raise ShardReadError(f"{path}: sample {key!r} does not match the manifest; {repair_hint(path)}")
                 out[r] = (feats, labels)
                 seen += 1
         except ShardReadError:
             raise
         except Exception as exc:  # noqa: BLE001 - tar/npy decoding errors of a damaged shard
-            raise ShardReadError(f"{path}: unreadable ({type(exc).__name__}: {exc}); "
-                                 "run `phonerec shards --verify`, then rebuild") from exc
+            msg = " ".join(str(exc).split())[:300]
+            raise ShardReadError(f"{path}: unreadable ({type(exc).__name__}: {msg}); {repair_hint(path)}") from None
+        del data
         if seen != len(expected):
             raise ShardReadError(f"{path}: holds {seen} utterances, the manifest lists {len(expected)}; "
-                                 "run `phonerec shards --verify`, then rebuild")
+                                 f"{repair_hint(path)}")
     return out
 
 
@@ -135,8 +223,51 @@ class PlannedShards(IterableDataset):
             del samples
 
 
+_WORKER_ERROR = re.compile(r"ShardReadError: (.+)$")
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line message of a ShardReadError, also when a DataLoader worker raised it (the
+    DataLoader re-raises it with the worker's whole traceback as its message)."""
+    text = str(exc)
+    if "Traceback" in text:
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        found = _WORKER_ERROR.search(lines[-1]) if lines else None
+        if found:
+            return found.group(1)
+    return text
+
+
+class _Batches:
+    """A DataLoader iterator whose shard errors are one line and stop the workers at once."""
+
+    def __init__(self, it):
+        self._it = it
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self._it)
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except ShardReadError as exc:
+            self._shutdown_workers()
+            raise ShardReadError(error_message(exc)) from None
+
+    def _shutdown_workers(self) -> None:
+        getattr(self._it, "_shutdown_workers", lambda: None)()
+
+
+class ShardLoader(DataLoader):
+    def __iter__(self):
+        return _Batches(super().__iter__())
+
+
 def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory: bool = False,
                 prefetch: int = 4) -> DataLoader:
     kwargs = {"prefetch_factor": prefetch, "persistent_workers": False} if plan.workers else {}
-    return DataLoader(PlannedShards(m, plan, start_step), batch_size=None, num_workers=plan.workers,
-                      pin_memory=pin_memory, **kwargs)
+    return ShardLoader(PlannedShards(m, plan, start_step), batch_size=None, num_workers=plan.workers,
+                       pin_memory=pin_memory, **kwargs)

@@ -20,12 +20,12 @@ from tqdm import tqdm
 from pipeline import manifest as mf
 from pipeline.atomic import write_text
 from pipeline.stats import Stats
-from pipeline.validate import load_features
+from pipeline.validate import UtteranceError, load_features
 from pipeline.vocab import VOCAB, to_arpabet, to_codes
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .data import make_loader
+from .data import ShardReadError, check_shards, make_loader, repair_hint, shard_label
 from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import BatchOptions, plan_epoch
@@ -77,22 +77,33 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
     out: dict[int, dict] = {}
     bar = tqdm(total=int(sum(len(b) for b in plan.sequence())), desc=f"decode {m.split}", unit="utt",
                disable=not (progress and ctx.is_main), leave=False)
-    for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
-        b = batch.to(ctx.device)
-        lp, out_lens = loaded.model(b.feats.float(), b.lengths)
-        lp, out_lens = restrict_to_labels(lp.float().cpu()), out_lens.cpu()
-        g = greedy_decode(lp, out_lens) if greedy or beam_width <= 0 else [None] * len(out_lens)
-        bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
-        for r, gh, bh in zip(batch.rows.tolist(), g, bm):
-            out[r] = {"greedy": gh, "beam": bh}
-        bar.update(len(out_lens))
-    bar.close()
+    error = None
+    try:
+        for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
+            b = batch.to(ctx.device)
+            lp, out_lens = loaded.model(b.feats.float(), b.lengths)
+            lp, out_lens = restrict_to_labels(lp.float().cpu()), out_lens.cpu()
+            g = greedy_decode(lp, out_lens) if greedy or beam_width <= 0 else [None] * len(out_lens)
+            bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
+            for r, gh, bh in zip(batch.rows.tolist(), g, bm):
+                out[r] = {"greedy": gh, "beam": bh}
+            bar.update(len(out_lens))
+    except ShardReadError as exc:
+        if not ctx.distributed:
+            raise
+        error = str(exc)                  # gathered below: every rank fails with the same message
+    finally:
+        bar.close()
     if ctx.distributed:
         parts = [None] * ctx.world
-        dist.all_gather_object(parts, out)
-        out = {k: v for p in parts for k, v in p.items()}
-    if len(out) != m.num_utterances:
-        raise RuntimeError(f"decoded {len(out)} of {m.num_utterances} utterances of {m.split}")
+        dist.all_gather_object(parts, (out, error))
+        errors = [e for _, e in parts if e]
+        if errors:
+            raise ShardReadError(errors[0])
+        out = {k: v for p, _ in parts for k, v in p.items()}
+    if len(out) != m.num_utterances or set(out) != set(range(m.num_utterances)):
+        raise ShardReadError(f"decoded {len(out)} of the {m.num_utterances} utterances of {m.split}; "
+                             f"run `phonerec shards --verify` and rebuild")
     return out
 
 
@@ -102,12 +113,26 @@ def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: 
     loaded = load_model(weights, ctx.device)
     m = mf.load(shards, split)
     check_compatible(loaded, m)
+    problems = check_shards(m)          # missing or truncated shards: fail before decoding anything
+    if problems:
+        listed = "; ".join(f"{shard_label(m, s)}: {why}" for s, why in problems)
+        raise ShardReadError(f"{len(problems)} damaged shard(s) of {m.split}: {listed}; "
+                             f"{repair_hint(m.shard_paths()[problems[0][0]])}")
     return m, decode_split(loaded, m, ctx, **kwargs)
 
 
 def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> tuple[list[tuple[int, str]], list[int]]:
-    """(index, code string) for every input utterance in the original order; rejected ones get ''."""
+    """(index, code string) for every input utterance in the original order; rejected ones get ''.
+
+    Exactly one row per input utterance: hypotheses of other rows, repeated or out-of-range
+    indices (a manifest that does not match its split) raise instead of writing a wrong file."""
+    if set(hyps) != set(range(m.num_utterances)):
+        raise ShardReadError(f"{len(hyps)} hypotheses for the {m.num_utterances} utterances of {m.split}")
     by_index = {int(m.index[r]): to_codes(h[key]) for r, h in hyps.items()}
+    if len(by_index) != len(hyps) or (by_index and min(by_index) < 0) or \
+            (m.inputs and by_index and max(by_index) >= m.inputs):
+        raise ShardReadError(f"the manifest of {m.split} has repeated or out-of-range original indices "
+                             f"({m.inputs} inputs); rebuild it with `phonerec shards`")
     total = max(m.inputs, (max(by_index) + 1) if by_index else 0)
     missing = [i for i in range(total) if i not in by_index]
     return [(i, by_index.get(i, "")) for i in range(total)], missing
@@ -168,7 +193,11 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_wid
     """(file, hypothesis, frame of each token, log-probs [T', C]) per file."""
     out = []
     for p in paths:
-        x = torch.from_numpy(features_for(loaded, p))[None].to(device)
+        try:
+            feats = features_for(loaded, p)
+        except UtteranceError as exc:
+            raise UtteranceError(f"{p}: {exc}") from None
+        x = torch.from_numpy(feats)[None].to(device)
         lp, ol = loaded.model(x, torch.tensor([x.shape[1]], device=device))
         lp, ol = restrict_to_labels(lp.float().cpu()), ol.cpu()
         if beam_width > 0:

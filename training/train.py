@@ -9,6 +9,7 @@ whatever the batch sizes on each rank.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import signal
@@ -33,7 +34,7 @@ from . import distributed as D
 from . import metrics
 from .augment import AugmentConfig
 from .config import TrainConfig
-from .data import Batch, make_loader
+from .data import Batch, ShardReadError, check_shards, error_message, make_loader, shard_label, without_shards
 from .decode import greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig, count_parameters, describe, preset_config
 from .plan import BatchOptions, check_budget, plan_epoch
@@ -41,6 +42,42 @@ from .plan import BatchOptions, check_budget, plan_epoch
 
 class TrainingError(RuntimeError):
     """A run that cannot continue (persistent non-finite loss, incompatible resume, ...)."""
+
+
+class DataError(TrainingError):
+    """A shard could not be read on some rank(s); raised on every rank together."""
+
+    def __init__(self, messages: list[str], world: int = 1):
+        self.messages = messages
+        first = messages[0] if messages else "a shard could not be read"
+        more = f" (and {len(messages) - 1} more problem(s) on other ranks)" if len(messages) > 1 else ""
+        super().__init__(first + more)
+
+
+def _gather_messages(ctx: D.Context, mine: str | None) -> list[str]:
+    """Every rank's error message (None where there was none), in rank order; collective."""
+    if not ctx.distributed:
+        return [mine] if mine else []
+    parts = [None] * ctx.world
+    dist.all_gather_object(parts, mine)
+    return [p for p in parts if p]
+
+
+# TEST HOOK (fault injection, used only by tests/test_reliability*.py): with
+# PHONEREC_TEST_KILL="RANK:GLOBAL_STEP:MARKER_FILE" in the environment, that rank SIGKILLs itself
+# after finishing that global step, once (the marker file records that it happened), so tests can
+# check torchrun --max-restarts + --resume. Never set it outside tests.
+_TEST_KILL_ENV = "PHONEREC_TEST_KILL"
+
+
+def _test_kill_hook(rank: int, global_step: int) -> None:
+    spec = os.environ.get(_TEST_KILL_ENV)
+    if not spec:
+        return
+    r, g, marker = spec.split(":", 2)
+    if int(r) == rank and int(g) == global_step and not os.path.exists(marker):
+        Path(marker).write_text(f"rank {rank} killed itself after global step {global_step}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Stop:
@@ -119,34 +156,107 @@ def evaluate_greedy(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConf
                       opts=BatchOptions(cfg.max_frames, cfg.max_utts), shuffle=False, balance=False)
     loss = dist_sum = 0.0
     n = tokens = 0
-    for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
-        batch = batch.to(ctx.device)
-        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-            lp, out_lens = model(batch.feats.float(), batch.lengths)
-        loss += float(ctc_sum(lp.float(), out_lens, batch))
-        hyps = greedy_decode(restrict_to_labels(lp), out_lens)
-        labels, llens = batch.labels.cpu(), batch.label_lengths.cpu()
-        for i, h in enumerate(hyps):
-            dist_sum += Levenshtein.distance(to_codes(h), to_codes(labels[i, : llens[i]].tolist()))
-        n += len(hyps)
-        tokens += int(llens.sum())
-    loss, dist_sum, n, tokens = D.all_sum(ctx, [loss, dist_sum, n, tokens])
+    error = None
+    try:
+        for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
+            batch = batch.to(ctx.device)
+            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+                lp, out_lens = model(batch.feats.float(), batch.lengths)
+            loss += float(ctc_sum(lp.float(), out_lens, batch))
+            hyps = greedy_decode(restrict_to_labels(lp), out_lens)
+            labels, llens = batch.labels.cpu(), batch.label_lengths.cpu()
+            for i, h in enumerate(hyps):
+                dist_sum += Levenshtein.distance(to_codes(h), to_codes(labels[i, : llens[i]].tolist()))
+            n += len(hyps)
+            tokens += int(llens.sum())
+    except ShardReadError as exc:      # voted on below, so every rank stops together (no DDP hang)
+        error = error_message(exc)
+    loss, dist_sum, n, tokens, errors = D.all_sum(ctx, [loss, dist_sum, n, tokens, float(error is not None)])
     model.train()
+    if errors:
+        raise DataError(_gather_messages(ctx, error), ctx.world)
     return EvalResult(loss=loss / max(tokens, 1), distance=dist_sum / max(n, 1), utterances=int(n),
                       phonemes=int(tokens))
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Run (or resume) training; returns the last epoch's metrics."""
+def train(cfg: TrainConfig, log=print, skip_bad_shards: bool = False) -> dict:
+    """Run (or resume) training; returns the last epoch's metrics.
+
+    With `skip_bad_shards` every rank first checks the sha256 of every training and dev shard and
+    all ranks leave out the union of the damaged ones (reported in the log, metrics.jsonl and the
+    checkpoint); without it a damaged shard stops the run with a checkpoint at the current step."""
     ctx = D.init(cfg.device)
+    skip = skip_bad_shards or bool(getattr(cfg, "skip_bad_shards", False))
     try:
-        return _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None))
+        return _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None), skip)
     finally:
         D.shutdown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
+def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], skip: bool,
+                   keep_out: set[str], shards_dir: str, log) -> tuple[dict[str, mf.Manifest | None], list[dict]]:
+    """Check the shards before planning, identically on every rank.
+
+    Without `skip`: size and presence only (cheap; the sha256 is checked as each shard is read),
+    and any problem stops the run now, before any step. With `skip`: also the sha256 of every
+    shard; every rank checks and the union of all ranks' findings (plus `keep_out`, the shards a
+    resumed checkpoint had left out) is removed from the manifests, so all ranks plan the same
+    steps. Returns the manifests and a report of what was left out."""
+    found: dict[str, str] = {}
+    for role, m in manifests.items():
+        if m is None:
+            continue
+        for s, reason in check_shards(m, full=skip):
+            found.setdefault(shard_label(m, s), reason)
+    if ctx.distributed:
+        parts = [None] * ctx.world
+        dist.all_gather_object(parts, found)
+        for part in parts:
+            for k, v in part.items():
+                found.setdefault(k, v)
+    new = {k: v for k, v in found.items() if k not in keep_out}
+    if new and not skip:
+        listed = "; ".join(f"{k}: {v}" for k, v in sorted(new.items()))
+        raise TrainingError(f"{len(new)} damaged shard(s): {listed}. Run `phonerec shards --verify --shards "
+                            f"{shards_dir}`, delete the damaged shards and rerun `phonerec shards` to rewrite "
+                            "them, or train without them with --skip-bad-shards")
+    report: list[dict] = []
+    out: dict[str, mf.Manifest | None] = {}
+    for role, m in manifests.items():
+        if m is None:
+            out[role] = None
+            continue
+        start = m.shard_start
+        drop = []
+        for s in range(len(m.shards)):
+            label = shard_label(m, s)
+            if label in found or label in keep_out:
+                drop.append(s)
+                rows = range(int(start[s]), int(start[s + 1]))
+                report.append({"role": role, "shard": label,
+                               "reason": found.get(label, "left out by the resumed checkpoint"),
+                               "utterances": len(rows), "frames": int(m.frames[list(rows)].sum()),
+                               "ids": [m.ids[r] for r in rows]})
+        out[role] = without_shards(m, drop)
+        if drop and out[role].num_utterances == 0:
+            raise TrainingError(f"all {len(m.shards)} shard(s) of {m.split} are damaged; rebuild them with "
+                                "`phonerec shards`")
+    for role in ("train", "dev"):
+        mine = [r for r in report if r["role"] == role]
+        if mine:
+            n_utts = sum(r["utterances"] for r in mine)
+            total = manifests[role].num_utterances
+            listed = ", ".join(f"{r['shard']}: {r['reason']}" for r in mine)
+            log(f"skipping {len(mine)} damaged {role} shard(s) with {n_utts} of {total} utterances ({listed}); "
+                "repair them with `phonerec shards --verify` and a rebuild")
+    return out, report
+
+
+def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False) -> dict:
     weights, results = Path(cfg.weights), Path(cfg.results)
+    if ctx.is_main:
+        for p in ckpt.remove_stale_temps(weights):
+            log(f"removed {p}, left by an interrupted checkpoint write")
     state = None
     if cfg.resume:
         last = weights / ckpt.LAST
@@ -166,6 +276,18 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
 
     train_m = mf.load_many(cfg.shards, cfg.train)
     dev_m = mf.load_many(cfg.shards, cfg.dev) if cfg.dev else None
+    keep_out = {r["shard"] for r in state.get("skipped_shards", [])} if state else set()
+    if keep_out:
+        log(f"resume: leaving out the {len(keep_out)} shard(s) the checkpoint left out (they fix the data order)")
+    screened, skipped = _screen_shards(ctx, {"train": train_m, "dev": dev_m}, skip_bad_shards, keep_out,
+                                       cfg.shards, log)
+    if state and {r["shard"] for r in skipped} != keep_out:
+        log("resume: the shards left out differ from the checkpoint's: the epoch plan changes from here on")
+    train_m, dev_m = screened["train"], screened["dev"]
+    skipped_train = [r for r in skipped if r["role"] == "train"]
+    skipped_info = {"skipped_shards": [r["shard"] for r in skipped],
+                    "skipped_utterances": sum(r["utterances"] for r in skipped_train),
+                    "skipped_dev_utterances": sum(r["utterances"] for r in skipped if r["role"] == "dev")}
     if not train_m.labelled:
         raise TrainingError(f"training split {train_m.split} has no transcripts")
     opts = BatchOptions(max_frames=cfg.max_frames, max_utts=cfg.max_utts)
@@ -245,7 +367,18 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                 "accumulators": dict(acc), "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
                 "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats,
                 "rank_steps": [int(g[1]) for g in gathered], "rank_accumulators": [g[2] for g in gathered],
+                "skipped_shards": skipped,
             }, weights / path_name)
+
+    def stop_on_data_error(exc: DataError, epoch: int, step: int, where: str) -> None:
+        """Every rank gets here together: checkpoint the current step, then stop with the reason."""
+        acc["seconds"] = time.perf_counter() - t_epoch
+        save(ckpt.LAST, epoch, step)
+        hint = ("" if skip_bad_shards else
+                ", or continue without the damaged shard(s) with --resume --skip-bad-shards (the epoch plan "
+                "then changes)")
+        raise TrainingError(f"{exc} [{where}; checkpoint written at epoch {epoch + 1}, step {step}: after the "
+                            f"repair continue with --resume{hint}]") from None
 
     record: dict = {}
     run_steps = 0
@@ -265,11 +398,24 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                        disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
             step = first
             t_ready = time.perf_counter()
-            loader = make_loader(train_m, plan, first, pin_memory=ctx.device.type == "cuda") \
-                if first < steps_per_epoch else []
-            for batch in loader:
-                if step >= steps_per_epoch:
-                    break
+            epoch_steps = min(plan.steps, steps_per_epoch)     # the same on every rank
+            batches = iter(make_loader(train_m, plan, first, pin_memory=ctx.device.type == "cuda")) \
+                if first < epoch_steps else iter([])
+            while step < epoch_steps:
+                error = None
+                try:
+                    batch = next(batches)
+                except StopIteration:          # cannot happen with a correct plan; never hang if it does
+                    error = (f"the loader of rank {ctx.rank} ended after {step} of the {epoch_steps} planned "
+                             f"steps of epoch {epoch + 1}")
+                except ShardReadError as exc:
+                    error = error_message(exc)
+                # Every rank votes, so all stop together (a DDP run never hangs on one rank's bad shard).
+                if (D.all_sum(ctx, [float(error is not None)])[0] if ctx.distributed else error is not None):
+                    bar.close()
+                    getattr(batches, "_shutdown_workers", lambda: None)()
+                    stop_on_data_error(DataError(_gather_messages(ctx, error)), epoch, step,
+                                       f"training data, epoch {epoch + 1}")
                 t_got = time.perf_counter()
                 acc["wait"] += t_got - t_ready
                 batch = batch.to(ctx.device)
@@ -317,6 +463,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                 bar.set_postfix(loss=f"{acc['loss'] / max(acc['tokens'], 1):.3f}")
                 t_ready = time.perf_counter()
                 acc["busy"] += t_ready - t_got
+                _test_kill_hook(ctx.rank, global_step)
                 interrupted = stop_votes > 0 or (cfg.stop_after and run_steps >= cfg.stop_after)
                 if interrupted or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
                     acc["seconds"] = time.perf_counter() - t_epoch
@@ -327,10 +474,14 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                         "continue with --resume")
                     return {"stopped": True, "signal": stop_votes > 0, "epoch": epoch, "step": step}
             bar.close()
+            getattr(batches, "_shutdown_workers", lambda: None)()
             seconds = time.perf_counter() - t_epoch
             tot = D.all_sum(ctx, [acc["loss"], acc["tokens"], acc["real"], acc["padded"], acc["utts"],
                                   acc["wait"], acc["busy"]])
-            ev = evaluate_greedy(model, dev_m, ctx, cfg, amp) if dev_m is not None else None
+            try:
+                ev = evaluate_greedy(model, dev_m, ctx, cfg, amp) if dev_m is not None else None
+            except DataError as exc:      # the epoch's training is kept: checkpoint at its last step
+                stop_on_data_error(exc, epoch, step, f"dev data, after the training steps of epoch {epoch + 1}")
             lr = opt.param_groups[0]["lr"]
             if sched is not None and not step_sched and ev is not None:
                 sched.step(ev.distance)
@@ -342,7 +493,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log) -> dict:
                 "frames_per_s": tot[2] / max(seconds, 1e-9), "utterances": int(tot[4]),
                 "data_wait_fraction": tot[5] / max(tot[5] + tot[6], 1e-9),
                 "dropped_utterances": plan.dropped_utterances, "skipped_steps": int(acc["skipped"]),
-                "epoch_seconds": seconds, "world": ctx.world,
+                "epoch_seconds": seconds, "world": ctx.world, **skipped_info,
             }
             improved = ev is not None and ev.distance < best
             if improved:

@@ -1,0 +1,59 @@
+"""The benchmark suite end to end in its quick mode: every figure is produced (not how fast anything is)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SYSTEMS = ("ours", "baseline_lazy", "baseline_memory")
+FIGURES = ("padding_efficiency", "loader_frames_per_s", "loader_utts_per_s", "loader_frames_per_s_w0",
+           "loader_utts_per_s_w0", "peak_rss_mb", "max_batch_frames", "batch_frames_std", "first_batch_s",
+           "train_frames_per_s", "data_wait_fraction")
+POSITIVE = ("padding_efficiency", "loader_frames_per_s", "loader_utts_per_s", "loader_frames_per_s_w0",
+            "loader_utts_per_s_w0", "peak_rss_mb", "max_batch_frames", "first_batch_s", "train_frames_per_s")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def test_run_all_quick(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick", "--work",
+                           str(tmp_path / "work"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads((out / "bench.json").read_text())
+
+    for system in SYSTEMS:
+        res = rep[system]
+        for key in FIGURES:
+            assert _finite(res.get(key)), (system, key, res.get(key))
+        for key in POSITIVE:
+            assert res[key] > 0, (system, key, res[key])
+        assert 0 < res["padding_efficiency"] <= 1
+        assert 0 <= res["data_wait_fraction"] <= 1
+        assert res["batch_frames_std"] >= 0
+    assert rep["ours"]["max_batch_frames"] <= rep["config"]["max_frames"]      # frame budget by construction
+
+    assert rep["corpus"]["utterances"] > 0 and rep["corpus"]["frames"] > 0
+    m = rep["machine"]
+    assert m["cpus"] > 0 and m["cpu_model"] and m["ram_gb"] > 0
+    assert "run_all.py" in rep["command"] and "--quick" in rep["command"]
+    assert rep["preprocessing"]["runs"] and all(r["seconds"] > 0 for r in rep["preprocessing"]["runs"])
+    assert rep["decoding"]["rows"] and rep["decoding"]["config"]["quick"]
+    assert set(rep["goals"]) >= {"padding_efficiency_ge_0.97", "loader_ge_5x_lazy", "loader_not_bottleneck",
+                                 "max_batch_within_budget", "peak_memory_bounded"}
+    assert rep["memory_scaling"] and all(_finite(r["ours"]) for r in rep["memory_scaling"])
+
+    md = (out / "bench.md").read_text()
+    assert "| figure | ours | baseline lazy | baseline in-memory | ours ÷ lazy |" in md
+    assert "padding efficiency" in md and "Preprocessing" in md and "Decoding" in md and rep["command"] in md
+    for png in ("bench_lengths.png", "bench_bars.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
