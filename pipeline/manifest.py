@@ -52,6 +52,10 @@ class Manifest:
     vocab: list[str] = field(default_factory=lambda: list(VOCAB))
     fingerprint: str = ""            # hash of everything the shards depend on
     directory: Path | None = None    # folder holding the shards (set on load)
+    # Where each utterance's members start inside its tar (shardformat.slice_member); None in
+    # manifests written before they were recorded (readers then parse the tar).
+    feats_at: np.ndarray | None = None   # int64 [N]
+    labels_at: np.ndarray | None = None  # int64 [N]; -1 for an unlabelled split
 
     @property
     def num_utterances(self) -> int:
@@ -92,6 +96,8 @@ class Manifest:
                 "frames": [int(x) for x in self.frames],
                 "label_len": [int(x) for x in self.label_lens],
                 "index": [int(x) for x in self.index],
+                **({"feats_at": [int(x) for x in self.feats_at], "labels_at": [int(x) for x in self.labels_at]}
+                   if self.feats_at is not None and self.labels_at is not None else {}),
             },
         }
 
@@ -134,10 +140,14 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         index=np.asarray(u["index"], dtype=np.int64),
         buckets=raw.get("buckets", []), inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
         vocab=raw["vocab"], fingerprint=raw.get("fingerprint", ""), directory=path.parent,
+        feats_at=np.asarray(u["feats_at"], dtype=np.int64) if "feats_at" in u else None,
+        labels_at=np.asarray(u["labels_at"], dtype=np.int64) if "labels_at" in u else None,
     )
     n = len(m.ids)
+    offsets_ok = (m.feats_at is None) == (m.labels_at is None) and (
+        m.feats_at is None or len(m.feats_at) == len(m.labels_at) == n)
     if not (len(m.keys) == len(m.frames) == len(m.label_lens) == len(m.index) == n) or \
-            int(m.shard_start[-1]) != n:
+            int(m.shard_start[-1]) != n or not offsets_ok:
         raise ManifestError(f"{path}: utterance columns and shard counts disagree; rebuild with `phonerec shards`")
     return m
 
@@ -154,6 +164,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
                                 "build them in one `phonerec shards` run")
     shards = [ShardInfo(**{**asdict(s), "name": f"{m.split}/{s.name}"}) for m in manifests for s in m.shards]
     cat = lambda attr: np.concatenate([getattr(m, attr) for m in manifests])  # noqa: E731
+    offsets = all(m.feats_at is not None and m.labels_at is not None for m in manifests)
     return Manifest(
         split="+".join(m.split for m in manifests), labelled=all(m.labelled for m in manifests), seed=first.seed,
         stats=first.stats, shards=shards, ids=[i for m in manifests for i in m.ids],
@@ -161,6 +172,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         index=cat("index"), buckets=first.buckets, inputs=sum(m.inputs for m in manifests),
         rejected=sum(m.rejected for m in manifests), vocab=first.vocab,
         fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
+        feats_at=cat("feats_at") if offsets else None, labels_at=cat("labels_at") if offsets else None,
     )
 
 

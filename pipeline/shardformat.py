@@ -2,10 +2,16 @@
 
 Members per utterance: ``<key>.feats.npy`` (float16 [T, 15], normalized) and, for labelled
 splits, ``<key>.labels.npy`` (uint8 [L], vocabulary indices without [SOS]/[EOS]).
+
+The manifest also records where each member's bytes start inside its tar (``member_offsets``),
+so a reader holding a shard whose sha256 it has checked can slice every sample straight out of
+the bytes (``slice_member``) instead of parsing tar and npy headers per member, the bulk of a
+loader's per-utterance cost. Any other tar reader still sees a plain WebDataset shard.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import tarfile
@@ -79,3 +85,35 @@ def decode_sample(sample: dict) -> tuple[str, np.ndarray, np.ndarray | None]:
     feats = load_npy(sample[FEATS])
     labels = load_npy(sample[LABELS]) if LABELS in sample else None
     return key, feats, labels
+
+
+def member_offsets(path: str | Path) -> dict[str, int]:
+    """Member name -> offset of its data in the tar (where its .npy file begins)."""
+    with tarfile.open(path, "r:") as tar:
+        return {ti.name: ti.offset_data for ti in tar}
+
+
+@functools.lru_cache(maxsize=8192)
+def npy_header(shape: tuple[int, ...], descr: str) -> bytes:
+    """The exact header np.save writes for a C-ordered array of this shape and dtype."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def slice_member(data: bytes | memoryview, at: int, name: str, shape: tuple[int, ...],
+                 dtype: np.dtype) -> np.ndarray | None:
+    """The array member `name` whose data starts at byte `at` of a tar held in memory, as a
+    zero-copy view; None unless the tar header there names it and its npy header is exactly the
+    one for this shape and dtype (then the caller parses the tar the slow way)."""
+    head = npy_header(shape, dtype.str)
+    if at < 512 or at + len(head) > len(data):
+        return None
+    if bytes(data[at - 512: at - 412]).rstrip(b"\0") != name.encode():
+        return None
+    if bytes(data[at: at + len(head)]) != head:
+        return None
+    count = int(np.prod(shape))
+    if at + len(head) + count * dtype.itemsize > len(data):
+        return None
+    return np.frombuffer(data, dtype=dtype, count=count, offset=at + len(head)).reshape(shape)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import atomic, manifest as mf
-from .shardformat import make_keys, sample_members, write_tar
+from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
 from .stats import Stats
 from .store import CorpusStore
 
@@ -92,7 +92,7 @@ def _store(path: str, fingerprint: str) -> CorpusStore:
     return _STORES[(path, fingerprint)]
 
 
-def _write_shard(job) -> mf.ShardInfo:
+def _write_shard(job) -> tuple[mf.ShardInfo, dict[str, int]]:
     store_path, store_fp, out, positions, keys, stats_json = job
     store = _store(store_path, store_fp)
     stats = Stats.from_json(stats_json)
@@ -114,8 +114,22 @@ def _write_shard(job) -> mf.ShardInfo:
         frames.append(b - a)
     path = Path(out)
     write_tar(path, members)
-    return mf.ShardInfo(name=path.name, sha256=sha256_file(path), utterances=len(keys), frames=int(sum(frames)),
+    info = mf.ShardInfo(name=path.name, sha256=sha256_file(path), utterances=len(keys), frames=int(sum(frames)),
                         min_frames=int(min(frames)), max_frames=int(max(frames)), bytes=path.stat().st_size)
+    return info, member_offsets(path)
+
+
+def _member_columns(names, cuts, keys, offsets, labelled) -> tuple[np.ndarray, np.ndarray]:
+    """Per utterance (manifest order): where its feats and labels members start in its tar."""
+    feats_at = np.full(len(keys), -1, dtype=np.int64)
+    labels_at = np.full(len(keys), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        at = offsets[name]
+        for r in range(int(cuts[i]), int(cuts[i + 1])):
+            feats_at[r] = at[f"{keys[r]}.{FEATS}"]
+            if labelled:
+                labels_at[r] = at[f"{keys[r]}.{LABELS}"]
+    return feats_at, labels_at
 
 
 def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: ShardOptions, *,
@@ -163,7 +177,7 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
 
     ids_sorted = [store.ids[i] for i in order]
     keys = make_keys(ids_sorted)
-    jobs, infos = [], {}
+    jobs, infos, offsets = [], {}, {}
     for i, name in enumerate(names):
         path = out_dir / name
         if path.is_file():        # finished by an interrupted run of this same plan
@@ -176,13 +190,13 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
     try:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
-                info = _write_shard(job)
-                infos[info.name] = info
+                info, at = _write_shard(job)
+                infos[info.name], offsets[info.name] = info, at
                 bar.update()
         else:
             with mp.get_context("spawn").Pool(workers) as pool:
-                for info in pool.imap_unordered(_write_shard, jobs):
-                    infos[info.name] = info
+                for info, at in pool.imap_unordered(_write_shard, jobs):
+                    infos[info.name], offsets[info.name] = info, at
                     bar.update()
     finally:
         bar.close()
@@ -196,12 +210,14 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         shard_infos.append(mf.ShardInfo(name=name, sha256=sha256_file(path), utterances=len(f), frames=int(f.sum()),
                                         min_frames=int(f.min()), max_frames=int(f.max()),
                                         bytes=path.stat().st_size))
+        offsets[name] = member_offsets(path)
+    feats_at, labels_at = _member_columns(names, cuts, keys, offsets, store.labelled)
     m = mf.Manifest(
         split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats.to_json(), shards=shard_infos,
         ids=ids_sorted, keys=keys, frames=frames[order].astype(np.int64),
         label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
         buckets=bucket_boundaries(frames[order]), inputs=store.inputs, rejected=len(store.rejections),
-        fingerprint=fp, directory=out_dir,
+        fingerprint=fp, directory=out_dir, feats_at=feats_at, labels_at=labels_at,
     )
     mf.save(m, shards_dir)
     return m

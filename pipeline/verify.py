@@ -48,13 +48,14 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
                           m.label_lens[starts[i]:starts[i + 1]]))
         try:
             with tarfile.open(path) as tar:
-                members = {}
+                members, at = {}, {}
                 order = []
                 for ti in tar:
                     key, _, ext = ti.name.partition(".")
                     if key not in members:
                         order.append(key)
                     members.setdefault(key, {})[ext] = tar.extractfile(ti).read()
+                    at.setdefault(key, {})[ext] = ti.offset_data
         except (tarfile.TarError, OSError, EOFError) as exc:
             problems.append(f"{where}: unreadable tar ({exc})")
             continue
@@ -72,6 +73,12 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
                     problems.append(f"{where}: {key} label length differs from the manifest")
             except (KeyError, ValueError) as exc:
                 problems.append(f"{where}: {key} has a missing or unreadable member ({exc})")
+        if m.feats_at is not None and m.labels_at is not None:
+            rows = range(int(starts[i]), int(starts[i + 1]))
+            wrong = [m.keys[r] for r in rows if at.get(m.keys[r], {}).get(FEATS) != m.feats_at[r]
+                     or (m.labelled and at.get(m.keys[r], {}).get(LABELS) != m.labels_at[r])]
+            if wrong:
+                problems.append(f"{where}: {len(wrong)} member offset(s) differ from the manifest, e.g. {wrong[0]}")
     counts = Counter(m.ids)
     dups = [u for u, c in counts.items() if c > 1]
     if dups:

@@ -398,3 +398,53 @@ def test_merged_training_splits(two_train_splits, workers):
             for w in ws for s in w.shards}
     names = {m.shards[s].name.split("/")[0] for s in used}
     assert names == {"train-clean-100", "train-clean-360"}
+
+
+# ------------------------------------------------------------ 6. slicing samples at recorded offsets
+
+def _without_offsets(m: Manifest) -> Manifest:
+    import dataclasses
+    return dataclasses.replace(m, feats_at=None, labels_at=None)
+
+
+@pytest.mark.parametrize("split", [TRAIN, TEST])
+def test_manifest_offsets_slice_the_same_samples_as_parsing_the_tar(tiny_shards, split, monkeypatch):
+    m = mf.load(tiny_shards, split)
+    assert m.feats_at is not None and len(m.feats_at) == m.num_utterances
+    assert (m.labels_at >= 0).all() == m.labelled
+    parsed = tdata.read_shards(_without_offsets(m), list(range(len(m.shards))))
+    calls = []
+    monkeypatch.setattr(tdata, "_parse_shard", lambda *a: calls.append(a) or {})
+    sliced = tdata.read_shards(m, list(range(len(m.shards))))
+    assert calls == [], "a shard with correct offsets must not be parsed"
+    assert sorted(sliced) == sorted(parsed) == list(range(m.num_utterances))
+    for r, (feats, labels) in parsed.items():
+        assert sliced[r][0].dtype == np.float16 and np.array_equal(sliced[r][0], feats)
+        assert (labels is None and sliced[r][1] is None) or np.array_equal(sliced[r][1], labels)
+
+
+def test_wrong_offsets_fall_back_to_parsing(pipe, tiny_shards, tmp_path):
+    shards = pipe.copy_tree(tiny_shards, tmp_path / "shards")
+    good = mf.load(shards, TRAIN)
+    bad = mf.load(shards, TRAIN)
+    bad.feats_at = bad.feats_at + 512            # every offset one tar block off
+    expected = tdata.read_shards(good, [0])
+    got = tdata.read_shards(bad, [0])
+    assert sorted(got) == sorted(expected)
+    for r in expected:
+        assert np.array_equal(got[r][0], expected[r][0])
+    mf.save(bad, shards)
+    from pipeline.verify import verify
+    problems = verify(shards, [TRAIN])[TRAIN]
+    assert any("member offset(s) differ from the manifest" in p for p in problems), problems
+
+
+def test_manifest_offsets_survive_merge_and_dropping_shards(two_train_splits):
+    m = mf.load_many(two_train_splits, "train-clean-100,train-clean-360")
+    assert m.feats_at is not None and len(m.feats_at) == m.num_utterances
+    kept = tdata.without_shards(m, [0])
+    assert len(kept.feats_at) == len(kept.labels_at) == kept.num_utterances
+    rows = tdata.read_shards(kept, list(range(len(kept.shards))))
+    assert len(rows) == kept.num_utterances
+    for r, (feats, labels) in rows.items():
+        assert feats.shape == (kept.frames[r], 15) and len(labels) == kept.label_lens[r]

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.manifest import Manifest
-from pipeline.shardformat import decode_sample
+from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
 from pipeline.vocab import FEATURE_DIM
 
 from .plan import EpochPlan
@@ -83,7 +83,9 @@ def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
     rows = rows.astype(np.int64)
     return dataclasses.replace(
         m, shards=[m.shards[s] for s in keep], ids=[m.ids[r] for r in rows], keys=[m.keys[r] for r in rows],
-        frames=m.frames[rows], label_lens=m.label_lens[rows], index=m.index[rows])
+        frames=m.frames[rows], label_lens=m.label_lens[rows], index=m.index[rows],
+        feats_at=None if m.feats_at is None else m.feats_at[rows],
+        labels_at=None if m.labels_at is None else m.labels_at[rows])
 
 
 def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:
@@ -133,52 +135,79 @@ class Batch:
         return int(self.lengths.sum())
 
 
+def _slice_shard(m: Manifest, s: int, data: bytes) -> dict[int, tuple[np.ndarray, np.ndarray | None]] | None:
+    """Shard s's samples as zero-copy views at the offsets the manifest recorded; None when the
+    manifest has no offsets or any member is not exactly where and what it says (then the tar is
+    parsed, which names the problem)."""
+    if m.feats_at is None or m.labels_at is None or not m.shards[s].sha256:
+        return None
+    start = m.shard_start
+    out = {}
+    f16, u8 = np.dtype("<f2"), np.dtype("|u1")
+    for r in range(int(start[s]), int(start[s + 1])):
+        key = m.keys[r]
+        feats = slice_member(data, int(m.feats_at[r]), f"{key}.{FEATS}", (int(m.frames[r]), FEATURE_DIM), f16)
+        if feats is None:
+            return None
+        labels = None
+        if m.labelled:
+            labels = slice_member(data, int(m.labels_at[r]), f"{key}.{LABELS}", (int(m.label_lens[r]),), u8)
+            if labels is None:
+                return None
+        out[r] = (feats, labels)
+    return out
+
+
+def _parse_shard(m: Manifest, s: int, data: bytes, path: Path) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    start = m.shard_start
+    expected = {m.keys[r]: r for r in range(int(start[s]), int(start[s + 1]))}
+    out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    try:
+        for sample in _samples(data, str(path)):
+            key, feats, labels = decode_sample(sample)
+            r = expected.get(key)
+            if r is None or r in out:
+                raise ShardReadError(f"{path}: unexpected or repeated sample {key!r}; {repair_hint(path)}")
+            if feats.ndim != 2 or feats.shape[0] != m.frames[r] or feats.shape[1] != FEATURE_DIM or \
+                    (m.labelled and (labels is None or len(labels) != m.label_lens[r])):
+                raise ShardReadError(f"{path}: sample {key!r} does not match the manifest; {repair_hint(path)}")
+            out[r] = (feats, labels)
+    except ShardReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tar/npy decoding errors of a damaged shard
+        msg = " ".join(str(exc).split())[:300]
+        raise ShardReadError(f"{path}: unreadable ({type(exc).__name__}: {msg}); {repair_hint(path)}") from None
+    if len(out) != len(expected):
+        raise ShardReadError(f"{path}: holds {len(out)} utterances, the manifest lists {len(expected)}; "
+                             f"{repair_hint(path)}")
+    return out
+
+
 def read_shards(m: Manifest, shards: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """Samples of these shards by manifest row, checked against the manifest."""
-    start = m.shard_start
     paths = m.shard_paths()
     out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for s in shards:
-        rows = range(int(start[s]), int(start[s + 1]))
-        expected = {m.keys[r]: r for r in rows}
-        path = paths[s]
-        data = read_shard_bytes(m, s, path)
-        seen = 0
-        try:
-            for sample in _samples(data, str(path)):
-                key, feats, labels = decode_sample(sample)
-                r = expected.get(key)
-                if r is None or r in out:
-                    raise ShardReadError(f"{path}: unexpected or repeated sample {key!r}; {repair_hint(path)}")
-                if feats.ndim != 2 or feats.shape[0] != m.frames[r] or feats.shape[1] != FEATURE_DIM or \
-                        (m.labelled and (labels is None or len(labels) != m.label_lens[r])):
-                    raise ShardReadError(f"{path}: sample {key!r} does not match the manifest; {repair_hint(path)}")
-                out[r] = (feats, labels)
-                seen += 1
-        except ShardReadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - tar/npy decoding errors of a damaged shard
-            msg = " ".join(str(exc).split())[:300]
-            raise ShardReadError(f"{path}: unreadable ({type(exc).__name__}: {msg}); {repair_hint(path)}") from None
-        del data
-        if seen != len(expected):
-            raise ShardReadError(f"{path}: holds {seen} utterances, the manifest lists {len(expected)}; "
-                                 f"{repair_hint(path)}")
+        data = read_shard_bytes(m, s, paths[s])
+        samples = _slice_shard(m, s, data)
+        out.update(samples if samples is not None else _parse_shard(m, s, data, paths[s]))
     return out
 
 
 def collate(rows: np.ndarray, samples: dict, labelled: bool) -> Batch:
     feats = [samples[int(r)][0] for r in rows]
     lengths = torch.tensor([len(f) for f in feats], dtype=torch.int64)
-    x = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1], dtype=torch.float16)
-    for i, f in enumerate(feats):
-        x[i, : len(f)] = torch.from_numpy(f)
+    x = np.zeros((len(feats), int(lengths.max()), feats[0].shape[1]), dtype=np.float16)
+    for i, f in enumerate(feats):       # samples may be read-only views of a shard's bytes
+        x[i, : len(f)] = f
+    x = torch.from_numpy(x)
     if labelled:
         labs = [samples[int(r)][1] for r in rows]
         label_lengths = torch.tensor([len(lab) for lab in labs], dtype=torch.int64)
-        y = torch.zeros(len(labs), int(label_lengths.max()), dtype=torch.int64)
+        y = np.zeros((len(labs), int(label_lengths.max())), dtype=np.int64)
         for i, lab in enumerate(labs):
-            y[i, : len(lab)] = torch.from_numpy(lab.astype(np.int64))
+            y[i, : len(lab)] = lab
+        y = torch.from_numpy(y)
     else:
         label_lengths = torch.zeros(len(feats), dtype=torch.int64)
         y = torch.zeros(len(feats), 0, dtype=torch.int64)
