@@ -18,7 +18,7 @@ TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node=$(NGPU)
 .PHONY: setup shards train predict evaluate test bench demo speech-corpus help
 
 help:
-	@echo "make demo | setup | shards | train | predict | evaluate | test | bench"
+	@echo "make demo | setup | shards | train | predict | evaluate | test | bench | speech-corpus"
 	@echo "variables: DATA=$(DATA) SHARDS=$(SHARDS) WEIGHTS=$(WEIGHTS) RESULTS=$(RESULTS) NGPU=$(NGPU) EPOCHS=$(EPOCHS) ARGS=\"$(ARGS)\""
 
 $(BIN)/python:
@@ -51,22 +51,26 @@ speech-corpus: setup
 	$(BIN)/phonerec synth-speech --data $(DATA) $(ARGS)
 
 # ---- benchmarks and the demo -------------------------------------------------------------
-BENCH_SIZES ?= 7135,28539
+# Everything side by side in one run (about 10 min on 2 cores; BENCH_ARGS=--scale adds the
+# 132,553-utterance corpus): results/bench.json, bench.md, bench_lengths.png, bench_bars.png.
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python bench/bench_shards.py --sizes $(BENCH_SIZES) --out $(RESULTS)/bench_shards.json
-	$(BIN)/python bench/bench_decode.py --out $(RESULTS)/bench_decode.json
+	$(BIN)/python bench/run_all.py --out $(RESULTS) $(BENCH_ARGS)
 
-# The whole job on a generated corpus: corpus -> shards -> train -> evaluate -> predict.
+# The whole job on synthesized English speech: corpus -> shards -> train -> evaluate -> predict.
+# The recipe is configs/demo.yaml (ARGS add to or override it); the corpus is generated once.
 DEMO_DATA ?= data/demo
 DEMO_SHARDS ?= shards/demo
-DEMO_TRAIN ?= 600
-DEMO_EPOCHS ?= 8
+DEMO_TRAIN ?= 3000
+DEMO_DEV ?= 200
+DEMO_TEST ?= 200
+DEMO_EPOCHS ?= 12
 demo: setup
-	@test -d $(DEMO_DATA)/train-clean-100 || $(BIN)/phonerec synth-corpus --data $(DEMO_DATA) \
-	  --split train-clean-100=$(DEMO_TRAIN) --split dev-clean=60 --split test-clean=60
+	@test -f $(DEMO_DATA)/speech-corpus.json || $(BIN)/phonerec synth-speech --data $(DEMO_DATA) \
+	  --split train-clean-100=$(DEMO_TRAIN) --split dev-clean=$(DEMO_DEV) --split test-clean=$(DEMO_TEST)
 	$(BIN)/phonerec shards --data $(DEMO_DATA) --shards $(DEMO_SHARDS) --quiet
-	$(TORCHRUN) -m pipeline.cli train --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) \
-	  --epochs $(DEMO_EPOCHS) --max-frames 16000 --quiet $(ARGS)
+	$(TORCHRUN) -m pipeline.cli train --config configs/demo.yaml --shards $(DEMO_SHARDS) --weights $(WEIGHTS) \
+	  --results $(RESULTS) --epochs $(DEMO_EPOCHS) --quiet $(ARGS)
 	$(BIN)/phonerec evaluate --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
 	$(BIN)/phonerec predict --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
-	@echo "demo done: $(RESULTS)/submission.csv, $(RESULTS)/curves.png, $(RESULTS)/metrics.jsonl"
+	@$(BIN)/phonerec summary --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS)

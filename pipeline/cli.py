@@ -17,7 +17,8 @@ def main() -> None:
       train         stream the shards and train the CNN + BiLSTM CTC model (torchrun-aware)
       predict       beam-decode the test split into results/submission.csv
       evaluate      greedy and beam distance on a labelled split
-      transcribe    decode individual .npy feature files
+      transcribe    decode individual .npy feature files (or .wav recordings)
+      summary       a short report of a run (corpus, padding, training time, scores)
     """
 
 

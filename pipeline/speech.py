@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import atomic_path, write_json
 from .vocab import EOS, FEATURE_DIM, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, ctc_min_frames
 
 # ----------------------------------------------------------------------------- features
@@ -753,9 +754,11 @@ def _job(job) -> tuple[dict, dict]:
     u = synthesize_utterance(seed, split, index, uid, _WORKER["partitions"][split], _WORKER["engines"],
                              tmp=_WORKER["tmp"], keep_audio=keep_wav)
     sdir = Path(out)
-    np.save(sdir / "mfcc" / f"{uid}.npy", u.features)
+    with atomic_path(sdir / "mfcc" / f"{uid}.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, u.features)
     if labelled:
-        np.save(sdir / "transcript" / f"{uid}.npy", np.asarray(u.labels))
+        with atomic_path(sdir / "transcript" / f"{uid}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(u.labels))
     if keep_wav:
         import soundfile as sf
         sf.write(str(sdir / "wav" / f"{uid}.wav"), u.audio, SAMPLE_RATE, subtype="FLOAT")
@@ -805,9 +808,12 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
     engines = tuple(e for e in ENGINES if e in engines)
     if not engines:
         raise ValueError(f"no known engine in {engines!r}; choose from {', '.join(ENGINES)}")
-    check_tools(engines, fortune_dir)
     out = Path(out)
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
+    done = _up_to_date(out, splits, seed=seed, unlabelled=unlabelled, engines=engines, keep_wav=keep_wav)
+    if done is not None:
+        return done
+    check_tools(engines, fortune_dir)
     groups = {name: voice_group(name) for name in splits}
     pool = sentence_pool(fortune_dir)
     partitions = partition_sentences(pool, splits, seed)
@@ -871,5 +877,33 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
         "ranges": {"rate": RATE_RANGE, "pitch": PITCH_RANGE, "warp": WARP_RANGE, "level_dbfs": LEVEL_RANGE,
                    "snr_db": SNR_RANGE, "pad_s": PAD_RANGE, "speech_s": SPEECH_SECONDS},
     }
-    (out / "speech-corpus.json").write_text(json.dumps(info, indent=2) + "\n")
+    info["summary"] = summary
+    info["keep_wav"] = keep_wav
+    write_json(out / CORPUS_INFO, info)       # written last: its presence marks a finished corpus
+    return summary
+
+
+CORPUS_INFO = "speech-corpus.json"
+
+
+def _up_to_date(out: Path, splits: dict[str, int], *, seed: int, unlabelled: tuple[str, ...],
+                engines: tuple[str, ...], keep_wav: bool) -> dict[str, dict] | None:
+    """The summary of a finished corpus under `out` made with these settings, else None (so a
+    rerun, e.g. of `make demo`, costs nothing)."""
+    try:
+        info = json.loads((out / CORPUS_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    summary = info.get("summary")
+    if info.get("seed") != seed or info.get("engines") != list(engines) or not isinstance(summary, dict) \
+            or info.get("keep_wav", False) != keep_wav or set(summary) != set(splits):
+        return None
+    for name, n in splits.items():
+        s = summary[name]
+        labelled = name not in unlabelled
+        if s.get("utterances") != n or s.get("labelled") != labelled:
+            return None
+        folders = ["mfcc"] + (["transcript"] if labelled else [])
+        if any(len(list((out / name / f).glob("*.npy"))) != n for f in folders):
+            return None
     return summary

@@ -137,3 +137,27 @@ def test_transcribe_arpabet_and_posteriorgram(tiny_corpus, trained, tmp_path):
     np.save(bad, np.zeros((10, 13), np.float32))
     res = CliRunner().invoke(main, ["transcribe", "--weights", str(trained), str(bad)])
     assert res.exit_code != 0 and "[T, 15]" in res.output
+
+
+def test_transcribe_audio_file_uses_the_corpus_feature_extraction(trained, tmp_path):
+    sf = pytest.importorskip("soundfile", reason="the speech extra is not installed")
+    pytest.importorskip("librosa", reason="the speech extra is not installed")
+    from pipeline.speech import mfcc_from_wav
+    rng = np.random.default_rng(3)
+    t = np.arange(int(1.2 * 22050)) / 22050                 # 1.2 s at another rate: resampled to 16 kHz
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    wav = tmp_path / "hello.wav"
+    sf.write(str(wav), audio, 22050, subtype="FLOAT")
+    feats = mfcc_from_wav(wav)
+    assert feats.shape == (1 + int(1.2 * 16000) // 160, 15)
+    npy = tmp_path / "hello.npy"
+    np.save(npy, feats)
+    out_wav = _cli("transcribe", "--weights", str(trained), "--beam-width", "3", str(wav))
+    out_npy = _cli("transcribe", "--weights", str(trained), "--beam-width", "3", str(npy))
+    assert out_wav.splitlines()[0].split("\t")[1] == out_npy.splitlines()[0].split("\t")[1]
+    assert out_wav.startswith("hello.wav\t")
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    res = CliRunner().invoke(main, ["transcribe", "--weights", str(trained), str(bad)])
+    assert res.exit_code == 1 and str(bad) in res.output and "unreadable audio" in res.output
+    assert "Traceback" not in res.output

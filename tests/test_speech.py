@@ -248,6 +248,25 @@ def test_deterministic_and_worker_independent(corpus, tmp_path):
 
 
 @needs_tools
+def test_rerun_of_a_finished_corpus_does_nothing(corpus, tmp_path, monkeypatch):
+    root = tmp_path / "copy"
+    shutil.copytree(corpus, root)
+    before = tree_digest(root)
+
+    def boom(*a, **k):
+        raise AssertionError("a finished corpus must not be synthesized again")
+    monkeypatch.setattr(sp, "synthesize_utterance", boom)
+    monkeypatch.setattr(sp, "check_tools", boom)
+    summary = sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
+    assert summary[TRAIN]["utterances"] == SPLITS[TRAIN] and summary[TEST]["labelled"] is False
+    assert tree_digest(root) == before
+    # any missing file or other setting means the corpus is not finished: it is (re)generated
+    next((root / TRAIN / "mfcc").glob("*.npy")).unlink()
+    with pytest.raises(AssertionError, match="synthesized again"):
+        sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
+
+
+@needs_tools
 def test_refuses_to_mix_with_another_corpus(corpus, tmp_path):
     root = tmp_path / "mixed"
     shutil.copytree(corpus / DEV, root / DEV)

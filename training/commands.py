@@ -233,7 +233,9 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
 @_threads
 @click.option("--device", default="auto", show_default=True)
 def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
-    """Decode raw feature files (.npy [T,15]); prints `name<TAB>labels`, as in a submission.
+    """Decode raw feature files (.npy [T,15]) or recordings (.wav/.flac/.ogg, any sample rate;
+    features extracted as `phonerec synth-speech` does); prints `name<TAB>labels`, as in a
+    submission.
 
     Each file is normalized with the statistics stored in the checkpoint.
     """
@@ -273,4 +275,30 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
     _run_inference(go)
 
 
-COMMANDS: list = [train, predict, evaluate, transcribe]
+@click.command("summary")
+@click.option("--shards", default="shards", show_default=True)
+@click.option("--weights", default="weights", show_default=True, help="Checkpoint folder (reads config.json).")
+@click.option("--results", default="results", show_default=True,
+              help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
+@click.option("--split", default="dev-clean", show_default=True, help="The evaluated split to report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
+def summary(shards, weights, results, split, as_json):
+    """A short report of a run: corpus size, padding efficiency, training time, dev distance
+    (greedy and beam) and where the plots are. Also written to <results>/summary.json."""
+    import json
+    from pathlib import Path
+
+    from pipeline.atomic import write_json
+    from pipeline.manifest import ManifestError
+
+    from .summary import collect, render
+    try:
+        info = collect(shards, weights, results, split)
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from None
+    if Path(results).is_dir():
+        write_json(Path(results) / "summary.json", info)
+    click.echo(json.dumps(info, indent=1) if as_json else render(info))
+
+
+COMMANDS: list = [train, predict, evaluate, transcribe, summary]

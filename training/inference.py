@@ -181,9 +181,29 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
                       beam_distance=db / n, greedy_per=dg / max(refs, 1), beam_per=db / max(refs, 1), tsv=tsv)
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def audio_features(path: Path) -> np.ndarray:
+    """15 MFCCs per 10 ms of an audio file, extracted exactly as `phonerec synth-speech` does."""
+    try:
+        from pipeline.speech import mfcc_from_wav
+        x = mfcc_from_wav(path)
+    except ModuleNotFoundError as exc:
+        raise UtteranceError(f"reading audio needs the speech extra ({exc.name} is missing): "
+                             "pip install -e '.[speech]'") from None
+    except Exception as exc:  # noqa: BLE001 - soundfile/librosa errors on a bad file
+        msg = " ".join(str(exc).split())[:200]
+        raise UtteranceError(f"unreadable audio ({type(exc).__name__}: {msg})") from None
+    if x.shape[0] < 1 or not np.isfinite(x).all():
+        raise UtteranceError("audio gives no usable frames (empty or not finite)")
+    return x
+
+
 def features_for(loaded: Loaded, path: Path) -> np.ndarray:
-    """A raw .npy feature file normalized exactly as the shards are (including float16 rounding)."""
-    x = load_features(path)
+    """A raw .npy feature file (or an audio file) normalized exactly as the shards are
+    (including float16 rounding)."""
+    x = audio_features(path) if path.suffix.lower() in AUDIO_SUFFIXES else load_features(path)
     return loaded.stats.normalize(x).astype(np.float16).astype(np.float32)
 
 

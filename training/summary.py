@@ -1,0 +1,92 @@
+"""One short report of a finished run (what `make demo` prints): corpus, batching, training, scores.
+
+It only reads what the stages wrote (manifests, metrics.jsonl, config.json, evaluate-<split>.json,
+submission.csv), so it can be rerun at any time and never disagrees with them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from pipeline import manifest as mf
+
+from . import metrics
+
+
+def _hours(frames: int) -> float:
+    return frames / 100 / 3600          # 10 ms frames
+
+
+def _fmt_seconds(s: float) -> str:
+    m, s = divmod(int(round(s)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def collect(shards: str | Path, weights: str | Path, results: str | Path, split: str = "dev-clean") -> dict:
+    """Everything the report shows, as plain data (missing pieces are None)."""
+    shards, weights, results = Path(shards), Path(weights), Path(results)
+    corpus = {}
+    for name in mf.available_splits(shards):
+        m = mf.load(shards, name)
+        corpus[name] = {"utterances": m.num_utterances, "rejected": m.rejected, "labelled": m.labelled,
+                        "hours": round(_hours(m.total_frames), 2), "shards": len(m.shards)}
+    rows = metrics.read(results)
+    train = None
+    if rows:
+        last = rows[-1]
+        train = {"epochs": len(rows), "steps": last.get("step"),
+                 "seconds": round(sum(r.get("epoch_seconds", 0.0) for r in rows), 1),
+                 "padding_efficiency": last.get("padding_efficiency"),
+                 "frames_per_s": round(sum(r.get("frames_per_s", 0.0) for r in rows) / len(rows)),
+                 "world": last.get("world", 1),
+                 "best_dev_distance": min(r["dev_distance"] for r in rows if r.get("dev_distance") is not None)
+                 if any(r.get("dev_distance") is not None for r in rows) else None}
+    config = None
+    cfg_path = weights / "config.json"
+    if cfg_path.is_file():
+        raw = json.loads(cfg_path.read_text())
+        config = {"preset": raw.get("train", {}).get("preset"), "parameters": raw.get("parameters"),
+                  "overrides": raw.get("train", {}).get("model") or {}}
+    ev = None
+    ev_path = results / f"evaluate-{split}.json"
+    if ev_path.is_file():
+        ev = json.loads(ev_path.read_text())
+    sub = results / "submission.csv"
+    submission = None
+    if sub.is_file():
+        with open(sub, newline="") as fh:
+            submission = {"path": str(sub), "rows": sum(1 for _ in csv.DictReader(fh))}
+    plots = [str(p) for p in (results / metrics.CURVES,) if p.is_file()]
+    return {"corpus": corpus, "train": train, "model": config, "evaluate": ev, "split": split,
+            "submission": submission, "plots": plots}
+
+
+def render(info: dict) -> str:
+    lines = ["phonerec run summary", ""]
+    for name, c in info["corpus"].items():
+        kind = "labelled" if c["labelled"] else "unlabelled"
+        lines.append(f"  corpus {name:<18} {c['utterances']:>7,} utts  {c['hours']:7.2f} h  {c['shards']:>4} shards"
+                     f"  {c['rejected']} rejected  ({kind})")
+    if info["model"]:
+        mdl = info["model"]
+        extra = " ".join(f"{k}={v}" for k, v in mdl["overrides"].items())
+        lines.append(f"  model     preset {mdl['preset']}{' ' + extra if extra else ''}, "
+                     f"{(mdl['parameters'] or 0) / 1e6:.2f} M parameters")
+    t = info["train"]
+    if t:
+        lines.append(f"  training  {t['epochs']} epochs, {t['steps']} steps on {t['world']} rank(s) in "
+                     f"{_fmt_seconds(t['seconds'])}, {t['frames_per_s']:,} frames/s, "
+                     f"padding efficiency {t['padding_efficiency']:.3f}")
+    ev = info["evaluate"]
+    if ev:
+        lines.append(f"  {info['split']}  {ev['utterances']} utts, {ev['phonemes']} phonemes: "
+                     f"greedy distance {ev['greedy_distance']:.2f} (PER {100 * ev['greedy_per']:.2f}%), "
+                     f"beam {ev.get('beam_width', '?')} distance {ev['beam_distance']:.2f} "
+                     f"(PER {100 * ev['beam_per']:.2f}%)")
+    if info["submission"]:
+        lines.append(f"  submission {info['submission']['path']} ({info['submission']['rows']} rows)")
+    if info["plots"]:
+        lines.append(f"  plots     {', '.join(info['plots'])}")
+    return "\n".join(lines)
