@@ -137,7 +137,7 @@ def synth_speech(out, splits, unlabelled, seed, workers, engines, keep_wav, quie
 
     Real sentences (Debian fortune files) with CMU Pronouncing Dictionary pronunciations are
     rendered by flite and espeak-ng; the phonemes each synthesizer reports it rendered become the
-    transcript. Voice, rate, pitch, a +-5 % resampling warp, level and background noise
+    transcript. Voice, rate, pitch, a +-10 % resampling warp, level and background noise
     (10-30 dB SNR) vary per utterance; train, dev and test use disjoint voices and sentences.
     Needs the speech tools: `bash scripts/install-speech-tools.sh` and `pip install -e '.[speech]'`.
     """

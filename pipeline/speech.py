@@ -21,7 +21,7 @@ dictionary pronunciations by more than allophonic detail, a length outside the t
 too few frames for CTC is thrown away and regenerated from another sentence: it is never
 mislabelled.
 
-Each utterance then gets a small resampling warp (speaker-like, +-5 %), padding, a level and
+Each utterance then gets a small resampling warp (speaker-like, +-10 %), padding, a level and
 colored background noise at a random SNR, and becomes 15 MFCCs per 10 ms frame (``mfcc``;
 ``mfcc_from_wav`` applies the same extraction to a .wav file). Every random choice comes from a
 generator seeded by (seed, split, index, attempt), so the corpus does not depend on the number
@@ -198,9 +198,12 @@ def _espeak_names(variants) -> tuple[str, ...]:
 
 # Voice groups; a split uses the group its name contains ("train", "dev" or "test").
 VOICE_SPLIT: dict[str, dict[str, tuple[str, ...]]] = {
-    "train": {"flite": ("flite:kal16", "flite:awb"), "espeak-ng": _espeak_names(ESPEAK_TRAIN)},
-    "dev": {"flite": ("flite:slt",), "espeak-ng": _espeak_names(ESPEAK_DEV)},
-    "test": {"flite": ("flite:rms",), "espeak-ng": _espeak_names(ESPEAK_TEST)},
+    # Training needs a female and a male flite speaker: trained on two male voices, a model
+    # transcribed the female dev voice (slt) at 73 % PER against 16 % for unseen espeak-ng
+    # variants. rms (US male) is held out for dev, kal16 (the diphone voice) for test.
+    "train": {"flite": ("flite:awb", "flite:slt"), "espeak-ng": _espeak_names(ESPEAK_TRAIN)},
+    "dev": {"flite": ("flite:rms",), "espeak-ng": _espeak_names(ESPEAK_DEV)},
+    "test": {"flite": ("flite:kal16",), "espeak-ng": _espeak_names(ESPEAK_TEST)},
 }
 ENGINES = ("flite", "espeak-ng")
 
@@ -597,7 +600,7 @@ def render(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate:
 
 RATE_RANGE = (0.8, 1.25)         # speaking rate factor, log-uniform
 PITCH_RANGE = (-1.0, 1.0)
-WARP_RANGE = (0.95, 1.05)        # resampling factor: >1 is faster and higher, like a smaller speaker
+WARP_RANGE = (0.9, 1.1)          # resampling factor: >1 is faster and higher, like a smaller speaker
 LEVEL_RANGE = (-32.0, -18.0)     # active-speech RMS, dBFS
 SNR_RANGE = (10.0, 30.0)         # dB against active speech
 PAD_RANGE = (0.15, 0.5)          # seconds of leading / trailing silence (under the noise)

@@ -159,6 +159,20 @@ def test_train_three_epochs(fast_shards, tmp_path):
     png = (tmp_path / "results" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
+    # a fresh run (no --resume) in the same folders starts new curves instead of appending
+    cli(train_args(fast_shards, tmp_path, "--epochs", "1"))
+    assert [r["epoch"] for r in metrics(tmp_path)] == [0]
+
+
+def test_demo_recipe_is_a_valid_config():
+    from training.config import TrainConfig, read_config_file
+    from training.model import build_model
+    values = read_config_file(ROOT / "configs" / "demo.yaml")
+    cfg = TrainConfig.from_dict(values)
+    model = build_model(cfg.preset, **cfg.model)
+    lp, lens = model(torch.zeros(2, 50, 15), torch.tensor([50, 30]))
+    assert lp.shape[-1] == 43 and lens.tolist() == [25, 15]       # x2 downsampling
+
 
 def test_train_budget_error_is_one_line(fast_shards, tmp_path):
     res = cli(train_args(fast_shards, tmp_path, "--epochs", "1", "--max-frames", "100"), ok=False)

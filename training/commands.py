@@ -132,8 +132,16 @@ def _run_inference(fn):
         raise
 
 
-_threads = click.option("--threads", default=os.cpu_count() or 1, show_default=True,
-                        help="Beam-search threads per rank.")
+def _auto_threads(ctx, param, value):
+    """0 = this machine's CPUs shared among the ranks torchrun started on it (no oversubscription)."""
+    if value and value > 0:
+        return value
+    ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return max((os.cpu_count() or 1) // ranks, 1)
+
+
+_threads = click.option("--threads", default=0, show_default=True, callback=_auto_threads,
+                        help="Beam-search threads per rank (0 = CPUs / ranks on this machine).")
 _weights = click.option("--weights", default="weights", show_default=True,
                         help="Checkpoint folder (uses best.pt) or a checkpoint file.")
 

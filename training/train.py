@@ -344,6 +344,8 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
     if ctx.is_main:
         weights.mkdir(parents=True, exist_ok=True)
         results.mkdir(parents=True, exist_ok=True)
+        if not state:                 # a fresh run: its curves must not continue an older run's
+            metrics.truncate_after(results, 0)
         write_json(weights / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(),
                                              "parameters": count_parameters(model)})
     log(f"{train_m.num_utterances} training utterances in {len(train_m.shards)} shards, {ctx.world} rank(s) x "
