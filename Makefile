@@ -73,4 +73,4 @@ demo: setup
 	  --results $(RESULTS) --epochs $(DEMO_EPOCHS) --quiet $(ARGS)
 	$(BIN)/phonerec evaluate --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
 	$(BIN)/phonerec predict --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
-	@$(BIN)/phonerec summary --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS)
+	@$(BIN)/phonerec summary --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --data $(DEMO_DATA)

@@ -75,8 +75,12 @@ def test_voice_split_is_disjoint_and_named():
     assert groups["train"].isdisjoint(groups["dev"])
     assert groups["train"].isdisjoint(groups["test"])
     assert groups["dev"].isdisjoint(groups["test"])
-    for engines in sp.VOICE_SPLIT.values():
-        assert all(engines[e] for e in sp.ENGINES)          # every group has voices of both engines
+    for name in ("train", "dev"):                             # labelled groups have voices of both engines
+        assert all(sp.VOICE_SPLIT[name][e] for e in sp.ENGINES)
+    assert len(sp.VOICE_SPLIT["train"]["flite"]) == 3         # several speakers to generalize from
+    assert sp.split_engines("test-clean") == ("espeak-ng",)
+    with pytest.raises(ValueError, match="no voice of flite"):
+        sp.split_engines("test-clean", ("flite",))
     assert sp.voice_group("train-clean-360") == "train" and sp.voice_group("dev-other") == "dev"
     assert sp.voice_group("test-clean") == "test"
     with pytest.raises(ValueError, match="train, dev, test"):

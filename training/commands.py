@@ -289,8 +289,10 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
 @click.option("--results", default="results", show_default=True,
               help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
 @click.option("--split", default="dev-clean", show_default=True, help="The evaluated split to report.")
+@click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus's metadata.tsv, "
+              "also the PER per voice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
-def summary(shards, weights, results, split, as_json):
+def summary(shards, weights, results, split, data, as_json):
     """A short report of a run: corpus size, padding efficiency, training time, dev distance
     (greedy and beam) and where the plots are. Also written to <results>/summary.json."""
     import json
@@ -301,7 +303,7 @@ def summary(shards, weights, results, split, as_json):
 
     from .summary import collect, render
     try:
-        info = collect(shards, weights, results, split)
+        info = collect(shards, weights, results, split, data)
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
     if Path(results).is_dir():

@@ -24,7 +24,31 @@ def _fmt_seconds(s: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def collect(shards: str | Path, weights: str | Path, results: str | Path, split: str = "dev-clean") -> dict:
+def per_voice(metadata: Path, scored: Path) -> dict[str, dict] | None:
+    """Greedy and beam PER per voice (espeak-ng variants pooled) of an evaluated synth-speech split."""
+    if not (metadata.is_file() and scored.is_file()):
+        return None
+    with open(metadata, newline="") as fh:
+        voice = {r["id"]: r["voice"] for r in csv.DictReader(fh, delimiter="\t")}
+    out: dict[str, dict] = {}
+    with open(scored, newline="") as fh:
+        for r in csv.DictReader(fh, delimiter="\t"):
+            if r["id"] not in voice:
+                return None                       # metadata of another corpus
+            key = voice[r["id"]].split("+")[0]
+            if key == "espeak-ng:en-us":
+                key = "espeak-ng (all variants)"
+            g = out.setdefault(key, {"utterances": 0, "phonemes": 0, "greedy": 0.0, "beam": 0.0})
+            g["utterances"] += 1
+            g["phonemes"] += len(r["reference"])
+            g["greedy"] += float(r["greedy_distance"])
+            g["beam"] += float(r["beam_distance"])
+    return {k: {"utterances": g["utterances"], "greedy_per": round(g["greedy"] / max(g["phonemes"], 1), 4),
+                "beam_per": round(g["beam"] / max(g["phonemes"], 1), 4)} for k, g in sorted(out.items())}
+
+
+def collect(shards: str | Path, weights: str | Path, results: str | Path, split: str = "dev-clean",
+            data: str | Path | None = None) -> dict:
     """Everything the report shows, as plain data (missing pieces are None)."""
     shards, weights, results = Path(shards), Path(weights), Path(results)
     corpus = {}
@@ -59,8 +83,9 @@ def collect(shards: str | Path, weights: str | Path, results: str | Path, split:
         with open(sub, newline="") as fh:
             submission = {"path": str(sub), "rows": sum(1 for _ in csv.DictReader(fh))}
     plots = [str(p) for p in (results / metrics.CURVES,) if p.is_file()]
+    voices = per_voice(Path(data) / split / "metadata.tsv", results / f"evaluate-{split}.tsv") if data else None
     return {"corpus": corpus, "train": train, "model": config, "evaluate": ev, "split": split,
-            "submission": submission, "plots": plots}
+            "voices": voices, "submission": submission, "plots": plots}
 
 
 def render(info: dict) -> str:
@@ -85,6 +110,9 @@ def render(info: dict) -> str:
                      f"greedy distance {ev['greedy_distance']:.2f} (PER {100 * ev['greedy_per']:.2f}%), "
                      f"beam {ev.get('beam_width', '?')} distance {ev['beam_distance']:.2f} "
                      f"(PER {100 * ev['beam_per']:.2f}%)")
+    for name, v in (info.get("voices") or {}).items():
+        lines.append(f"      {name:<26} {v['utterances']:>4} utts: greedy PER {100 * v['greedy_per']:.2f}%, "
+                     f"beam PER {100 * v['beam_per']:.2f}%")
     if info["submission"]:
         lines.append(f"  submission {info['submission']['path']} ({info['submission']['rows']} rows)")
     if info["plots"]:
