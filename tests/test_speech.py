@@ -217,7 +217,7 @@ def test_metadata_and_disjoint_voices_and_sentences(corpus):
         for r in rs:
             assert r["voice"] in group[r["voice"].partition(":")[0]]
             assert 0.8 <= float(r["rate"]) <= 1.25 and -1 <= float(r["pitch"]) <= 1
-            assert 0.95 <= float(r["warp"]) <= 1.05 and 10 <= float(r["snr_db"]) <= 30
+            assert sp.WARP_RANGE[0] <= float(r["warp"]) <= sp.WARP_RANGE[1] and 10 <= float(r["snr_db"]) <= 30
             assert r["text"] and r["text"][-1] in ".!?"
             if split != TEST:
                 assert int(r["labels"]) == len(labels_of(corpus, split, r["id"])) - 2

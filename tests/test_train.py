@@ -377,7 +377,8 @@ def test_config_file_unknown_key(fast_shards, tmp_path):
 
 # ---------------------------------------------------------------------------------- 10. SIGINT
 
-def test_sigint_checkpoints_mid_epoch_and_resumes(fast_shards, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_checkpoints_mid_epoch_and_resumes(fast_shards, tmp_path, sig):
     max_frames = 400                       # about one utterance per batch: many steps per epoch
     steps = plan(fast_shards, max_frames=max_frames).steps
     assert steps >= 40
@@ -394,7 +395,7 @@ def test_sigint_checkpoints_mid_epoch_and_resumes(fast_shards, tmp_path):
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.02)
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
