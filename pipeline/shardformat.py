@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import re
 import tarfile
 from collections.abc import Iterable
@@ -113,7 +114,7 @@ def slice_member(data: bytes | memoryview, at: int, name: str, shape: tuple[int,
         return None
     if bytes(data[at: at + len(head)]) != head:
         return None
-    count = int(np.prod(shape))
+    count = math.prod(shape)            # np.prod costs 9 us a call: a third of this function
     if at + len(head) + count * dtype.itemsize > len(data):
         return None
     return np.frombuffer(data, dtype=dtype, count=count, offset=at + len(head)).reshape(shape)

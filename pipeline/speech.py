@@ -890,8 +890,7 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
         "sentence_pool": {"sentences": len(pool), "files": list(FORTUNE_FILES),
                           "sha256": hashlib.sha256("\n".join(pool).encode()).hexdigest()},
         "tools": tool_versions(), "mfcc": {k: v for k, v in MFCC_OPTIONS.items()},
-        "ranges": {"rate": RATE_RANGE, "pitch": PITCH_RANGE, "warp": WARP_RANGE, "level_dbfs": LEVEL_RANGE,
-                   "snr_db": SNR_RANGE, "pad_s": PAD_RANGE, "speech_s": SPEECH_SECONDS},
+        "ranges": _ranges(),
     }
     info["summary"] = summary
     info["keep_wav"] = keep_wav
@@ -900,6 +899,11 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
 
 
 CORPUS_INFO = "speech-corpus.json"
+
+
+def _ranges() -> dict:
+    return {"rate": RATE_RANGE, "pitch": PITCH_RANGE, "warp": WARP_RANGE, "level_dbfs": LEVEL_RANGE,
+            "snr_db": SNR_RANGE, "pad_s": PAD_RANGE, "speech_s": SPEECH_SECONDS}
 
 
 def _up_to_date(out: Path, splits: dict[str, int], *, seed: int, unlabelled: tuple[str, ...],
@@ -914,11 +918,16 @@ def _up_to_date(out: Path, splits: dict[str, int], *, seed: int, unlabelled: tup
     if info.get("seed") != seed or info.get("engines") != list(engines) or not isinstance(summary, dict) \
             or info.get("keep_wav", False) != keep_wav or set(summary) != set(splits):
         return None
+    if info.get("ranges") != json.loads(json.dumps(_ranges())):
+        return None                               # made by a version with other variation ranges
     for name, n in splits.items():
         s = summary[name]
         labelled = name not in unlabelled
         if s.get("utterances") != n or s.get("labelled") != labelled:
             return None
+        voices = [v for e in engines for v in VOICE_SPLIT[voice_group(name)][e]]
+        if info.get("splits", {}).get(name, {}).get("voices") != voices:
+            return None                           # another voice split
         folders = ["mfcc"] + (["transcript"] if labelled else [])
         if any(len(list((out / name / f).glob("*.npy"))) != n for f in folders):
             return None

@@ -264,7 +264,16 @@ def test_rerun_of_a_finished_corpus_does_nothing(corpus, tmp_path, monkeypatch):
     summary = sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
     assert summary[TRAIN]["utterances"] == SPLITS[TRAIN] and summary[TEST]["labelled"] is False
     assert tree_digest(root) == before
-    # any missing file or other setting means the corpus is not finished: it is (re)generated
+    # other variation ranges or voices (a newer version), or a missing file: (re)generated
+    with monkeypatch.context() as mp:
+        mp.setattr(sp, "WARP_RANGE", (0.8, 1.2))
+        with pytest.raises(AssertionError, match="synthesized again"):
+            sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
+    with monkeypatch.context() as mp:
+        mp.setitem(sp.VOICE_SPLIT, "dev", {"flite": ("flite:kal16",), "espeak-ng": ()})
+        with pytest.raises(AssertionError, match="synthesized again"):
+            sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
+    assert sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True) == summary
     next((root / TRAIN / "mfcc").glob("*.npy")).unlink()
     with pytest.raises(AssertionError, match="synthesized again"):
         sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
