@@ -448,3 +448,17 @@ def test_manifest_offsets_survive_merge_and_dropping_shards(two_train_splits):
     assert len(rows) == kept.num_utterances
     for r, (feats, labels) in rows.items():
         assert feats.shape == (kept.frames[r], 15) and len(labels) == kept.label_lens[r]
+
+
+def test_manifest_without_offsets_still_loads_and_reads(pipe, tiny_shards, tmp_path):
+    """A manifest written before the offsets were recorded: the tars are parsed instead."""
+    shards = pipe.copy_tree(tiny_shards, tmp_path / "shards")
+    m = mf.load(shards, TRAIN)
+    expected = tdata.read_shards(m, list(range(len(m.shards))))
+    mf.save(_without_offsets(m), shards)
+    assert "feats_at" not in mf.manifest_path(shards, TRAIN).read_text()
+    old = mf.load(shards, TRAIN)
+    assert old.feats_at is None and old.labels_at is None
+    got = tdata.read_shards(old, list(range(len(old.shards))))
+    assert sorted(got) == sorted(expected)
+    assert all(np.array_equal(got[r][0], expected[r][0]) for r in expected)

@@ -230,10 +230,6 @@ def unpack(buf: torch.Tensor, shape: tuple[int, int, int]) -> Batch:
     return Batch(feats, ints[0], labels, ints[1], ints[2])
 
 
-def collate(rows: np.ndarray, samples: dict, labelled: bool) -> Batch:
-    return unpack(*pack(rows, samples, labelled))
-
-
 class PlannedShards(IterableDataset):
     """Yields this rank's batches of one epoch plan, starting after `start_step` steps."""
 
