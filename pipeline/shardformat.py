@@ -52,8 +52,10 @@ def load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> None:
-    """Write a tar atomically with fixed metadata, so equal inputs give byte-identical files."""
+def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> dict[str, int]:
+    """Write a tar atomically with fixed metadata, so equal inputs give byte-identical files.
+    Returns where each member's data starts (as `member_offsets` would read them back)."""
+    offsets = {}
     with atomic.atomic_path(path) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for name, data in members:
@@ -64,6 +66,9 @@ def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> None:
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
+                # after the header(s) come the data, padded to whole 512-byte blocks
+                offsets[name] = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return offsets
 
 
 F16_MAX = float(np.finfo(np.float16).max)
@@ -89,7 +94,8 @@ def decode_sample(sample: dict) -> tuple[str, np.ndarray, np.ndarray | None]:
 
 
 def member_offsets(path: str | Path) -> dict[str, int]:
-    """Member name -> offset of its data in the tar (where its .npy file begins)."""
+    """Member name -> offset of its data in the tar (where its .npy file begins), read back from
+    a tar written earlier (a shard finished by an interrupted build)."""
     with tarfile.open(path, "r:") as tar:
         return {ti.name: ti.offset_data for ti in tar}
 

@@ -113,10 +113,10 @@ def _write_shard(job) -> tuple[mf.ShardInfo, dict[str, int]]:
         members.extend(sample_members(key, feats, lab))
         frames.append(b - a)
     path = Path(out)
-    write_tar(path, members)
+    offsets = write_tar(path, members)
     info = mf.ShardInfo(name=path.name, sha256=sha256_file(path), utterances=len(keys), frames=int(sum(frames)),
                         min_frames=int(min(frames)), max_frames=int(max(frames)), bytes=path.stat().st_size)
-    return info, member_offsets(path)
+    return info, offsets
 
 
 def _member_columns(names, cuts, keys, offsets, labelled) -> tuple[np.ndarray, np.ndarray]:

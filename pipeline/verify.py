@@ -24,6 +24,34 @@ def _read_rejected(shards_dir: Path) -> dict[str, set[str]]:
     return out
 
 
+def check_shards(m: mf.Manifest, *, full: bool = False) -> list[tuple[int, str]]:
+    """(shard number, problem) for each shard that is missing or whose size differs from the
+    manifest; with `full`, also each whose sha256 differs (reads every shard once). Shared by
+    `--verify`, training (before step 1) and prediction."""
+    problems = []
+    for s, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append((s, "missing shard"))
+            continue
+        except OSError as exc:
+            problems.append((s, f"cannot access ({exc.strerror or exc})"))
+            continue
+        if info.sha256 and size != info.bytes:
+            problems.append((s, f"{size} bytes, the manifest says {info.bytes} (truncated or replaced)"))
+            continue
+        if full and info.sha256:
+            try:
+                digest = sha256_file(path)
+            except OSError as exc:
+                problems.append((s, f"unreadable ({exc.strerror or exc})"))
+                continue
+            if digest != info.sha256:
+                problems.append((s, "sha256 differs from the manifest (corrupted or replaced)"))
+    return problems
+
+
 def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list[str]:
     """Problems found in one split (empty = verified)."""
     problems: list[str] = []
@@ -32,17 +60,11 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
     except mf.ManifestError as exc:
         return [str(exc)]
     starts = m.shard_start
+    damaged = dict(check_shards(m, full=True))
     for i, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
         where = f"{split}/{info.name}"
-        if not path.is_file():
-            problems.append(f"{where}: missing shard")
-            continue
-        size = path.stat().st_size
-        if size != info.bytes:
-            problems.append(f"{where}: {size} bytes, the manifest says {info.bytes} (truncated or replaced)")
-            continue
-        if sha256_file(path) != info.sha256:
-            problems.append(f"{where}: sha256 differs from the manifest (corrupted or replaced)")
+        if i in damaged:
+            problems.append(f"{where}: {damaged[i]}")
             continue
         expect = list(zip(m.keys[starts[i]:starts[i + 1]], m.frames[starts[i]:starts[i + 1]],
                           m.label_lens[starts[i]:starts[i + 1]]))

@@ -158,3 +158,15 @@ def tiny_shards(tiny_corpus, tmp_path_factory) -> Path:
     build_mod.build(tiny_corpus, out, train=TRAIN, dev=DEV, test=TEST, workers=1, progress=False,
                     options=ShardOptions(min_shards=4), log=lambda _m: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process training runs use one intra-op thread, like the subprocesses (OMP_NUM_THREADS=1):
+    the small LSTM steps are dominated by thread synchronisation and slow down badly on a busy
+    2-core machine."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -600,3 +600,14 @@ def test_make_keys_unique_for_colliding_ids():
     assert len(keys) == len(set(keys)) == len(ids)
     assert keys[:2] == ["a_b_2", "a_b"]                     # clean ids keep their name
     assert Counter(k.count(".") for k in keys) == Counter({0: len(ids)})
+
+
+def test_write_tar_reports_the_offsets_tarfile_reads_back(tmp_path):
+    from pipeline.shardformat import member_offsets, write_tar
+    members = [("a.feats.npy", b"x" * 700), ("a.labels.npy", b"y" * 512), ("b" * 120 + ".feats.npy", b"z" * 3),
+               ("\u00e9t\u00e9.labels.npy", b"")]            # a long and a non-ASCII name get PAX headers
+    written = write_tar(tmp_path / "t.tar", members)
+    assert written == member_offsets(tmp_path / "t.tar")
+    data = (tmp_path / "t.tar").read_bytes()
+    for name, blob in members:
+        assert data[written[name]: written[name] + len(blob)] == blob

@@ -27,6 +27,7 @@ from pipeline import manifest as mf
 from pipeline import validate
 from pipeline.cli import main as cli_main
 from pipeline.synth import utterance
+from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB
 from training import checkpoint as ckpt
 from training import data as tdata
@@ -41,12 +42,7 @@ MAX_FRAMES = 1600
 
 # ------------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_fast_corpus(pipe, data: Path, counts=None) -> None:
@@ -309,7 +305,7 @@ def test_manifest_of_another_build_is_detected(pipe, fast, shards_copy, tmp_path
     pipe.build(data, other, min_shards=5, dev="", test="")
     shutil.copyfile(other / TRAIN / "manifest.json", shards_copy / TRAIN / "manifest.json")
     m = mf.load(shards_copy, TRAIN)
-    bad = [s for s, why in tdata.check_shards(m, full=True)]
+    bad = [s for s, why in check_shards(m, full=True)]
     assert bad == list(range(5))
     for s in bad:
         with pytest.raises(ShardReadError, match="sha256 differs|bytes, the manifest says"):

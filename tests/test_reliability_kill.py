@@ -30,12 +30,7 @@ TORCHRUN_TIMEOUT = 240
 DDP_FRAMES = 800
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subprocess_env(**extra) -> dict:

@@ -36,14 +36,7 @@ DDP_TIMEOUT = 240
 
 # ------------------------------------------------------------------------------------ corpus
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """In-process runs use one intra-op thread, like the subprocesses (OMP_NUM_THREADS=1): the small
-    LSTM steps are dominated by thread synchronisation and slow down badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -44,34 +44,6 @@ def shard_label(m: Manifest, s: int) -> str:
     return name if "/" in name else f"{m.split}/{name}"
 
 
-def check_shards(m: Manifest, *, full: bool = False) -> list[tuple[int, str]]:
-    """(shard number, problem) for each shard that is missing or whose size differs from the
-    manifest; with `full`, also each whose sha256 differs (reads every shard once)."""
-    problems = []
-    for s, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append((s, "missing"))
-            continue
-        except OSError as exc:
-            problems.append((s, f"cannot access ({exc.strerror or exc})"))
-            continue
-        if info.sha256 and size != info.bytes:
-            problems.append((s, f"{size} bytes, the manifest says {info.bytes} (truncated or replaced)"))
-            continue
-        if full and info.sha256:
-            try:
-                with open(path, "rb") as fh:
-                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            except OSError as exc:
-                problems.append((s, f"unreadable ({exc.strerror or exc})"))
-                continue
-            if digest != info.sha256:
-                problems.append((s, "sha256 differs from the manifest (corrupted or replaced)"))
-    return problems
-
-
 def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
     """The manifest without these shards and their utterances (shard order otherwise kept)."""
     drop = set(drop)
@@ -122,9 +94,6 @@ class Batch:
     labels: torch.Tensor         # int64 [B, L], zero-padded (empty for unlabelled splits)
     label_lengths: torch.Tensor  # int64 [B]
     rows: torch.Tensor           # int64 [B]: manifest rows (ids, original index)
-
-    def pin_memory(self) -> Batch:
-        return Batch(*(t.pin_memory() for t in (self.feats, self.lengths, self.labels, self.label_lengths, self.rows)))
 
     def to(self, device, non_blocking: bool = True) -> Batch:
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in

@@ -21,11 +21,12 @@ from pipeline import manifest as mf
 from pipeline.atomic import write_text
 from pipeline.stats import Stats
 from pipeline.validate import UtteranceError, load_features
+from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB, to_arpabet, to_codes
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .data import ShardReadError, check_shards, make_loader, repair_hint, shard_label
+from .data import ShardReadError, make_loader, repair_hint, shard_label
 from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import BatchOptions, plan_epoch

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.atomic import atomic_path, write_json
+from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB, to_codes
 
 from . import checkpoint as ckpt
@@ -34,7 +35,7 @@ from . import distributed as D
 from . import metrics
 from .augment import AugmentConfig
 from .config import TrainConfig
-from .data import Batch, ShardReadError, check_shards, error_message, make_loader, shard_label, without_shards
+from .data import Batch, ShardReadError, error_message, make_loader, shard_label, without_shards
 from .decode import greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig, count_parameters, describe, preset_config
 from .plan import BatchOptions, check_budget, plan_epoch
