@@ -62,10 +62,10 @@ bench: setup
 # when the corpus is already there with these sizes.
 DEMO_DATA ?= data/demo
 DEMO_SHARDS ?= shards/demo
-DEMO_TRAIN ?= 3000
+DEMO_TRAIN ?= 5000
 DEMO_DEV ?= 200
 DEMO_TEST ?= 200
-DEMO_EPOCHS ?= 12
+DEMO_EPOCHS ?= 7
 demo: setup
 	$(BIN)/phonerec synth-speech --data $(DEMO_DATA) --quiet \
 	  --split train-clean-100=$(DEMO_TRAIN) --split dev-clean=$(DEMO_DEV) --split test-clean=$(DEMO_TEST)

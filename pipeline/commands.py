@@ -128,17 +128,18 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
               help="Comma-separated splits written without transcripts.")
 @click.option("--seed", default=0, show_default=True, help="Seed: same seed, same corpus (any --workers).")
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Synthesis processes.")
-@click.option("--engines", default="flite,espeak-ng", show_default=True,
-              help="Comma-separated synthesizers to use (flite, espeak-ng).")
+@click.option("--engines", default="flite,festival,espeak-ng", show_default=True,
+              help="Comma-separated synthesizers to use (flite, festival, espeak-ng).")
 @click.option("--keep-wav", is_flag=True, help="Also write the audio as <split>/wav/<id>.wav (float32, 16 kHz).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def synth_speech(out, splits, unlabelled, seed, workers, engines, keep_wav, quiet):
     """Write a corpus of synthesized English speech with read-back phoneme labels.
 
     Real sentences (Debian fortune files) with CMU Pronouncing Dictionary pronunciations are
-    rendered by flite and espeak-ng; the phonemes each synthesizer reports it rendered become the
-    transcript. Voice, rate, pitch, a +-10 % resampling warp, level and background noise
-    (10-30 dB SNR) vary per utterance; train, dev and test use disjoint voices and sentences.
+    rendered by flite, festival and espeak-ng; the phonemes each synthesizer reports it rendered
+    become the transcript. Voice, rate, pitch, a +-15 % resampling warp, level and background
+    noise (10-30 dB SNR) vary per utterance; train, dev and test use disjoint speakers and
+    sentences (dev holds out a human speaker).
     Needs the speech tools: `bash scripts/install-speech-tools.sh` and `pip install -e '.[speech]'`.
     """
     from .speech import MissingToolError, generate

@@ -32,6 +32,9 @@ class ShardInfo:
     min_frames: int
     max_frames: int
     bytes: int
+    # zlib.crc32 of the file: what the loader checks on every read (4x cheaper than sha256, which
+    # `--verify` and rebuilds use); None in manifests written before it existed (sha256 then).
+    crc32: int | None = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ quantiles into ``max(ceil(bytes / target), min(min_shards, N))`` pieces.
 from __future__ import annotations
 
 import hashlib
+import zlib
 import json
 import multiprocessing as mp
 from dataclasses import dataclass
@@ -80,6 +81,16 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def file_digests(path: Path) -> tuple[str, int]:
+    """(sha256, crc32) of a file in one read: the manifest keeps both."""
+    h, crc = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+    return h.hexdigest(), crc
+
+
 _STORES: dict[tuple[str, str], CorpusStore] = {}
 
 
@@ -114,8 +125,9 @@ def _write_shard(job) -> tuple[mf.ShardInfo, dict[str, int]]:
         frames.append(b - a)
     path = Path(out)
     offsets = write_tar(path, members)
-    info = mf.ShardInfo(name=path.name, sha256=sha256_file(path), utterances=len(keys), frames=int(sum(frames)),
-                        min_frames=int(min(frames)), max_frames=int(max(frames)), bytes=path.stat().st_size)
+    sha, crc = file_digests(path)
+    info = mf.ShardInfo(name=path.name, sha256=sha, utterances=len(keys), frames=int(sum(frames)),
+                        min_frames=int(min(frames)), max_frames=int(max(frames)), bytes=path.stat().st_size, crc32=crc)
     return info, offsets
 
 
@@ -144,7 +156,8 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         old = None
     if old is not None and old.fingerprint != fp:
         old = None
-    if old is not None and all(p.is_file() and p.stat().st_size == s.bytes
+    # A manifest from before the crc32 column is rewritten below; its shards are kept.
+    if old is not None and all(p.is_file() and p.stat().st_size == s.bytes and s.crc32 is not None
                                for p, s in zip(old.shard_paths(), old.shards)):
         return old
 
@@ -207,9 +220,10 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
             continue
         path = out_dir / name
         f = frames[order[cuts[i]:cuts[i + 1]]]
-        shard_infos.append(mf.ShardInfo(name=name, sha256=sha256_file(path), utterances=len(f), frames=int(f.sum()),
+        sha, crc = file_digests(path)
+        shard_infos.append(mf.ShardInfo(name=name, sha256=sha, utterances=len(f), frames=int(f.sum()),
                                         min_frames=int(f.min()), max_frames=int(f.max()),
-                                        bytes=path.stat().st_size))
+                                        bytes=path.stat().st_size, crc32=crc))
         offsets[name] = member_offsets(path)
     feats_at, labels_at = _member_columns(names, cuts, keys, offsets, store.labelled)
     m = mf.Manifest(

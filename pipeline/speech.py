@@ -8,20 +8,23 @@ a speech synthesizer:
 * ``flite`` (voices kal16, awb, rms, slt): the sentence text plus an addenda lexicon
   (``-add_lex``) holding the chosen CMUdict pronunciations; ``-psdur`` prints the phones it
   rendered and their end times.
+* ``festival`` (voices kal_diphone, ked_diphone, cmu_us_slt_arctic_hts): a Scheme script adds
+  the chosen pronunciations to the lexicon (``lex.add.entry``), synthesizes the text and prints
+  the utterance's Segment relation (each phone and its end time).
 * ``espeak-ng`` (the en-us voice and its variants) through its C library, initialized afresh in
   a forked child per utterance (its state otherwise leaks between utterances): the chosen
   pronunciations as espeak phoneme input (``[[...]]``, one clause per punctuation mark), with
   phoneme events reporting every phoneme it rendered and the sample where it starts.
 
 The labels are READ BACK from those reports and mapped to the task's 39 ARPAbet phonemes
-(``FLITE_MAP``, ``ESPEAK_MAP``); pauses of 30 ms or more become ``[SIL]`` (always first and
+(``FLITE_MAP``, ``FESTIVAL_MAP``, ``ESPEAK_MAP``); pauses of 30 ms or more become ``[SIL]`` (always first and
 last, never twice in a row). An
 utterance with a reported phone outside the map, a read-back that disagrees with the
 dictionary pronunciations by more than allophonic detail, a length outside the target, or
 too few frames for CTC is thrown away and regenerated from another sentence: it is never
 mislabelled.
 
-Each utterance then gets a small resampling warp (speaker-like, +-10 %), padding, a level and
+Each utterance then gets a small resampling warp (speaker-like, +-15 %), padding, a level and
 colored background noise at a random SNR, and becomes 15 MFCCs per 10 ms frame (``mfcc``;
 ``mfcc_from_wav`` applies the same extraction to a .wav file). Every random choice comes from a
 generator seeded by (seed, split, index, attempt), so the corpus does not depend on the number
@@ -91,7 +94,8 @@ def mfcc_from_wav(path: str | os.PathLike) -> np.ndarray:
 # ------------------------------------------------------------------------ system tools
 
 INSTALL_SCRIPT = "scripts/install-speech-tools.sh"
-APT_PACKAGES = ("flite", "espeak-ng", "fortunes-min", "fortunes")
+APT_PACKAGES = ("flite", "espeak-ng", "festival", "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts",
+                "fortunes-min", "fortunes")
 
 
 class MissingToolError(RuntimeError):
@@ -124,7 +128,7 @@ def _espeak_data_dir() -> Path | None:
     return Path(m.group(1)) if m else None
 
 
-def check_tools(engines: tuple[str, ...] = ("flite", "espeak-ng"),
+def check_tools(engines: tuple[str, ...] = ("flite", "festival", "espeak-ng"),
                 fortune_dir: str | os.PathLike | None = None) -> None:
     """Raise MissingToolError naming the first missing program, library, text file or Python package."""
     import importlib.util
@@ -139,6 +143,14 @@ def check_tools(engines: tuple[str, ...] = ("flite", "espeak-ng"),
         lacking = sorted(set(FLITE_VOICES) - have)
         if lacking:
             raise _missing(f"flite voice(s) {', '.join(lacking)}", "flite")
+    if "festival" in engines:
+        if shutil.which("festival") is None:
+            raise _missing("program `festival`", "festival")
+        have = _festival_voices()
+        lacking = sorted(set(FESTIVAL_VOICES) - have)
+        if lacking:
+            raise _missing(f"festival voice(s) {', '.join(lacking)}", "festvox-kallpc16k festvox-kdlpc16k "
+                           "festvox-us-slt-hts")
     if "espeak-ng" in engines:
         if _espeak_library() is None:
             raise _missing("espeak-ng (library libespeak-ng.so.1)", "espeak-ng")
@@ -166,6 +178,8 @@ def tool_versions() -> dict[str, str]:
             pass
     if shutil.which("flite"):
         out["flite"] = subprocess.run(["flite", "--version"], capture_output=True, text=True).stdout.strip()
+    if shutil.which("festival"):
+        out["festival"] = subprocess.run(["festival", "--version"], capture_output=True, text=True).stdout.strip()
     if shutil.which("espeak-ng"):
         out["espeak-ng"] = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
     return out
@@ -174,6 +188,9 @@ def tool_versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------- voices
 
 FLITE_VOICES = ("kal16", "awb", "rms", "slt")
+# festival's US English voices in Debian: two diphone speakers (kal is flite's kal16 speaker,
+# ked is a speaker no other engine has) and an HTS voice of flite's slt speaker.
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 FLITE_PITCH_FIXED = frozenset({"rms"})          # f0_shift has no effect on this voice
 # espeak-ng en-us variants (files under espeak-ng-data/voices/!v). Left out: effects and robots
 # (Demonic, announcer, UniRobot, anikaRobot, robosoft*, RicishayMax*, whisper, whisperf, croak,
@@ -198,15 +215,28 @@ def _espeak_names(variants) -> tuple[str, ...]:
 
 # Voice groups; a split uses the group its name contains ("train", "dev" or "test").
 VOICE_SPLIT: dict[str, dict[str, tuple[str, ...]]] = {
-    # flite has only four speakers, and a model needs several to generalize to a new one:
-    # trained on kal16 + awb (both male) it transcribed the female dev voice slt at 73 % PER
-    # (unseen espeak-ng variants: 16 %), and trained on awb + slt, the US male rms at 38 %. So
-    # training gets three flite speakers, dev the fourth (rms), and test only espeak-ng voices.
-    "train": {"flite": ("flite:kal16", "flite:awb", "flite:slt"), "espeak-ng": _espeak_names(ESPEAK_TRAIN)},
-    "dev": {"flite": ("flite:rms",), "espeak-ng": _espeak_names(ESPEAK_DEV)},
-    "test": {"flite": (), "espeak-ng": _espeak_names(ESPEAK_TEST)},
+    # The engines have five human speakers (kal: flite kal16 and festival kal_diphone; slt: flite
+    # slt and festival's HTS voice; awb, rms; ked: festival only), and a model needs several to
+    # generalize to a new one: trained on flite kal16 + awb it transcribed the female slt at 73 %
+    # PER, and trained on three flite speakers, the fourth (rms) at 35 % and festival's ked at
+    # 34 %. So training gets four speakers in six voices, dev the fifth (ked) and unseen
+    # espeak-ng variants, and test only espeak-ng variants (no human speaker is left for it).
+    "train": {"flite": ("flite:kal16", "flite:awb", "flite:rms", "flite:slt"),
+              "festival": ("festival:kal_diphone", "festival:cmu_us_slt_arctic_hts"),
+              "espeak-ng": _espeak_names(ESPEAK_TRAIN)},
+    "dev": {"flite": (), "festival": ("festival:ked_diphone",), "espeak-ng": _espeak_names(ESPEAK_DEV)},
+    "test": {"flite": (), "festival": (), "espeak-ng": _espeak_names(ESPEAK_TEST)},
 }
-ENGINES = ("flite", "espeak-ng")
+ENGINES = ("flite", "festival", "espeak-ng")
+# The human speaker behind a voice, where two engines share one (espeak-ng variants are settings
+# of a formant synthesizer: each its own "speaker").
+SPEAKERS = {"flite:kal16": "kal", "festival:kal_diphone": "kal", "flite:slt": "slt",
+            "festival:cmu_us_slt_arctic_hts": "slt", "flite:awb": "awb", "flite:rms": "rms",
+            "festival:ked_diphone": "ked"}
+
+
+def speaker_of(voice: str) -> str:
+    return SPEAKERS.get(voice, voice)
 
 
 def split_engines(split: str, engines: tuple[str, ...] = ENGINES) -> tuple[str, ...]:
@@ -337,6 +367,8 @@ PAUSE = "[SIL]"
 # flite (cmulex phone set) -> ARPAbet. 'pau' is a pause.
 FLITE_MAP: dict[str, tuple[str, ...]] = {p.lower(): (p,) for p in LABEL_SYMBOLS if p != PAUSE}
 FLITE_MAP.update({"ax": ("AH",), "pau": (PAUSE,)})
+# festival's radio phone set (US voices) is the same set; 'pau' and 'h#' are pauses.
+FESTIVAL_MAP: dict[str, tuple[str, ...]] = dict(FLITE_MAP)
 
 # espeak-ng en-us mnemonics -> ARPAbet. ';' is an inserted transition (its IPA name is empty,
 # ~40 ms between /i/ and a vowel): no label of its own. '_'-phonemes are pauses.
@@ -473,6 +505,62 @@ def _flite(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate:
     return Rendered(y, sr, segments)
 
 
+def _festival_voices() -> set[str]:
+    res = subprocess.run(["festival", "--batch", "(print (voice.list))"], capture_output=True, text=True, timeout=60)
+    return set(res.stdout.strip().strip("()").split())
+
+
+_FESTIVAL_DIPHONE_F0 = {"kal_diphone": (105.0, 14.0), "ked_diphone": (105.0, 15.0)}   # the voices' own settings
+
+
+def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate: float, pitch: float,
+              tmp: Path) -> Rendered:
+    import soundfile as sf
+
+    wav = tmp / "festival.wav"
+    shift = 2.0 ** (3.0 * pitch / 12.0)
+    lines = [f"(voice_{voice})"]
+    if voice in _FESTIVAL_DIPHONE_F0:
+        mean, std = _FESTIVAL_DIPHONE_F0[voice]
+        lines += [f"(Parameter.set 'Duration_Stretch {1.0 / rate:.4f})",
+                  f"(set! int_lr_params '((target_f0_mean {mean * shift:.2f}) (target_f0_std {std * shift:.2f}) "
+                  "(model_f0_mean 170) (model_f0_std 34)))"]
+    else:               # HTS: the engine's own speed (-r) and half-tone shift (-fm)
+        lines.append(f"(set! hts_engine_params (append hts_engine_params (list (list \"-r\" {rate:.4f}) "
+                     f"(list \"-fm\" {3.0 * pitch:.4f}))))")
+    # words and text hold only letters, apostrophes and punctuation (sentence_pool): safe in "..."
+    for w, pron in sorted(prons.items()):
+        phones = " ".join(p.lower() for p in pron)
+        lines.append(f'(lex.add.entry (list "{w}" nil (lex.syllabify.phstress \'({phones}))))')
+    text = " ".join(" ".join(c.words) + c.punct for c in clauses)
+    lines += [f'(set! utt (utt.synth (Utterance Text "{text}")))',
+              f'(utt.save.wave utt "{wav}" \'riff)',
+              "(mapcar (lambda (s) (format t \"SEG %s %f\\n\" (item.name s) (item.feat s \"end\"))) "
+              "(utt.relation.items utt 'Segment))"]
+    script = tmp / "festival.scm"
+    script.write_text("\n".join(lines) + "\n")
+    res = subprocess.run(["festival", "--batch", str(script)], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0 or "SIOD ERROR" in res.stdout + res.stderr:
+        raise RuntimeError(f"festival failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:300]}")
+    segments = []
+    prev = 0.0
+    for line in res.stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != "SEG":
+            raise UnmappablePhone(f"festival said {line.strip()[:80]!r}")
+        end = float(parts[2])
+        segments.append((parts[1], prev, end))
+        prev = end
+    y, sr = sf.read(str(wav), dtype="float32")
+    audio_s = len(y) / sr
+    if not segments or abs(prev - audio_s) > 0.05:
+        raise UnmappablePhone(f"festival reported {prev:.3f} s of phones for {audio_s:.3f} s of audio")
+    segments = [(ph, min(a, audio_s), min(b, audio_s)) for ph, a, b in segments]
+    return Rendered(y, sr, segments)
+
+
 class _Espeak:
     """espeak-ng's C library in synchronous mode with phoneme events (made afresh per utterance)."""
 
@@ -591,13 +679,17 @@ def render(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate:
            tmp: Path) -> Rendered:
     """Synthesize `clauses` with the given CMUdict pronunciations; labels read back from the engine.
 
-    voice: 'flite:NAME' or 'espeak-ng:en-us[+VARIANT]'; rate: speaking-rate factor (1 = normal);
-    pitch: -1..1 (flite: f0 x 2**(3*pitch/12); espeak: pitch parameter 50 + 25*pitch).
+    voice: 'flite:NAME', 'festival:NAME' or 'espeak-ng:en-us[+VARIANT]'; rate: speaking-rate factor
+    (1 = normal); pitch: -1..1 (flite, festival: f0 x 2**(3*pitch/12); espeak: pitch parameter
+    50 + 25*pitch).
     """
     engine, _, name = voice.partition(":")
     if engine == "flite":
         r = _flite(name, clauses, prons, rate, pitch, tmp)
         r.labels = phones_to_labels(r.segments, FLITE_MAP, lambda p: p == "pau")
+    elif engine == "festival":
+        r = _festival(name, clauses, prons, rate, pitch, tmp)
+        r.labels = phones_to_labels(r.segments, FESTIVAL_MAP, lambda p: p in ("pau", "h#"))
     elif engine == "espeak-ng":
         wpm = int(np.clip(round(175 * rate), 80, 450))
         r = _espeak_synth(name, espeak_input(clauses, prons), wpm, int(round(50 + 25 * pitch)))
@@ -611,12 +703,11 @@ def render(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate:
 
 RATE_RANGE = (0.8, 1.25)         # speaking rate factor, log-uniform
 PITCH_RANGE = (-1.0, 1.0)
-WARP_RANGE = (0.9, 1.1)          # resampling factor: >1 is faster and higher, like a smaller speaker
+WARP_RANGE = (0.85, 1.15)        # resampling factor: >1 is faster and higher, like a smaller speaker
 LEVEL_RANGE = (-32.0, -18.0)     # active-speech RMS, dBFS
 SNR_RANGE = (10.0, 30.0)         # dB against active speech
 PAD_RANGE = (0.15, 0.5)          # seconds of leading / trailing silence (under the noise)
 SPEECH_SECONDS = (1.5, 8.0)      # rendered speech, after the warp
-FLITE_SHARE = 0.5                # share of utterances from flite when both engines are used
 
 
 def _active_power(y: np.ndarray) -> float:
@@ -704,7 +795,7 @@ def synthesize_utterance(seed: int, split: str, index: int, uid: str, sentences:
         for attempt in range(MAX_ATTEMPTS):
             rng = np.random.default_rng([seed, split_code(split), index, attempt])
             text = sentences[int(rng.integers(len(sentences)))] if attempt else sentences[index % len(sentences)]
-            engine = engines[0] if len(engines) == 1 else ("flite" if rng.random() < FLITE_SHARE else "espeak-ng")
+            engine = engines[int(rng.integers(len(engines)))]
             voice = group[engine][int(rng.integers(len(group[engine])))]
             rate = float(np.exp(rng.uniform(np.log(RATE_RANGE[0]), np.log(RATE_RANGE[1]))))
             pitch = float(rng.uniform(*PITCH_RANGE))
@@ -885,7 +976,7 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
         "generator": "phonerec synth-speech", "seed": seed, "engines": list(engines),
         "splits": {n: {"utterances": s["utterances"], "voice_group": s["voice_group"],
                        "labelled": s["labelled"], "sentences": len(partitions[n]),
-                       "voices": [v for e in engines for v in VOICE_SPLIT[s["voice_group"]][e]]}
+                       "voices": [v for e in engines for v in VOICE_SPLIT[s["voice_group"]].get(e, ())]}
                    for n, s in summary.items()},
         "sentence_pool": {"sentences": len(pool), "files": list(FORTUNE_FILES),
                           "sha256": hashlib.sha256("\n".join(pool).encode()).hexdigest()},
@@ -925,7 +1016,7 @@ def _up_to_date(out: Path, splits: dict[str, int], *, seed: int, unlabelled: tup
         labelled = name not in unlabelled
         if s.get("utterances") != n or s.get("labelled") != labelled:
             return None
-        voices = [v for e in engines for v in VOICE_SPLIT[voice_group(name)][e]]
+        voices = [v for e in engines for v in VOICE_SPLIT[voice_group(name)].get(e, ())]
         if info.get("splits", {}).get(name, {}).get("voices") != voices:
             return None                           # another voice split
         folders = ["mfcc"] + (["transcript"] if labelled else [])

@@ -19,6 +19,7 @@ from training.model import (
     conv_output_length,
     count_parameters,
     describe,
+    utterance_normalize,
 )
 
 LENGTHS = [1117, 1498, 1520, 1075]
@@ -267,6 +268,36 @@ def test_config_validation():
         ModelConfig(norm="group")
     with pytest.raises(ValueError):
         ModelConfig(activation="tanh")
+    with pytest.raises(ValueError, match="input_norm"):
+        ModelConfig(input_norm="global")
+
+
+def test_utterance_normalization_removes_each_utterance_offset_and_scale():
+    """input_norm="utterance": a per-utterance, per-feature affine change of the input (what a
+    channel or a speaker's spectral tilt does to MFCCs) does not change the output, and padding
+    stays out of the statistics."""
+    lengths = [40, 23, 31]
+    x, lens = _batch(lengths, seed=3, pad_value=9.0)
+    z = utterance_normalize(x, lens)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(z[i, :n].mean(0), torch.zeros(FEATURE_DIM), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z[i, :n].var(0, unbiased=False), torch.ones(FEATURE_DIM), atol=1e-3, rtol=0)
+        assert torch.all(z[i, n:] == 0)
+    torch.manual_seed(0)
+    model = build_model("default", input_norm="utterance", **SMALL_STRIDED).eval()
+    scale = torch.rand(3, 1, FEATURE_DIM) * 3 + 0.2
+    shift = torch.randn(3, 1, FEATURE_DIM) * 5
+    with torch.no_grad():
+        a, _ = model(x, lens)
+        b, _ = model(x * scale + shift, lens)
+        plain = build_model("default", **SMALL_STRIDED).eval()
+        plain.load_state_dict(model.state_dict())
+        c, _ = plain(x * scale + shift, lens)
+    for i, n in enumerate(lengths):
+        m = model.output_lengths(n)
+        torch.testing.assert_close(a[i, :m], b[i, :m], atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(a[i, :m], c[i, :m], atol=1e-2)      # without it the shift matters
+    assert "per-utterance feature normalization" in describe(model)
 
 
 def test_config_json_round_trip_and_presets_not_mutated():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -462,3 +463,18 @@ def test_manifest_without_offsets_still_loads_and_reads(pipe, tiny_shards, tmp_p
     got = tdata.read_shards(old, list(range(len(old.shards))))
     assert sorted(got) == sorted(expected)
     assert all(np.array_equal(got[r][0], expected[r][0]) for r in expected)
+
+
+def test_rebuild_adds_crc32_to_an_old_manifest_without_rewriting_shards(pipe, tiny_corpus, tiny_shards, tmp_path):
+    """A manifest from before the crc32 column: `phonerec shards` rewrites the manifest only."""
+    shards = pipe.copy_tree(tiny_shards, tmp_path / "shards")
+    m = mf.load(shards, TRAIN)
+    for info in m.shards:
+        info.crc32 = None
+    mf.save(m, shards)
+    assert '"crc32": null' in mf.manifest_path(shards, TRAIN).read_text()
+    before = pipe.mtimes(shards)
+    pipe.build(tiny_corpus, shards)
+    new = mf.load(shards, TRAIN)
+    assert [s.crc32 for s in new.shards] == [zlib.crc32(p.read_bytes()) for p in new.shard_paths()]
+    assert pipe.mtimes(shards) == before

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,7 @@ def test_flipped_byte_in_feature_data_is_detected(shards_copy, workers):
             got += 1
     msg = str(err.value)
     assert got > 0                                                  # found while reading, in order
-    assert str(victim) in msg and "sha256 differs" in msg and "phonerec shards --verify" in msg
+    assert str(victim) in msg and "crc32 differs" in msg and "phonerec shards --verify" in msg
     assert "\n" not in msg and "Traceback" not in msg               # one line, also from a worker
 
 
@@ -308,12 +309,12 @@ def test_manifest_of_another_build_is_detected(pipe, fast, shards_copy, tmp_path
     bad = [s for s, why in check_shards(m, full=True)]
     assert bad == list(range(5))
     for s in bad:
-        with pytest.raises(ShardReadError, match="sha256 differs|bytes, the manifest says"):
+        with pytest.raises(ShardReadError, match="crc32 differs|bytes, the manifest says"):
             tdata.read_shards(m, [s])
 
 
 def test_member_check_still_applies_behind_the_checksum(shards_copy):
-    """A shard missing one member, with a manifest whose size and sha256 were updated to match:
+    """A shard missing one member, with a manifest whose size and checksums were updated to match:
     the per-sample check against the manifest still names the shard."""
     m = mf.load(shards_copy, TRAIN)
     path = m.shard_paths()[0]
@@ -325,7 +326,23 @@ def test_member_check_still_applies_behind_the_checksum(shards_copy):
                 tar.addfile(ti, io.BytesIO(blob))
     m.shards[0].bytes = path.stat().st_size
     m.shards[0].sha256 = pipe_sha(path)
+    m.shards[0].crc32 = zlib.crc32(path.read_bytes())
     with pytest.raises(ShardReadError, match=f"{re.escape(str(path))}.*{m.keys[0]}.*does not match the manifest"):
+        tdata.read_shards(m, [0])
+
+
+def test_manifest_without_crc32_checks_sha256(shards_copy):
+    """Manifests written before the crc32 column: the loader falls back to sha256."""
+    m = mf.load(shards_copy, TRAIN)
+    assert all(isinstance(info.crc32, int) for info in m.shards)
+    for info in m.shards:
+        info.crc32 = None
+    assert len(tdata.read_shards(m, [0])) == m.shards[0].utterances
+    path = m.shard_paths()[0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardReadError, match="sha256 differs from the manifest"):
         tdata.read_shards(m, [0])
 
 
@@ -344,7 +361,7 @@ def test_damaged_shard_mid_epoch_stops_with_checkpoint_then_skip_resumes(shards_
     first_window_batches = sum(len(w.batches) for w in plan.windows[0][:-1])
 
     res = cli(*train_args(shards_copy, tmp_path, "--epochs", "2", "--dev", ""), ok=False)
-    line = assert_one_line_error(res, victim, "sha256 differs", "phonerec shards --verify", "--skip-bad-shards",
+    line = assert_one_line_error(res, victim, "crc32 differs", "phonerec shards --verify", "--skip-bad-shards",
                                  f"checkpoint written at epoch 1, step {first_window_batches}")
     assert "--resume" in line
     state = load_last(tmp_path)                                     # no work lost: the steps done are saved
@@ -401,7 +418,7 @@ def test_predict_with_damaged_test_shard_writes_nothing(pipe, shards_copy, weigh
     for workers in ("0", "2"):
         res = cli("predict", "--shards", shards_copy, "--weights", weights, "--results", out, "--beam-width", "0",
                   "--workers", workers, "--quiet", ok=False)
-        assert_one_line_error(res, victim, "sha256 differs", "nothing was written")
+        assert_one_line_error(res, victim, "crc32 differs", "nothing was written")
         assert (out / "submission.csv").read_bytes() == good           # the previous file is untouched
     res = cli("predict", "--shards", shards_copy, "--weights", weights, "--results", tmp_path / "new",
               "--beam-width", "0", "--workers", "0", "--quiet", ok=False)

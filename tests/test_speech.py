@@ -75,9 +75,14 @@ def test_voice_split_is_disjoint_and_named():
     assert groups["train"].isdisjoint(groups["dev"])
     assert groups["train"].isdisjoint(groups["test"])
     assert groups["dev"].isdisjoint(groups["test"])
-    for name in ("train", "dev"):                             # labelled groups have voices of both engines
-        assert all(sp.VOICE_SPLIT[name][e] for e in sp.ENGINES)
-    assert len(sp.VOICE_SPLIT["train"]["flite"]) == 3         # several speakers to generalize from
+    speakers = {g: {sp.speaker_of(v) for v in vs} for g, vs in groups.items()}
+    assert speakers["train"].isdisjoint(speakers["dev"]) and speakers["dev"].isdisjoint(speakers["test"])
+    assert speakers["train"].isdisjoint(speakers["test"])      # kal and slt have two voices, one split
+    assert all(sp.VOICE_SPLIT["train"][e] for e in sp.ENGINES)   # training sees every engine
+    humans = set(sp.SPEAKERS.values())
+    assert len(speakers["train"] & humans) == 4                 # several speakers to generalize from
+    assert speakers["dev"] & humans == {"ked"}                  # ... and a human speaker held out
+    assert sp.split_engines("dev-clean") == ("festival", "espeak-ng")
     assert sp.split_engines("test-clean") == ("espeak-ng",)
     with pytest.raises(ValueError, match="no voice of flite"):
         sp.split_engines("test-clean", ("flite",))
@@ -99,7 +104,10 @@ def test_phones_to_labels_pauses_and_mapping():
             ("_:", .3, .4), ("_", .4, .4)]
     assert sp.phones_to_labels(segs, sp.ESPEAK_MAP, lambda p: p.startswith("_")) == \
         ["[SIL]", "DH", "IY", "AE", "T", "ER", "[SIL]"]
-    mapped = {s for m in (sp.FLITE_MAP, sp.ESPEAK_MAP) for v in m.values() for s in v}
+    # festival: 'h#' is a pause too
+    segs = [("h#", 0, .1), ("pau", .1, .3), ("dh", .3, .35), ("ax", .35, .4), ("h#", .4, .5)]
+    assert sp.phones_to_labels(segs, sp.FESTIVAL_MAP, lambda p: p in ("pau", "h#")) == ["[SIL]", "DH", "AH", "[SIL]"]
+    mapped = {s for m in (sp.FLITE_MAP, sp.FESTIVAL_MAP, sp.ESPEAK_MAP) for v in m.values() for s in v}
     assert mapped <= LABEL_SYMBOLS
 
 
@@ -123,8 +131,16 @@ def test_missing_tool_message_names_program_and_script(monkeypatch):
     monkeypatch.setattr(sp.shutil, "which", lambda name: None)
     with pytest.raises(sp.MissingToolError, match=r"flite.*scripts/install-speech-tools\.sh"):
         sp.check_tools(("flite",))
+    with pytest.raises(sp.MissingToolError, match=r"festival.*festvox-kdlpc16k"):
+        sp.check_tools(("festival",))
     res = CliRunner().invoke(cli_main, ["synth-speech", "--data", "unused", "--engines", "flite", "--quiet"])
     assert res.exit_code != 0 and "install-speech-tools.sh" in res.output
+
+
+def test_cli_uses_every_engine_by_default():
+    from pipeline.commands import synth_speech
+    opt = next(p for p in synth_speech.params if p.name == "engines")
+    assert tuple(opt.default.split(",")) == sp.ENGINES
 
 
 def test_mfcc_shape_and_frame_rate():
@@ -138,7 +154,8 @@ def test_mfcc_shape_and_frame_rate():
 # ------------------------------------------------------------------- engines (read-back)
 
 @needs_tools
-@pytest.mark.parametrize("voice", ["flite:slt", "flite:kal16", "espeak-ng:en-us+m3", "espeak-ng:en-us+klatt4"])
+@pytest.mark.parametrize("voice", ["flite:slt", "flite:kal16", "festival:kal_diphone", "festival:ked_diphone",
+                                   "festival:cmu_us_slt_arctic_hts", "espeak-ng:en-us+m3", "espeak-ng:en-us+klatt4"])
 def test_read_back_covers_every_phoneme(voice, tmp_path):
     clauses = sp.parse_sentence(ALL_PHONEMES_TEXT)
     lexicon = sp.pronunciations()
@@ -148,13 +165,14 @@ def test_read_back_covers_every_phoneme(voice, tmp_path):
     assert all(a != b or a != "[SIL]" for a, b in zip(r.labels, r.labels[1:]))
     assert set(r.labels) == LABEL_SYMBOLS                   # all 39 phonemes and [SIL], nothing else
     assert r.labels.count("[SIL]") >= 4                      # the sentence's commas are heard as pauses
-    # what the engine reports agrees with the dictionary up to allophony (e.g. espeak's linking R)
+    # what the engine reports agrees with the dictionary up to allophony (e.g. espeak's linking R,
+    # festival's diphone voices reducing unstressed vowels)
     import Levenshtein
     body = [s for s in r.labels if s != "[SIL]"]
     expected = sp._dictionary_phones(clauses, prons)
-    assert Levenshtein.distance(body, expected) <= 2
+    assert Levenshtein.distance(body, expected) <= 0.05 * len(expected)
     # the reported phones span the audio
-    assert r.segments[-1][2] == pytest.approx(len(r.audio) / r.sr, abs=0.02)
+    assert r.segments[-1][2] == pytest.approx(len(r.audio) / r.sr, abs=0.05)
 
 
 @needs_tools

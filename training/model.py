@@ -36,6 +36,7 @@ __all__ = [
 
 _NORMS = ("batch", "layer", "none")
 _ACTIVATIONS = ("gelu", "relu")
+_INPUT_NORMS = ("none", "utterance")
 
 
 @dataclass
@@ -43,6 +44,10 @@ class ModelConfig:
     """Everything needed to rebuild a Model; plain types so checkpoints can store it as JSON."""
 
     input_dim: int = FEATURE_DIM
+    # "utterance": each utterance's features get zero mean and unit variance over its own frames
+    # (cepstral mean and variance normalization), which takes out much of what a speaker and a
+    # channel add to MFCCs; "none" keeps the corpus-wide normalization of the shards alone.
+    input_norm: str = "none"
     conv_channels: list[int] = field(default_factory=list)
     conv_kernels: list[int] = field(default_factory=list)
     conv_strides: list[int] = field(default_factory=list)
@@ -80,6 +85,8 @@ class ModelConfig:
             raise ValueError(f"conv_kernels must be odd and positive, got {self.conv_kernels}")
         if any(s not in (1, 2) for s in self.conv_strides):
             raise ValueError(f"conv_strides must be 1 or 2, got {self.conv_strides}")
+        if self.input_norm not in _INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {_INPUT_NORMS}, got {self.input_norm!r}")
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if self.activation not in _ACTIVATIONS:
@@ -108,6 +115,17 @@ class ModelConfig:
     @property
     def downsampling(self) -> int:
         return math.prod(self.conv_strides) if self.conv_strides else 1
+
+
+def utterance_normalize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """x [B, T, F] with each utterance's real frames at zero mean and unit variance per feature
+    (statistics in float32, padding left at zero)."""
+    mask = _frame_mask(lengths, x.size(1)).unsqueeze(-1).to(torch.float32)        # [B, T, 1]
+    xf = x.float() * mask
+    n = lengths.to(torch.float32).view(-1, 1, 1)
+    mean = xf.sum(1, keepdim=True) / n
+    var = ((xf - mean) ** 2 * mask).sum(1, keepdim=True) / n
+    return ((xf - mean) * torch.rsqrt(var + eps) * mask).to(x.dtype)
 
 
 def conv_output_length(length, kernel: int, stride: int, padding: int):
@@ -310,8 +328,10 @@ class Model(nn.Module):
             if return_intermediates else None
         )
 
-        h = x.transpose(1, 2)  # [B, F, T]: conv layout
         cur = lengths_cpu.to(x.device)
+        if self.config.input_norm == "utterance":
+            x = utterance_normalize(x, cur)
+        h = x.transpose(1, 2)  # [B, F, T]: conv layout
         for block in self.conv:
             h = block(h, cur)
             cur = block.output_length(cur)
@@ -424,5 +444,7 @@ def describe(model: Model) -> str:
     if c.classifier_hidden and c.classifier_dropout:
         classifier += f" (dropout {c.classifier_dropout:g})"
     n = count_parameters(model)
+    if c.input_norm == "utterance":
+        cnn = f"per-utterance feature normalization -> {cnn}"
     return (f"{cnn} -> {lstm} -> {classifier}; {n / 1e6:.2f} M parameters; "
             f"time downsampling x{model.downsampling}.")
