@@ -6,6 +6,7 @@ and the loader must stream exactly the planned batches, in order, from the shard
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import zlib
@@ -240,6 +241,26 @@ def test_loader_yields_the_plan_in_order_and_resumes(tiny_shards, tiny_train, wo
                      plan.steps} & set(range(1, plan.steps + 1)))
         for k in ks:
             assert loader_rows(tiny_train, plan, start_step=k) == want[k:], f"rank {rank}, resumed at step {k}"
+
+
+def test_ring_slots_are_reused_and_batches_kept_intact(tiny_train):
+    """CPU loaders hand batches over through a shared ring of slots; with one prefetch per worker
+    the ring has 4 slots per worker, far fewer than the batches, and every batch kept (all of them,
+    to the end) still holds its own data: equal to the same plan read in the main process."""
+    opts = dataclasses.replace(TINY_OPTS, max_frames=int(tiny_train.frames.max()))
+    plan = plan_epoch(tiny_train, seed=5, epoch=0, workers=2, opts=opts)
+    plan0 = plan_epoch(tiny_train, seed=5, epoch=0, workers=0, opts=opts)
+    loader = make_loader(tiny_train, plan, prefetch=1)
+    assert loader.dataset.ring is not None and loader.dataset.ring.shape[:2] == (2, 4)
+    kept = list(loader)
+    assert plan.steps > 3 * loader.dataset.ring.shape[1]
+    by_rows = {tuple(b.rows.tolist()): b for b in make_loader(tiny_train, plan0)}
+    assert sorted(by_rows) == sorted(tuple(b.rows.tolist()) for b in kept)
+    for b in kept:
+        ref = by_rows[tuple(b.rows.tolist())]
+        for name in ("feats", "lengths", "labels", "label_lengths"):
+            assert torch.equal(getattr(b, name), getattr(ref, name)), name
+    assert make_loader(tiny_train, plan, pin_memory=True).dataset.ring is None
 
 
 def test_resume_does_not_read_consumed_windows(tiny_train, monkeypatch):
