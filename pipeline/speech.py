@@ -17,19 +17,18 @@ a speech synthesizer:
   phoneme events reporting every phoneme it rendered and the sample where it starts.
 
 The labels are READ BACK from those reports and mapped to the task's 39 ARPAbet phonemes
-(``FLITE_MAP``, ``FESTIVAL_MAP``, ``ESPEAK_MAP``); pauses of 30 ms or more become ``[SIL]`` (always first and
-last, never twice in a row). An
-utterance with a reported phone outside the map, a read-back that disagrees with the
-dictionary pronunciations by more than allophonic detail, a length outside the target, or
-too few frames for CTC is thrown away and regenerated from another sentence: it is never
-mislabelled.
+(``FLITE_MAP``, ``FESTIVAL_MAP``, ``ESPEAK_MAP``); pauses of 30 ms or more become ``[SIL]``
+(always first and last, never twice in a row). An utterance with a reported phone outside
+the map, a read-back that disagrees with the dictionary pronunciations by more than
+allophonic detail, a length outside the target, or too few frames for CTC is thrown away and
+regenerated from another sentence: it is never mislabelled.
 
 Each utterance then gets a small resampling warp (speaker-like, +-15 %), padding, a level and
 colored background noise at a random SNR, and becomes 15 MFCCs per 10 ms frame (``mfcc``;
 ``mfcc_from_wav`` applies the same extraction to a .wav file). Every random choice comes from a
 generator seeded by (seed, split, index, attempt), so the corpus does not depend on the number
-of worker processes. Train, dev and test splits use disjoint voices (``VOICE_SPLIT``) and
-disjoint sentences.
+of worker processes. Train, dev and test splits use disjoint speakers (``VOICE_SPLIT``,
+``SPEAKERS``) and disjoint sentences.
 """
 
 from __future__ import annotations

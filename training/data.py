@@ -1,10 +1,10 @@
 """Streaming the shards of an epoch plan: one IterableDataset per rank, batches built in workers.
 
 Workers read whole shards (never a whole split) into memory, check each file's size and checksum
-(crc32; sha256 for manifests without one) against the manifest (a shard is ~16 MB, so this costs no extra I/O: the bytes are parsed from
-memory with webdataset's tar iterators), check every sample against the manifest, and yield
-padded batches in exactly the planned order, so the DataLoader's round-robin over workers
-reproduces EpochPlan.sequence().
+(crc32; sha256 for manifests without one) against the manifest, slice every sample out of the
+bytes at the offsets the manifest recorded (or parse the tar with webdataset's iterators), and
+yield packed, padded batches in exactly the planned order, so the DataLoader's round-robin over
+workers reproduces EpochPlan.sequence().
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ def shard_label(m: Manifest, s: int) -> str:
     """'<split>/<file>' of shard s, for reports (merged manifests already carry the split)."""
     name = m.shards[s].name
     return name if "/" in name else f"{m.split}/{name}"
+
+
+def damage_report(found: dict[str, str]) -> str:
+    """'N damaged shard(s): <split>/<file>: why; ...' for one-line errors (training, prediction)."""
+    return f"{len(found)} damaged shard(s): " + "; ".join(f"{k}: {v}" for k, v in sorted(found.items()))
 
 
 def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
@@ -265,9 +270,13 @@ class PlannedShards(IterableDataset):
                     yield pack(b, samples, self.m.labelled)      # unpacked by ShardLoader
                     continue
                 k = sent % self.ring.shape[1]
-                buf, shape = pack(b, samples, self.m.labelled, self.ring[slot, k])
+                target = self.ring[slot, k]
+                buf, shape = pack(b, samples, self.m.labelled, target)
+                if buf.data_ptr() != target.data_ptr():     # did not fit (never, by make_ring)
+                    yield buf, shape
+                    continue
                 sent += 1
-                yield ((slot, k, buf.numel()) if buf.data_ptr() == self.ring[slot, k].data_ptr() else buf), shape
+                yield (slot, k, buf.numel()), shape
             del samples
 
 
@@ -326,9 +335,10 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
     connection to pass its file descriptor, and mapping it (about 3 ms a batch on 2 cores; the
     loader then delivered a third of what one process reads). With slots made before the workers
     start, a batch travels as (worker, slot, size) and the trainer copies it out at once
-    (0.2 ms). A worker is never more than prefetch x workers batches ahead of the trainer (the
-    DataLoader's task limit, also when the other workers have finished), so that many slots
-    plus two are never overwritten before they are copied."""
+    (0.2 ms). The DataLoader dispatches a task only when it returns a batch (or a worker ends),
+    so at most prefetch x workers batches are in flight between the last one returned and the
+    newest one dispatched, whichever workers they belong to: with more slots than that per
+    worker, no slot is rewritten before its batch has been returned and copied."""
     most = 0
     for w in range(plan.workers):
         for b in plan.worker_batches(w):

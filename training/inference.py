@@ -26,7 +26,7 @@ from pipeline.vocab import VOCAB, to_arpabet, to_codes
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .data import ShardReadError, make_loader, repair_hint, shard_label
+from .data import ShardReadError, damage_report, make_loader, repair_hint, shard_label
 from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import BatchOptions, plan_epoch
@@ -116,9 +116,8 @@ def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: 
     check_compatible(loaded, m)
     problems = check_shards(m)          # missing or truncated shards: fail before decoding anything
     if problems:
-        listed = "; ".join(f"{shard_label(m, s)}: {why}" for s, why in problems)
-        raise ShardReadError(f"{len(problems)} damaged shard(s) of {m.split}: {listed}; "
-                             f"{repair_hint(m.shard_paths()[problems[0][0]])}")
+        found = {shard_label(m, s): why for s, why in problems}
+        raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_paths()[problems[0][0]])}")
     return m, decode_split(loaded, m, ctx, **kwargs)
 
 

@@ -35,7 +35,7 @@ from . import distributed as D
 from . import metrics
 from .augment import AugmentConfig
 from .config import TrainConfig
-from .data import Batch, ShardReadError, error_message, make_loader, shard_label, without_shards
+from .data import Batch, ShardReadError, damage_report, error_message, make_loader, shard_label, without_shards
 from .decode import greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig, count_parameters, describe, preset_config
 from .plan import BatchOptions, check_budget, plan_epoch
@@ -217,8 +217,7 @@ def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], ski
                 found.setdefault(k, v)
     new = {k: v for k, v in found.items() if k not in keep_out}
     if new and not skip:
-        listed = "; ".join(f"{k}: {v}" for k, v in sorted(new.items()))
-        raise TrainingError(f"{len(new)} damaged shard(s): {listed}. Run `phonerec shards --verify --shards "
+        raise TrainingError(f"{damage_report(new)}. Run `phonerec shards --verify --shards "
                             f"{shards_dir}`, delete the damaged shards and rerun `phonerec shards` to rewrite "
                             "them, or train without them with --skip-bad-shards")
     report: list[dict] = []
@@ -393,15 +392,16 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
             first = start_step if epoch == start_epoch else 0
             if first == 0:
                 acc = dict.fromkeys(acc, 0.0)
+            epoch_steps = min(plan.steps, steps_per_epoch)     # the same on every rank
             if plan.dropped_utterances:
+                cut = f"; --max-steps stops it after {epoch_steps}" if cfg.max_steps and epoch_steps < plan.steps else ""
                 log(f"epoch {epoch + 1}: {plan.dropped_utterances} utterances ({plan.dropped_batches} batches) "
-                    f"left out this epoch so every rank runs {plan.steps} steps")
+                    f"left out this epoch so every rank runs the same {plan.steps} steps{cut}")
             t_epoch = time.perf_counter() - acc.get("seconds", 0.0)   # a resumed epoch keeps its earlier time
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                        disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
             step = first
             t_ready = time.perf_counter()
-            epoch_steps = min(plan.steps, steps_per_epoch)     # the same on every rank
             batches = iter(make_loader(train_m, plan, first, pin_memory=ctx.device.type == "cuda")) \
                 if first < epoch_steps else iter([])
             while step < epoch_steps:
