@@ -8,9 +8,9 @@ quantiles into ``max(ceil(bytes / target), min(min_shards, N))`` pieces.
 from __future__ import annotations
 
 import hashlib
-import zlib
 import json
 import multiprocessing as mp
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -242,8 +242,10 @@ def test_metadata_and_disjoint_voices_and_sentences(corpus):
         rows[split] = rs
     voices = {s: {r["voice"] for r in rs} for s, rs in rows.items()}
     texts = {s: {r["text"] for r in rs} for s, rs in rows.items()}
+    speakers = {s: {sp.speaker_of(v) for v in vs} for s, vs in voices.items()}
     for a, b in [(TRAIN, DEV), (TRAIN, TEST), (DEV, TEST)]:
         assert voices[a].isdisjoint(voices[b]) and texts[a].isdisjoint(texts[b])
+        assert speakers[a].isdisjoint(speakers[b])
     # the labels are the phones of the sentence: every word's dictionary phones, in order
     import Levenshtein
     lexicon = sp.pronunciations()

@@ -45,8 +45,8 @@ class ModelConfig:
 
     input_dim: int = FEATURE_DIM
     # "utterance": each utterance's features get zero mean and unit variance over its own frames
-    # (cepstral mean and variance normalization), which takes out much of what a speaker and a
-    # channel add to MFCCs; "none" keeps the corpus-wide normalization of the shards alone.
+    # (cepstral mean and variance normalization), which removes a channel's and part of a
+    # speaker's constant spectral colouring; "none" keeps the shards' corpus-wide normalization.
     input_norm: str = "none"
     conv_channels: list[int] = field(default_factory=list)
     conv_kernels: list[int] = field(default_factory=list)
