@@ -461,15 +461,12 @@ class Rendered:
 
 def _flite(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate: float, pitch: float,
            tmp: Path) -> Rendered:
-    import soundfile as sf
-
     lex = tmp / "lex.txt"
     # flite's lexicon marks stress 0/1 only: CMUdict's secondary stress (2) becomes 1
     lex.write_text("".join(f"{w} : {' '.join(p.lower().replace('2', '1') for p in pron)}\n"
                            for w, pron in sorted(prons.items())))
-    text = " ".join(" ".join(c.words) + c.punct for c in clauses)
     txt = tmp / "text.txt"
-    txt.write_text(text + "\n")
+    txt.write_text(_sentence_text(clauses) + "\n")
     wav = tmp / "flite.wav"
     cmd = ["flite", "-voice", voice, "-add_lex", str(lex), "--setf", f"duration_stretch={1.0 / rate:.4f}"]
     if voice not in FLITE_PITCH_FIXED:
@@ -495,13 +492,25 @@ def _flite(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate:
             segments.append((phone, offset + prev, offset + end))
             prev = end
         offset += prev
+    # the diphone voices end their final pause ~0.1 s before the reported time
+    return _with_audio("flite", wav, segments, offset, (-0.05, 0.25))
+
+
+def _sentence_text(clauses: list[Clause]) -> str:
+    return " ".join(" ".join(c.words) + c.punct for c in clauses)
+
+
+def _with_audio(engine: str, wav: Path, segments: list[tuple[str, float, float]], reported: float,
+                over: tuple[float, float]) -> Rendered:
+    """The rendered audio with the reported phones, which must end within `over` (seconds past
+    the audio's end, low..high) of it; segment times clipped to the audio."""
+    import soundfile as sf
+
     y, sr = sf.read(str(wav), dtype="float32")
     audio_s = len(y) / sr
-    # the diphone voices end their final pause ~0.1 s before the reported time
-    if not segments or not -0.05 <= offset - audio_s <= 0.25:
-        raise UnmappablePhone(f"flite reported {offset:.3f} s of phones for {audio_s:.3f} s of audio")
-    segments = [(ph, min(a, audio_s), min(b, audio_s)) for ph, a, b in segments]
-    return Rendered(y, sr, segments)
+    if not segments or not over[0] <= reported - audio_s <= over[1]:
+        raise UnmappablePhone(f"{engine} reported {reported:.3f} s of phones for {audio_s:.3f} s of audio")
+    return Rendered(y, sr, [(ph, min(a, audio_s), min(b, audio_s)) for ph, a, b in segments])
 
 
 def _festival_voices() -> set[str]:
@@ -514,8 +523,6 @@ _FESTIVAL_DIPHONE_F0 = {"kal_diphone": (105.0, 14.0), "ked_diphone": (105.0, 15.
 
 def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate: float, pitch: float,
               tmp: Path) -> Rendered:
-    import soundfile as sf
-
     wav = tmp / "festival.wav"
     shift = 2.0 ** (3.0 * pitch / 12.0)
     lines = [f"(voice_{voice})"]
@@ -531,8 +538,7 @@ def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], ra
     for w, pron in sorted(prons.items()):
         phones = " ".join(p.lower() for p in pron)
         lines.append(f'(lex.add.entry (list "{w}" nil (lex.syllabify.phstress \'({phones}))))')
-    text = " ".join(" ".join(c.words) + c.punct for c in clauses)
-    lines += [f'(set! utt (utt.synth (Utterance Text "{text}")))',
+    lines += [f'(set! utt (utt.synth (Utterance Text "{_sentence_text(clauses)}")))',
               f'(utt.save.wave utt "{wav}" \'riff)',
               "(mapcar (lambda (s) (format t \"SEG %s %f\\n\" (item.name s) (item.feat s \"end\"))) "
               "(utt.relation.items utt 'Segment))"]
@@ -552,12 +558,7 @@ def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], ra
         end = float(parts[2])
         segments.append((parts[1], prev, end))
         prev = end
-    y, sr = sf.read(str(wav), dtype="float32")
-    audio_s = len(y) / sr
-    if not segments or abs(prev - audio_s) > 0.05:
-        raise UnmappablePhone(f"festival reported {prev:.3f} s of phones for {audio_s:.3f} s of audio")
-    segments = [(ph, min(a, audio_s), min(b, audio_s)) for ph, a, b in segments]
-    return Rendered(y, sr, segments)
+    return _with_audio("festival", wav, segments, prev, (-0.05, 0.05))
 
 
 class _Espeak:
