@@ -170,3 +170,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def shard_reads(monkeypatch):
+    """The shard groups the trainer's loader reads, in order: proves a resumed run skips what it consumed."""
+    import training.data as tdata
+
+    reads: list[list[int]] = []
+    real = tdata.read_shards
+
+    def spy(m, shards):
+        reads.append(list(shards))
+        return real(m, shards)
+
+    monkeypatch.setattr(tdata, "read_shards", spy)
+    return reads

@@ -263,18 +263,11 @@ def test_ring_slots_are_reused_and_batches_kept_intact(tiny_train):
     assert make_loader(tiny_train, plan, pin_memory=True).dataset.ring is None
 
 
-def test_resume_does_not_read_consumed_windows(tiny_train, monkeypatch):
+def test_resume_does_not_read_consumed_windows(tiny_train, shard_reads):
     plan = plan_epoch(tiny_train, seed=0, epoch=0, workers=0, opts=TINY_OPTS)
     wins = plan.windows[0]
     assert len(wins) >= 2
-    reads = []
-    real = tdata.read_shards
-
-    def spy(m, shards):
-        reads.append(list(shards))
-        return real(m, shards)
-
-    monkeypatch.setattr(tdata, "read_shards", spy)
+    reads = shard_reads
     first = len(wins[0].batches)
     for k in (first, first + 1):                       # at the end of the first window, inside the second
         reads.clear()

@@ -24,7 +24,6 @@ from click.testing import CliRunner
 from pipeline import manifest as mf
 from pipeline.cli import main as cli_main
 from pipeline.synth import utterance
-from training import data as tdata
 from training.plan import BatchOptions, plan_epoch
 
 TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
@@ -223,7 +222,7 @@ def _stop_point(p) -> int:
     return k
 
 
-def test_resume_single_process_is_exact_and_skips_consumed_shards(fast_shards, tmp_path, monkeypatch):
+def test_resume_single_process_is_exact_and_skips_consumed_shards(fast_shards, tmp_path, shard_reads):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ("--epochs", "2", "--dev", "")
     cli(train_args(fast_shards, a, *common))
@@ -237,14 +236,8 @@ def test_resume_single_process_is_exact_and_skips_consumed_shards(fast_shards, t
     assert (state["epoch"], state["step"], state["global_step"]) == (0, k, k)
     assert metrics(b) == []                     # no epoch finished
 
-    reads = []
-    real = tdata.read_shards
-
-    def spy(m, shards):
-        reads.append(list(shards))
-        return real(m, shards)
-
-    monkeypatch.setattr(tdata, "read_shards", spy)
+    reads = shard_reads
+    reads.clear()
     res = cli(train_args(fast_shards, b, *common, "--resume"))
     assert f"resumed at epoch 1, step {k}" in res.output
     # Epoch 1 from step k: the fully consumed first window is never read; then all of epoch 2.
