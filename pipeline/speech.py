@@ -544,6 +544,10 @@ def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], ra
               "(utt.relation.items utt 'Segment))"]
     script = tmp / "festival.scm"
     script.write_text("\n".join(lines) + "\n")
+    # A festival per utterance: its start costs 0.2 s, and one long-lived `festival --pipe` per
+    # worker made the corpus 40 % faster, but it is not deterministic: after some histories a
+    # diphone voice's last samples differ (6 of 500 tries rendering one utterance after others),
+    # as if it read memory that earlier utterances left behind. A fresh process always agrees.
     res = subprocess.run(["festival", "--batch", str(script)], capture_output=True, text=True, timeout=120)
     if res.returncode != 0 or "SIOD ERROR" in res.stdout + res.stderr:
         raise RuntimeError(f"festival failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:300]}")
