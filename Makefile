@@ -46,7 +46,7 @@ evaluate: setup
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# A corpus of synthesized English speech (flite, espeak-ng) in the raw layout, e.g. ARGS="--split train-clean-100=3000"
+# A corpus of synthesized English speech (flite, festival, espeak-ng) in the raw layout, e.g. ARGS="--split train-clean-100=3000"
 speech-corpus: setup
 	$(BIN)/phonerec synth-speech --data $(DATA) $(ARGS)
 

@@ -12,7 +12,7 @@ def main() -> None:
     \b
     Stages:
       synth-corpus  write a LibriSpeech-shaped random corpus (tests, benchmarks)
-      synth-speech  write a corpus of synthesized English speech (flite, espeak-ng)
+      synth-speech  write a corpus of synthesized English speech (flite, festival, espeak-ng)
       shards        raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards
       train         stream the shards and train the CNN + BiLSTM CTC model (torchrun-aware)
       predict       beam-decode the test split into results/submission.csv

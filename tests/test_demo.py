@@ -1,6 +1,6 @@
 """`make demo` end to end on a tiny synthesized-speech corpus, so the target cannot rot.
 
-The real demo (3,000 utterances, 12 epochs) is measured by hand and reported in the README;
+The real demo (5,000 utterances, 7 epochs) is measured by hand and reported in the README;
 here every stage runs for real on 16/4/4 utterances and one epoch, through the Makefile.
 """
 

