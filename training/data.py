@@ -184,8 +184,9 @@ def _buffer(n: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n), 0, (n,))
 
 
-def packed_size(B: int, T: int, L: int) -> int:
-    return 3 * B * 8 + B * T * FEATURE_DIM * 2 + B * L
+def packed_size(B: int, T: int, L: int, F: int = FEATURE_DIM) -> int:
+    """Bytes of a packed batch (pack's layout): make_ring sizes its slots with it."""
+    return 3 * B * 8 + B * T * F * 2 + B * L
 
 
 def pack(rows: np.ndarray, samples: dict, labelled: bool,
@@ -201,7 +202,7 @@ def pack(rows: np.ndarray, samples: dict, labelled: bool,
     T = max(len(f) for f in feats)
     L = max(len(lab) for lab in labs) if labs else 0
     n_int, n_feat = 3 * B * 8, B * T * F * 2
-    n = n_int + n_feat + B * L
+    n = packed_size(B, T, L, F)
     buf = out[:n] if out is not None and out.numel() >= n else _buffer(n)
     raw = buf.numpy()
     ints = raw[:n_int].view(np.int64).reshape(3, B)
