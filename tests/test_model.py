@@ -382,6 +382,18 @@ def test_add_noise_only_on_real_frames():
     assert 0.08 < diff.std().item() < 0.12
 
 
+def test_augment_config_takes_the_run_config():
+    from training.config import TrainConfig
+    cfg = TrainConfig(time_masks=5, time_width=7, freq_masks=1, freq_width=2, noise_std=0.2, spec_augment=False)
+    aug = AugmentConfig.from_train(cfg)
+    assert (aug.spec_augment, aug.time_masks, aug.time_width, aug.freq_masks, aug.freq_width) == (False, 5, 7, 1, 2)
+    assert aug.noise and aug.noise_std == 0.2 and aug.active
+    quiet = AugmentConfig.from_train(TrainConfig(spec_augment=False))
+    assert not quiet.noise and not quiet.active
+    # no second set of defaults: a bare AugmentConfig is the default run's
+    assert AugmentConfig() == AugmentConfig.from_train(TrainConfig())
+
+
 def test_augment_config_apply():
     x, lens = _aug_batch()
     before = x.clone()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import TrainConfig
+
 __all__ = ["spec_augment", "add_noise", "AugmentConfig"]
 
 
@@ -102,16 +104,25 @@ def add_noise(
 
 @dataclass
 class AugmentConfig:
-    """Which augmentations run and with what parameters; JSON-serialisable via asdict()."""
+    """Which augmentations run and with what parameters; JSON-serialisable via asdict().
 
-    spec_augment: bool = True
-    time_masks: int = 2
-    time_width: int = 40
+    Defaults are TrainConfig's (the one place for them); ``from_train`` takes a run's values.
+    """
+
+    spec_augment: bool = TrainConfig.spec_augment
+    time_masks: int = TrainConfig.time_masks
+    time_width: int = TrainConfig.time_width
     max_time_ratio: float = 0.2
-    freq_masks: int = 2
-    freq_width: int = 4
-    noise: bool = False
-    noise_std: float = 0.1
+    freq_masks: int = TrainConfig.freq_masks
+    freq_width: int = TrainConfig.freq_width
+    noise: bool = TrainConfig.noise_std > 0
+    noise_std: float = TrainConfig.noise_std
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig) -> AugmentConfig:
+        return cls(spec_augment=cfg.spec_augment, time_masks=cfg.time_masks, time_width=cfg.time_width,
+                   freq_masks=cfg.freq_masks, freq_width=cfg.freq_width, noise=cfg.noise_std > 0,
+                   noise_std=cfg.noise_std)
 
     @property
     def active(self) -> bool:

@@ -308,9 +308,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
         if ctx.distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    aug = AugmentConfig(spec_augment=cfg.spec_augment, time_masks=cfg.time_masks, time_width=cfg.time_width,
-                        freq_masks=cfg.freq_masks, freq_width=cfg.freq_width, noise=cfg.noise_std > 0,
-                        noise_std=cfg.noise_std)
+    aug = AugmentConfig.from_train(cfg)
 
     plan0 = plan_epoch(train_m, seed=cfg.seed, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers, opts=opts)
     steps_per_epoch = min(plan0.steps, cfg.max_steps) if cfg.max_steps else plan0.steps
