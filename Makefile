@@ -13,13 +13,13 @@ ARGS ?=
 TORCH_VERSION ?= 2.13.0
 # torchrun rendezvous for several machines, e.g. TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_endpoint=host:29500"
 TORCHRUN_ARGS ?= --standalone
-TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node=$(NGPU)
+TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node="$(NGPU)"
 
 .PHONY: setup shards train predict evaluate test bench demo speech-corpus help
 
 help:
 	@echo "make demo | setup | shards | train | predict | evaluate | test | bench | speech-corpus"
-	@echo "variables: DATA=$(DATA) SHARDS=$(SHARDS) WEIGHTS=$(WEIGHTS) RESULTS=$(RESULTS) NGPU=$(NGPU) EPOCHS=$(EPOCHS) ARGS=\"$(ARGS)\""
+	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) ARGS='$(ARGS)'"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,30 +32,30 @@ setup: $(BIN)/python
 	@$(BIN)/phonerec --help >/dev/null && echo "setup done: $(BIN)/phonerec"
 
 shards: setup
-	$(BIN)/phonerec shards --data $(DATA) --shards $(SHARDS) $(ARGS)
+	$(BIN)/phonerec shards --data "$(DATA)" --shards "$(SHARDS)" $(ARGS)
 
 train: setup
-	$(TORCHRUN) -m pipeline.cli train --shards $(SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --epochs $(EPOCHS) $(ARGS)
+	$(TORCHRUN) -m pipeline.cli train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(ARGS)
 
 predict: setup
-	$(TORCHRUN) -m pipeline.cli predict --shards $(SHARDS) --weights $(WEIGHTS) --results $(RESULTS) $(ARGS)
+	$(TORCHRUN) -m pipeline.cli predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
 
 evaluate: setup
-	$(BIN)/phonerec evaluate --shards $(SHARDS) --weights $(WEIGHTS) --results $(RESULTS) $(ARGS)
+	$(BIN)/phonerec evaluate --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # A corpus of synthesized English speech (flite, festival, espeak-ng) in the raw layout, e.g. ARGS="--split train-clean-100=3000"
 speech-corpus: setup
-	$(BIN)/phonerec synth-speech --data $(DATA) $(ARGS)
+	$(BIN)/phonerec synth-speech --data "$(DATA)" $(ARGS)
 
 # ---- benchmarks and the demo -------------------------------------------------------------
 # Everything side by side in one run (about 10 min on 2 cores; BENCH_ARGS=--scale adds the
 # 132,553-utterance corpus): results/bench.json, bench.md, bench_lengths.png, bench_bars.png.
 BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python bench/run_all.py --out $(RESULTS) $(BENCH_ARGS)
+	$(BIN)/python bench/run_all.py --out "$(RESULTS)" $(BENCH_ARGS)
 
 # The whole job on synthesized English speech: corpus -> shards -> train -> evaluate -> predict.
 # The recipe is configs/demo.yaml (ARGS add to or override it); synth-speech returns at once
@@ -67,11 +67,11 @@ DEMO_DEV ?= 200
 DEMO_TEST ?= 200
 DEMO_EPOCHS ?= 7
 demo: setup
-	$(BIN)/phonerec synth-speech --data $(DEMO_DATA) --quiet \
-	  --split train-clean-100=$(DEMO_TRAIN) --split dev-clean=$(DEMO_DEV) --split test-clean=$(DEMO_TEST)
-	$(BIN)/phonerec shards --data $(DEMO_DATA) --shards $(DEMO_SHARDS) --quiet
-	$(TORCHRUN) -m pipeline.cli train --config configs/demo.yaml --shards $(DEMO_SHARDS) --weights $(WEIGHTS) \
-	  --results $(RESULTS) --epochs $(DEMO_EPOCHS) --quiet $(ARGS)
-	$(BIN)/phonerec evaluate --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
-	$(BIN)/phonerec predict --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --quiet
-	@$(BIN)/phonerec summary --shards $(DEMO_SHARDS) --weights $(WEIGHTS) --results $(RESULTS) --data $(DEMO_DATA)
+	$(BIN)/phonerec synth-speech --data "$(DEMO_DATA)" --quiet \
+	  --split "train-clean-100=$(DEMO_TRAIN)" --split "dev-clean=$(DEMO_DEV)" --split "test-clean=$(DEMO_TEST)"
+	$(BIN)/phonerec shards --data "$(DEMO_DATA)" --shards "$(DEMO_SHARDS)" --quiet
+	$(TORCHRUN) -m pipeline.cli train --config configs/demo.yaml --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
+	  --results "$(RESULTS)" --epochs "$(DEMO_EPOCHS)" --quiet $(ARGS)
+	$(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
+	$(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
+	@$(BIN)/phonerec summary --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --data "$(DEMO_DATA)"

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,12 +44,22 @@ def disk_full_error(exc: OSError, what: str | os.PathLike) -> WriteError:
                       "the previous version (if any) is intact: free some space and rerun")
 
 
+def temp_name(final: Path) -> Path:
+    """Where `atomic_path` writes before the rename."""
+    return final.with_name(f".{final.name}.tmp{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    """A name `temp_name` makes (any pid): the only hidden files a cleanup may remove."""
+    return re.fullmatch(r"\..+\.tmp\d+", name) is not None
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `final`; rename it over `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    tmp = temp_name(final)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -75,3 +86,24 @@ def write_json(final: str | os.PathLike, obj) -> None:
 
 def write_text(final: str | os.PathLike, text: str) -> None:
     write_bytes(final, text.encode())
+
+
+def ensure_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents) if needed and prove a file can be written in it (a probe
+    file with a temp name, created and deleted at once), so a command that writes there later
+    fails now, with one line naming the folder, rather than after its work (decoding, training)."""
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=f".tmp{os.getpid()}", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why = f"{why}: it or a folder above it is a file"
+        raise WriteError(exc.errno, f"cannot write to the folder {folder} ({why}); choose a writable folder "
+                         "or fix its permissions") from None
+    return folder

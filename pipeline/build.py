@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, manifest as mf, stats as st
-from .layout import LayoutError, SplitFiles, list_split
+from .layout import LayoutError, SplitFiles, discover_splits, list_split, safe_text
 from .shards import ShardOptions, build_split
-from .store import CorpusStore, StrictError, ingest, is_current, store_fingerprint, store_path
+from .store import CorpusStore, StrictError, ingest, store_fingerprint, store_path, store_state
 from .validate import Rejection
 
 REJECTED_TSV = "rejected.tsv"
+LOCK_NAME = ".lock"
 
 
 @dataclass
@@ -61,9 +65,10 @@ def write_rejections(shards_dir: Path, rejections: list[Rejection]) -> Path:
 
 
 def remove_stale_temps(shards_dir: Path) -> None:
-    """Temp files a killed run left behind (atomic writes, half-built stores); a finished run leaves none."""
+    """Temp files a killed run left behind (atomic writes, half-built stores); a finished run leaves
+    none. Only names of our temp pattern are removed."""
     for p in [*shards_dir.glob(".*.tmp*"), *shards_dir.glob("*/.*.tmp*")]:
-        if p.is_file():
+        if atomic.is_temp_name(p.name) and p.is_file():
             p.unlink(missing_ok=True)
     store_dir = shards_dir / "store"
     for p in [*store_dir.glob("*.zarr.tmp*"), *store_dir.glob("*.zarr.old")]:
@@ -101,9 +106,46 @@ def duplicate_ids(listings: dict[str, SplitFiles], roles: dict[str, str]) -> tup
     return reject, report
 
 
-def _list(data, name: str) -> SplitFiles:
+def check_output_folder(data: Path, shards_dir: Path, names: list[str]) -> None:
+    """The output folder is never the data folder, above it, or inside one of its splits: the
+    build writes, replaces and cleans up files there."""
+    d, s = Path(data).resolve(), Path(shards_dir).resolve()
+    if s == d or s in d.parents:
+        where = "is" if s == d else "contains"
+        raise LayoutError(f"--shards {shards_dir} {where} the data folder {data}: the build writes and cleans up "
+                          "files there; choose a folder of its own (e.g. --shards shards)")
+    for name in sorted(set(names) | set(discover_splits(d))):
+        split = (d / name).resolve()
+        if s == split or split in s.parents:
+            raise LayoutError(f"--shards {shards_dir} is inside the split folder {d / name}: choose a folder "
+                              "outside the data's split folders")
+
+
+@contextlib.contextmanager
+def build_lock(shards_dir: Path):
+    """One `phonerec shards` per output folder at a time (an advisory lock on SHARDS/.lock)."""
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(shards_dir / LOCK_NAME, "a+")
     try:
-        return list_split(data, name)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            who = fh.read().strip() or "another process"
+            raise LayoutError(f"another `phonerec shards` is building {shards_dir} ({who}); wait for it to "
+                              "finish or use another --shards folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()           # releases the lock
+
+
+def _list(data, name: str, role: str) -> SplitFiles:
+    try:
+        return list_split(data, name, labelled=role != "test")
     except OSError as exc:             # e.g. an mfcc/ or transcript/ folder without read permission
         raise LayoutError(f"cannot list split {name!r} under {data}: {exc.strerror or exc} "
                           f"({exc.filename or data})") from exc
@@ -134,46 +176,88 @@ def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict,
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise LayoutError(f"split(s) {', '.join(dup)} named more than once across --train/--dev/--test")
-    listings = {n: _list(data, n) for n in names}   # fails early, before any work, on a missing split
+    listings = {n: _list(data, n, role) for n, role in roles}  # fails early, before any work, on a missing split
+    check_output_folder(Path(data), shards_dir, names)
+    with build_lock(shards_dir):
+        return _build_locked(shards_dir, roles, listings, options=options, workers=workers, cmn=cmn,
+                             strict=strict, progress=progress, log=log, t0=t0)
+
+
+def _report_listing(files: SplitFiles, role: str, log) -> None:
+    """Say what was not taken as an utterance, and warn about a test split without any."""
+    hidden = [p for p in files.ignored if p.name.startswith(".")]
+    if hidden:
+        log(f"{files.name}: ignored {len(hidden)} hidden file(s), e.g. {safe_text(hidden[0].name)}: names "
+            "starting with '.' (macOS '._' files and the like) are not utterances")
+    if role == "test" and any(p.name == "transcript" for p in files.ignored):
+        log(f"{files.name}: its transcript/ folder is ignored: a --test split is never labelled")
+    if role == "test" and not files.ids:
+        log(f"warning: test split {files.name} has no utterances: a submission for it has 0 rows")
+
+
+def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log):
+    """Each split's corpus store, reused when its inputs are unchanged and it is complete."""
     duplicates, shared_test = duplicate_ids(listings, dict(roles))
     for name, ids in shared_test.items():
         log(f"warning: {name}: {len(ids)} test utterance id(s) also occur in another split, e.g. {ids[0]}; "
             "kept (the submission needs every test utterance)")
-    remove_stale_temps(shards_dir)
-
-    summary = BuildSummary()
     stores: dict[str, CorpusStore] = {}
     reused: dict[str, bool] = {}
-    for name, _ in roles:
+    for name, role in roles:
         files = listings[name]
+        _report_listing(files, role, log)
         path = store_path(shards_dir, name)
         exclude = duplicates.get(name, {})
-        fp = store_fingerprint(files, exclude)
-        reused[name] = is_current(path, fp)
+        state = store_state(path, store_fingerprint(files, exclude))
+        reused[name] = state == "current"
         if reused[name]:
             stores[name] = CorpusStore.open(path)
             log(f"{name}: inputs unchanged, reusing {path}")
         else:
+            if state == "damaged":
+                log(f"{name}: the store {path} is incomplete or damaged: rebuilding it from the inputs")
             stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress, exclude=exclude)
         if strict and stores[name].rejections:     # a reused store may hold rejections from a lax run
             r = stores[name].rejections[0]
             raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid})")
+    return stores, reused
 
-    train_stores = [stores[n] for n, role in roles if role == "train"]
+
+def _statistics(shards_dir, train_stores, *, cmn, workers, progress, log) -> st.Stats:
+    """The training statistics, recomputed unless stats.json matches the training stores."""
     fp = st.fingerprint([s.fingerprint for s in train_stores], cmn)
-    stats = st.load(shards_dir)
+    try:
+        stats = st.load(shards_dir)
+    except st.StatsError as exc:
+        log(f"{exc}: recomputing it from the training stores")
+        stats = None
     if stats is None or stats.fingerprint != fp:
         stats = st.compute(train_stores, cmn=cmn, workers=workers, progress=progress)
         st.save(stats, shards_dir)
-    summary.stats = stats
+    return stats
 
+
+def _build_locked(shards_dir, roles, listings, *, options, workers, cmn, strict, progress, log, t0) -> BuildSummary:
+    remove_stale_temps(shards_dir)
+    stores, reused = _ingest_all(shards_dir, roles, listings, workers=workers, strict=strict,
+                                 progress=progress, log=log)
+    summary = BuildSummary(rejections=[r for n, _ in roles for r in stores[n].rejections])
+    tsv = write_rejections(shards_dir, summary.rejections)
+    train_stores = [stores[n] for n, role in roles if role == "train"]
+    if not any(s.ids for s in train_stores):
+        n_in = sum(s.inputs for s in train_stores)
+        raise LayoutError(f"no usable training utterances: all {n_in} input(s) of "
+                          f"{', '.join(s.split for s in train_stores)} were rejected; the reasons are in {tsv}")
+    for name, role in roles:
+        if role == "dev" and not stores[name].ids:
+            log(f"warning: dev split {name} has no usable utterances ({stores[name].inputs} inputs; see {tsv}): "
+                "training with it stops; fix it or train with --dev ''")
+    summary.stats = _statistics(shards_dir, train_stores, cmn=cmn, workers=workers, progress=progress, log=log)
     for name, role in roles:
         s = stores[name]
-        m = build_split(s, stats, shards_dir, options, workers=workers, progress=progress)
-        summary.rejections.extend(s.rejections)
+        m = build_split(s, summary.stats, shards_dir, options, workers=workers, progress=progress)
         summary.splits.append(SplitSummary(split=name, role=role, inputs=s.inputs, kept=m.num_utterances,
                                            rejected=len(s.rejections), shards=len(m.shards),
                                            frames=m.total_frames, reused_store=reused[name]))
-    write_rejections(shards_dir, summary.rejections)
     summary.seconds = time.perf_counter() - t0
     return summary

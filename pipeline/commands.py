@@ -58,8 +58,9 @@ def synth_corpus(out, splits, unlabelled, nested_transcripts, seed, workers):
 @click.option("--dev", default="dev-clean", show_default=True, help="Comma-separated dev splits ('' for none).")
 @click.option("--test", default="test-clean", show_default=True, help="Comma-separated test splits ('' for none).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the tie-breaking order within equal lengths.")
-@click.option("--shard-size-mb", default=16.0, show_default=True, help="Target shard size in MB.")
-@click.option("--min-shards", default=8, show_default=True,
+@click.option("--shard-size-mb", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Target shard size in MB.")
+@click.option("--min-shards", default=8, show_default=True, type=click.IntRange(min=1),
               help="At least this many shards per split (fewer only if the split has fewer utterances), "
                    "so ranks x workers all get data.")
 @click.option("--cmn", is_flag=True, help="Subtract each utterance's own mean before global normalization.")

@@ -1,8 +1,14 @@
 """Finding splits and pairing feature files with transcripts in the standard raw layout.
 
 ``<root>/<split>/mfcc/<id>.npy`` pairs with ``<root>/<split>/transcript/<id>.npy`` or, as in
-the published archive, ``<root>/<split>/transcript/raw/<id>.npy``. No transcript folder means
-an unlabelled split (the test split).
+the published archive, ``<root>/<split>/transcript/raw/<id>.npy``. Whether a split is labelled
+follows its role (the caller says so: a test split never is), not the presence of a folder: the
+published archive ships its submission template in ``test-clean/transcript/``.
+
+Every name that looks like an utterance (``*.npy``, any case, not hidden) becomes one: a name
+that cannot be read as a file (a folder, a dangling link) is listed with the reason, so it is
+rejected and, in a test split, still keeps its row. Hidden names (``.*``, such as macOS's
+``._<id>.npy``) are not utterances; they are listed as ignored so the build can say so.
 """
 
 from __future__ import annotations
@@ -17,14 +23,26 @@ class LayoutError(RuntimeError):
     """The raw corpus does not have the expected folders."""
 
 
+def safe_text(text: str) -> str:
+    """`text` with undecodable bytes of a file name (surrogate escapes) shown as `\\xNN`, so it
+    can be written to UTF-8 files and terminals; valid names are returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class SplitFiles:
     name: str
-    ids: list[str]                       # sorted file stems of mfcc/*.npy: the split's original order
+    ids: list[str]                       # sorted utterance ids (file stems): the split's original order
     mfcc: list[Path]
     transcripts: list[Path | None]       # parallel to ids; None when unlabelled or missing
     labelled: bool
     orphans: list[tuple[str, Path]] = field(default_factory=list)  # transcripts without features
+    problems: dict[str, str] = field(default_factory=dict)         # id -> why it cannot be read
+    ignored: list[Path] = field(default_factory=list)              # hidden names, test transcripts
 
     def fingerprint(self) -> str:
         """Hash of names, sizes and mtimes: changes whenever an input file changes."""
@@ -34,11 +52,12 @@ class SplitFiles:
                 if p is None:
                     h.update(b"-\n")
                     continue
+                name = os.fsencode(p.name)
                 try:
                     st = p.stat()
-                    h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                    h.update(name + f"|{st.st_size}|{st.st_mtime_ns}|{st.st_mode}\n".encode())
                 except OSError:
-                    h.update(f"{p.name}|unreadable\n".encode())
+                    h.update(name + b"|unreadable\n")
         return h.hexdigest()
 
 
@@ -49,9 +68,50 @@ def discover_splits(root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "mfcc").is_dir())
 
 
-def _npy_stems(folder: Path) -> dict[str, Path]:
+def _why_not_a_file(entry: os.DirEntry) -> str | None:
+    """None for a readable regular file (or a link to one), else the reason it is no utterance."""
+    if entry.is_file():
+        return None
+    if entry.is_dir():
+        return "is a folder, not a .npy file"
+    if entry.is_symlink():
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        return f"is a symbolic link to a missing file ({safe_text(target)})"
+    return "is not a regular file"
+
+
+@dataclass
+class _Listing:
+    files: dict[str, Path] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    ignored: list[Path] = field(default_factory=list)
+
+
+def _npy_entries(folder: Path) -> _Listing:
+    """id -> path of every `*.npy`/`*.NPY` name in `folder`, with the ones that are no file."""
+    out = _Listing()
     with os.scandir(folder) as it:
-        return {e.name[:-4]: Path(e.path) for e in it if e.name.endswith(".npy") and e.is_file()}
+        entries = sorted(it, key=lambda e: (e.name.lower() != e.name, e.name))  # `a.npy` before `a.NPY`
+    for e in entries:
+        if e.name.startswith("."):
+            out.ignored.append(Path(e.path))
+            continue
+        if not e.name.lower().endswith(".npy"):
+            continue
+        uid = safe_text(e.name[:-4])
+        if uid in out.files:        # `a.npy` and `a.NPY`, or two names equal once made valid UTF-8
+            first, uid, n = out.files[uid], safe_text(e.name), 2
+            while uid in out.files:
+                uid, n = f"{safe_text(e.name)}#{n}", n + 1
+            out.problems[uid] = f"same utterance id as {safe_text(first.name)}"
+        why = _why_not_a_file(e)
+        if why:
+            out.problems[uid] = why
+        out.files[uid] = Path(e.path)
+    return out
 
 
 def transcript_dir(split_dir: Path) -> Path | None:
@@ -62,18 +122,26 @@ def transcript_dir(split_dir: Path) -> Path | None:
     return raw if raw.is_dir() else t
 
 
-def list_split(root: str | Path, name: str) -> SplitFiles:
+def list_split(root: str | Path, name: str, *, labelled: bool) -> SplitFiles:
+    """The split's utterances; `labelled` is its role's (train and dev yes, test never)."""
     split_dir = Path(root) / name
     mfcc_dir = split_dir / "mfcc"
     if not mfcc_dir.is_dir():
         have = ", ".join(discover_splits(root)) or "none"
         raise LayoutError(f"split {name!r} not found: {mfcc_dir} is not a folder (splits under {root}: {have})")
-    feats = _npy_stems(mfcc_dir)
+    feats = _npy_entries(mfcc_dir)
     tdir = transcript_dir(split_dir)
-    trans = _npy_stems(tdir) if tdir is not None else {}
-    ids = sorted(feats)
+    trans = _Listing()
+    ignored = list(feats.ignored)
+    if tdir is not None and labelled:
+        trans = _npy_entries(tdir)
+        ignored += trans.ignored
+    elif tdir is not None:
+        ignored.append(split_dir / "transcript")
+    ids = sorted(feats.files)
     return SplitFiles(
-        name=name, ids=ids, mfcc=[feats[i] for i in ids],
-        transcripts=[trans.get(i) for i in ids], labelled=tdir is not None,
-        orphans=sorted((i, p) for i, p in trans.items() if i not in feats),
+        name=name, ids=ids, mfcc=[feats.files[i] for i in ids],
+        transcripts=[trans.files.get(i) for i in ids] if labelled else [None] * len(ids), labelled=labelled,
+        orphans=sorted((i, p) for i, p in trans.files.items() if i not in feats.files),
+        problems=feats.problems, ignored=ignored,
     )

@@ -6,6 +6,7 @@ Utterances are listed in shard order: shard ``i`` holds utterances
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,10 @@ class Manifest:
     # manifests written before they were recorded (readers then parse the tar).
     feats_at: np.ndarray | None = None   # int64 [N]
     labels_at: np.ndarray | None = None  # int64 [N]; -1 for an unlabelled split
+    # Fewest frames CTC needs per utterance (labels + adjacent repeats, vocab.ctc_min_frames); 0 for
+    # an unlabelled split. None in manifests written before it was recorded: readers then fall back
+    # to label_lens, a lower bound (it misses the repeats).
+    ctc_lens: np.ndarray | None = None   # int64 [N]
 
     @property
     def num_utterances(self) -> int:
@@ -101,6 +106,7 @@ class Manifest:
                 "index": [int(x) for x in self.index],
                 **({"feats_at": [int(x) for x in self.feats_at], "labels_at": [int(x) for x in self.labels_at]}
                    if self.feats_at is not None and self.labels_at is not None else {}),
+                **({"ctc_len": [int(x) for x in self.ctc_lens]} if self.ctc_lens is not None else {}),
             },
         }
 
@@ -109,9 +115,18 @@ def manifest_path(shards_dir: str | Path, split: str) -> Path:
     return Path(shards_dir) / split / MANIFEST_NAME
 
 
+def _digest(raw: dict) -> str:
+    """sha256 of a manifest's content without its own digest: a hand-edited or damaged manifest
+    no longer matches, so a build rewrites it and readers refuse it."""
+    body = {k: v for k, v in raw.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save(m: Manifest, shards_dir: str | Path) -> Path:
     path = manifest_path(shards_dir, m.split)
-    atomic.write_json(path, m.to_json())
+    raw = m.to_json()
+    raw["digest"] = _digest(raw)
+    atomic.write_json(path, raw)
     return path
 
 
@@ -130,6 +145,11 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}; rebuild with `phonerec shards`") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"cannot read manifest {path}: not a JSON object; rebuild with `phonerec shards`")
+    if "digest" in raw and raw["digest"] != _digest(raw):      # manifests before the digest have none
+        raise ManifestError(f"{path} was edited or damaged (its content no longer matches its digest); "
+                            "rebuild it with `phonerec shards`")
     if raw.get("format") != FORMAT_VERSION:
         raise ManifestError(f"{path}: manifest format {raw.get('format')!r}, expected {FORMAT_VERSION}; "
                             "rebuild with `phonerec shards`")
@@ -145,12 +165,13 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         vocab=raw["vocab"], fingerprint=raw.get("fingerprint", ""), directory=path.parent,
         feats_at=np.asarray(u["feats_at"], dtype=np.int64) if "feats_at" in u else None,
         labels_at=np.asarray(u["labels_at"], dtype=np.int64) if "labels_at" in u else None,
+        ctc_lens=np.asarray(u["ctc_len"], dtype=np.int64) if "ctc_len" in u else None,   # None: see Manifest
     )
     n = len(m.ids)
     offsets_ok = (m.feats_at is None) == (m.labels_at is None) and (
         m.feats_at is None or len(m.feats_at) == len(m.labels_at) == n)
     if not (len(m.keys) == len(m.frames) == len(m.label_lens) == len(m.index) == n) or \
-            int(m.shard_start[-1]) != n or not offsets_ok:
+            int(m.shard_start[-1]) != n or not offsets_ok or (m.ctc_lens is not None and len(m.ctc_lens) != n):
         raise ManifestError(f"{path}: utterance columns and shard counts disagree; rebuild with `phonerec shards`")
     return m
 
@@ -176,6 +197,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         rejected=sum(m.rejected for m in manifests), vocab=first.vocab,
         fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
         feats_at=cat("feats_at") if offsets else None, labels_at=cat("labels_at") if offsets else None,
+        ctc_lens=cat("ctc_lens") if all(m.ctc_lens is not None for m in manifests) else None,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,11 @@ def shard_name(split: str, i: int) -> str:
     return f"{split}-{i:06d}.tar"
 
 
+def is_shard_name(split: str, name: str) -> bool:
+    """A name `shard_name` makes for this split (a shard of ours, of any plan)."""
+    return re.fullmatch(re.escape(split) + r"-\d{6}\.tar", name) is not None
+
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -131,6 +137,17 @@ def _write_shard(job) -> tuple[mf.ShardInfo, dict[str, int]]:
     return info, offsets
 
 
+def _read_plan(plan_file: Path, fp: str) -> tuple[bool, set[str]]:
+    """(whether the plan file is of this same plan, the shard names it lists); a missing or
+    damaged plan file is no plan."""
+    try:
+        plan = json.loads(plan_file.read_text())
+        names = plan.get("shards", [])
+        return plan.get("fingerprint") == fp, {n for n in names if isinstance(n, str)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False, set()
+
+
 def _member_columns(names, cuts, keys, offsets, labelled) -> tuple[np.ndarray, np.ndarray]:
     """Per utterance (manifest order): where its feats and labels members start in its tar."""
     feats_at = np.full(len(keys), -1, dtype=np.int64)
@@ -154,10 +171,11 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         old = mf.load(shards_dir, store.split)
     except mf.ManifestError:
         old = None
+    old_names = {s.name for s in old.shards} if old is not None else set()
     if old is not None and old.fingerprint != fp:
         old = None
-    # A manifest from before the crc32 column is rewritten below; its shards are kept.
-    if old is not None and all(p.is_file() and p.stat().st_size == s.bytes and s.crc32 is not None
+    # A manifest from before the crc32 or ctc_len columns is rewritten below; its shards are kept.
+    if old is not None and old.ctc_lens is not None and all(p.is_file() and p.stat().st_size == s.bytes and s.crc32 is not None
                                for p, s in zip(old.shard_paths(), old.shards)):
         return old
 
@@ -172,20 +190,19 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
     # finished run too, so a deleted manifest or shard later costs only the missing pieces; shards
     # that a manifest of this same plan describes must still match their recorded size and sha256.
     plan_file = out_dir / PLAN_NAME
-    try:
-        same_plan = json.loads(plan_file.read_text()).get("fingerprint") == fp
-    except (OSError, ValueError, AttributeError):
-        same_plan = False
+    same_plan, planned = _read_plan(plan_file, fp)
     known = {s.name: s for s in old.shards} if old is not None else {}
     same_plan = same_plan or old is not None
     mf.manifest_path(shards_dir, store.split).unlink(missing_ok=True)
+    ours = set(names) | planned | old_names     # and our shard-name pattern; other files are never touched
     for p in out_dir.glob("*.tar"):
-        if not same_plan or p.name not in names or (
+        if (p.name in ours or is_shard_name(store.split, p.name)) and (not same_plan or p.name not in names or (
                 p.name in known and (p.stat().st_size != known[p.name].bytes
-                                     or sha256_file(p) != known[p.name].sha256)):
+                                     or sha256_file(p) != known[p.name].sha256))):
             p.unlink()
     for p in out_dir.glob(".*.tmp*"):
-        p.unlink()
+        if atomic.is_temp_name(p.name):
+            p.unlink()
     atomic.write_json(plan_file, {"fingerprint": fp, "shards": names})
 
     ids_sorted = [store.ids[i] for i in order]
@@ -226,12 +243,23 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
                                         bytes=path.stat().st_size, crc32=crc))
         offsets[name] = member_offsets(path)
     feats_at, labels_at = _member_columns(names, cuts, keys, offsets, store.labelled)
+    ctc_lens = np.zeros(len(frames), dtype=np.int64)
+    if store.labelled and len(frames):
+        # vocab.ctc_min_frames of every utterance at once: labels + adjacent repeats within it.
+        lo = store.label_offsets.astype(np.int64)
+        labels = store.read_labels(0, len(frames))
+        same = labels[1:] == labels[:-1]
+        same[lo[1:-1][(lo[1:-1] > 0) & (lo[1:-1] < len(labels))] - 1] = False   # pairs across utterances
+        before = np.concatenate([[0], np.cumsum(same), [same.sum()]])   # [k]: repeat pairs before label k
+        ends = np.maximum(lo[1:] - 1, lo[:-1])
+        ctc_lens = np.diff(lo) + before[ends] - before[lo[:-1]]
     m = mf.Manifest(
         split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats.to_json(), shards=shard_infos,
         ids=ids_sorted, keys=keys, frames=frames[order].astype(np.int64),
         label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
         buckets=bucket_boundaries(frames[order]), inputs=store.inputs, rejected=len(store.rejections),
         fingerprint=fp, directory=out_dir, feats_at=feats_at, labels_at=labels_at,
+        ctc_lens=ctc_lens[order].astype(np.int64),
     )
     mf.save(m, shards_dir)
     return m

@@ -122,9 +122,20 @@ def save(stats: Stats, shards_dir: str | Path) -> None:
     atomic.write_json(root / STATS_JSON, stats.to_json())
 
 
+class StatsError(ValueError):
+    """A statistics file that cannot be read (a build recomputes it)."""
+
+
 def load(shards_dir: str | Path) -> Stats | None:
+    """The saved statistics; None when there are none, StatsError when the file is damaged."""
     p = Path(shards_dir) / STATS_JSON
     if not p.is_file():
         return None
     import json
-    return Stats.from_json(json.loads(p.read_text()))
+    try:
+        stats = Stats.from_json(json.loads(p.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StatsError(f"{p} is damaged ({type(exc).__name__}: {exc})") from None
+    if stats.mean.shape != stats.std.shape or not (np.isfinite(stats.mean).all() and np.isfinite(stats.std).all()):
+        raise StatsError(f"{p} is damaged (mean and std of other shapes, or not finite)")
+    return stats

@@ -24,7 +24,7 @@ import zarr
 from tqdm import tqdm
 
 from .atomic import disk_full, disk_full_error
-from .layout import SplitFiles
+from .layout import SplitFiles, safe_text
 from .validate import Rejection, UtteranceError, load_utterance, npy_frames
 from .vocab import FEATURE_DIM
 
@@ -88,14 +88,36 @@ class CorpusStore:
         return self._group["labels"][int(lo[start_utt]):int(lo[stop_utt])]
 
 
-def is_current(path: Path, fingerprint: str) -> bool:
-    """A finished store built from exactly these inputs exists (so ingest can be skipped)."""
+def store_files(root: Path) -> dict[str, int]:
+    """Size of every file of a store but its root metadata (which records this): a missing chunk
+    would read back as zeros, so a store is trusted only while all of them are there."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            rel = p.relative_to(root).as_posix()
+            if rel != "zarr.json":
+                out[rel] = p.stat().st_size
+    return out
+
+
+def store_state(path: Path, fingerprint: str) -> str:
+    """'current' (built from exactly these inputs and complete: ingest can be skipped), 'absent',
+    'stale' (other inputs) or 'damaged' (unreadable, unfinished, or a file missing or resized)."""
+    if not Path(path).exists():
+        return "absent"
     try:
         a = zarr.open_group(str(path), mode="r").attrs
-        return a.get("complete") is True and a.get("fingerprint") == fingerprint \
-            and a.get("format") == STORE_FORMAT
-    except Exception:  # noqa: BLE001 - missing or half-written store: rebuild
-        return False
+        if a.get("fingerprint") != fingerprint or a.get("format") != STORE_FORMAT:
+            return "stale"
+        ok = a.get("complete") is True and a.get("files") == store_files(Path(path))
+        return "current" if ok else "damaged"
+    except Exception:  # noqa: BLE001 - a store whose metadata cannot be read is rebuilt
+        return "damaged"
+
+
+def is_current(path: Path, fingerprint: str) -> bool:
+    return store_state(path, fingerprint) == "current"
 
 
 def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None) -> str:
@@ -134,8 +156,8 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
     `exclude` maps utterance ids to a reason: those are rejected without being read (duplicate
     ids kept in another split)."""
     path = Path(path)
-    exclude = exclude or {}
     fingerprint = store_fingerprint(files, exclude)
+    exclude = {**files.problems, **(exclude or {})}     # names that are no readable file, duplicates
     n_in = len(files.ids)
     header_frames = np.fromiter((npy_frames(p) for p in files.mfcc), dtype=np.int64, count=n_in)
     order = np.lexsort((np.arange(n_in), header_frames))        # by length, ties by file name
@@ -145,6 +167,7 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
     rejections: list[Rejection] = []
 
     def reject(r: Rejection) -> None:
+        r = r._replace(path=safe_text(r.path))
         if strict:
             raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid}); "
                               "rerun without --strict to skip and report such utterances")
@@ -237,7 +260,7 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
         g.attrs.update({
             "format": STORE_FORMAT, "split": files.name, "labelled": files.labelled,
             "fingerprint": fingerprint, "num_utterances": n, "inputs": n_in + len(files.orphans),
-            "rejections": [list(r) for r in rejections], "complete": True,
+            "rejections": [list(r) for r in rejections], "files": store_files(tmp), "complete": True,
         })
     except BaseException as exc:
         bar.close()

@@ -18,9 +18,10 @@ def _read_rejected(shards_dir: Path) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     p = shards_dir / "rejected.tsv"
     if p.is_file():
-        with open(p, newline="") as fh:
+        with open(p, newline="", errors="replace") as fh:
             for row in csv.DictReader(fh, delimiter="\t"):
-                out.setdefault(row["split"], set()).add(row["utterance"])
+                if row.get("split") is not None and row.get("utterance") is not None:
+                    out.setdefault(row["split"], set()).add(row["utterance"])
     return out
 
 
@@ -109,7 +110,7 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
     if m.num_utterances + m.rejected != m.inputs:
         problems.append(f"{split}: {m.num_utterances} kept + {m.rejected} rejected != {m.inputs} inputs")
     if data is not None and (Path(data) / split / "mfcc").is_dir():
-        raw = set(list_split(data, split).ids)
+        raw = set(list_split(data, split, labelled=m.labelled).ids)
         missing = raw - set(m.ids) - rejected
         if missing:
             problems.append(f"{split}: {len(missing)} input utterance(s) neither in a shard nor rejected, "

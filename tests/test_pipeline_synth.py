@@ -19,7 +19,7 @@ from pipeline.cli import main as cli_main
 from pipeline.shardformat import make_keys
 from pipeline.shards import cut_points, plan_order
 from pipeline.synth import FRAMES_PER_S, generate, sample_durations, utterance
-from pipeline.validate import UtteranceError, load_features, load_transcript
+from pipeline.validate import MAX_ABS_FEATURE, UtteranceError, load_features, load_transcript
 from pipeline.vocab import EOS, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, VOCAB, ctc_min_frames
 
 
@@ -168,7 +168,8 @@ def test_load_features_returns_clean_array_or_reason(scratch, case):
         np.testing.assert_array_equal(x, arr.astype(np.float32))
     with np.errstate(over="ignore"):
         usable = (not truncated and arr.dtype.kind == "f" and arr.ndim == 2 and arr.shape[1] == 15
-                  and arr.shape[0] >= 1 and bool(np.isfinite(arr.astype(np.float32)).all()))
+                  and arr.shape[0] >= 1 and bool(np.isfinite(arr.astype(np.float32)).all())
+                  and float(np.abs(arr.astype(np.float32)).max(initial=0)) <= MAX_ABS_FEATURE)
     assert ok == usable                        # nothing usable is rejected, nothing else gets through
 
 

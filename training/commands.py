@@ -94,6 +94,12 @@ def train(ctx, config_file, train_splits, model_set, quiet, skip_bad_shards, **o
             values[key] = val
     try:
         cfg = TrainConfig.from_dict(values)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    from pipeline.atomic import ensure_writable
+    ensure_writable(cfg.weights)       # before any step: not after an epoch of training
+    ensure_writable(cfg.results)
+    try:
         outcome = run(cfg, log=lambda m: click.echo(m, err=True), skip_bad_shards=skip_bad_shards)
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -166,10 +172,13 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
     """
     from pathlib import Path
 
+    from pipeline.atomic import ensure_writable
+
     from . import distributed as D
     from .inference import decode_checkpoint, submission_rows, write_submission
 
     def go():
+        ensure_writable(results)        # before decoding the whole split, not after
         ctx = D.init(device)
         try:
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
@@ -179,6 +188,9 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
                 out = Path(results) / output
                 write_submission(out, rows)
                 click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, beam width {beam_width})")
+                if m.num_utterances == 0:
+                    click.echo(f"warning: split {m.split} has no utterances: the submission has {len(rows)} rows",
+                               err=True)
                 if missing:
                     click.echo(f"warning: {len(missing)} utterance(s) were rejected by `phonerec shards` and have "
                                f"empty labels (rows {missing[:10]}...); see {Path(shards) / 'rejected.tsv'}", err=True)
@@ -206,16 +218,17 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
     import json
     from pathlib import Path
 
-    from pipeline.atomic import write_json
+    from pipeline.atomic import ensure_writable, write_json
 
     from . import distributed as D
     from .inference import decode_checkpoint, evaluate as score
 
     def go():
+        ensure_writable(results)        # before decoding the whole split, not after
         ctx = D.init(device)
         try:
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
-                                        workers=workers, progress=not quiet)
+                                        workers=workers, progress=not quiet, require_utterances=True)
             if ctx.is_main:
                 ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv")
                 summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}

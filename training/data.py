@@ -63,7 +63,8 @@ def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
         m, shards=[m.shards[s] for s in keep], ids=[m.ids[r] for r in rows], keys=[m.keys[r] for r in rows],
         frames=m.frames[rows], label_lens=m.label_lens[rows], index=m.index[rows],
         feats_at=None if m.feats_at is None else m.feats_at[rows],
-        labels_at=None if m.labels_at is None else m.labels_at[rows])
+        labels_at=None if m.labels_at is None else m.labels_at[rows],
+        ctc_lens=None if m.ctc_lens is None else m.ctc_lens[rows])
 
 
 def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:

@@ -108,12 +108,22 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
     return out
 
 
-def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: D.Context, **kwargs
-                      ) -> tuple[mf.Manifest, dict[int, dict]]:
-    """Load best.pt, check it fits the split's shards, decode the split (see decode_split)."""
+def empty_split_message(m: mf.Manifest, shards: str | Path) -> str:
+    """'split X has no utterances (N inputs, all rejected: see <shards>/rejected.tsv)'."""
+    why = (f"{m.inputs} inputs, all rejected: see {Path(shards) / 'rejected.tsv'}" if m.inputs else "0 inputs")
+    return f"split {m.split} has no utterances ({why})"
+
+
+def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: D.Context, *,
+                      require_utterances: bool = False, **kwargs) -> tuple[mf.Manifest, dict[int, dict]]:
+    """Load best.pt, check it fits the split's shards, decode the split (see decode_split).
+    With `require_utterances` a split without utterances is an error (there is nothing to score)."""
     loaded = load_model(weights, ctx.device)
     m = mf.load(shards, split)
     check_compatible(loaded, m)
+    if require_utterances and m.num_utterances == 0:
+        raise CompatibilityError(f"{empty_split_message(m, shards)}: nothing to evaluate (a distance of 0 would "
+                                 "mean nothing); fix the split and rerun `phonerec shards`")
     problems = check_shards(m)          # missing or truncated shards: fail before decoding anything
     if problems:
         found = {shard_label(m, s): why for s, why in problems}
@@ -161,6 +171,8 @@ class Evaluation:
 def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluation:
     if not m.labelled:
         raise CompatibilityError(f"split {m.split} has no transcripts to evaluate against")
+    if m.num_utterances == 0:
+        raise CompatibilityError(f"split {m.split} has no utterances: nothing to evaluate")
     start = m.shard_start
     from .data import read_shards
     rows_out = ["id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance"]

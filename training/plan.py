@@ -101,12 +101,18 @@ def _round_robin(counts: list[int]):
             return
 
 
-def shard_batches(m: Manifest, shard: int, opts: BatchOptions, rng: np.random.Generator) -> list[np.ndarray]:
+def shard_batches(m: Manifest, shard: int, opts: BatchOptions, rng: np.random.Generator,
+                  exclude: np.ndarray | None = None) -> list[np.ndarray]:
+    """The shard's batches; rows marked in `exclude` (bool over manifest rows) are left out after
+    the shuffle and sort, so the random draws (and every other row's order) are what they are
+    without exclusions."""
     start = m.shard_start
     rows = np.arange(start[shard], start[shard + 1])
     rows = rows[rng.permutation(len(rows))]
     f = m.frames[rows].astype(np.float64)
     rows = rows[np.argsort(f * (1.0 + opts.noise * rng.uniform(-1, 1, len(f))), kind="stable")]
+    if exclude is not None:
+        rows = rows[~exclude[rows]]
     batches, cur, longest = [], [], 0
     for r in rows:
         n = int(m.frames[r])
@@ -139,9 +145,17 @@ def check_budget(m: Manifest, opts: BatchOptions) -> None:
 
 
 def plan_epoch(m: Manifest, *, seed: int, epoch: int, rank: int = 0, world: int = 1, workers: int = 0,
-               opts: BatchOptions = BatchOptions(), shuffle: bool = True, balance: bool = True) -> EpochPlan:
-    """This rank's part of the epoch. With balance=False (evaluation) nothing is dropped."""
+               opts: BatchOptions = BatchOptions(), shuffle: bool = True, balance: bool = True,
+               exclude: np.ndarray | None = None) -> EpochPlan:
+    """This rank's part of the epoch. With balance=False (evaluation) nothing is dropped.
+
+    `exclude`: bool [N] over the manifest's rows to leave out of every batch (e.g. utterances the
+    model cannot align); None or all False gives exactly the plan without it."""
     check_budget(m, opts)
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != (m.num_utterances,):
+            raise PlanError(f"exclusion mask of {exclude.shape} for {m.num_utterances} utterances")
     n_workers = max(workers, 1)
     ns = len(m.shards)
     shard_order = np.random.default_rng([seed, epoch, 0]).permutation(ns) if shuffle else np.arange(ns)
@@ -150,9 +164,9 @@ def plan_epoch(m: Manifest, *, seed: int, epoch: int, rank: int = 0, world: int 
         rng = np.random.default_rng([seed, epoch, 1, s]) if shuffle else None
         if rng is None:     # evaluation: plain length order, no randomness
             per_shard[s] = shard_batches(m, s, BatchOptions(opts.max_frames, opts.max_utts, 0.0, opts.mix),
-                                         np.random.default_rng(0))
+                                         np.random.default_rng(0), exclude)
         else:
-            per_shard[s] = shard_batches(m, s, opts, rng)
+            per_shard[s] = shard_batches(m, s, opts, rng, exclude)
     counts = [len(per_shard[s]) for s in shard_order]
     rank_sets = _deal(counts, world)
     rank_batches = [sum(counts[i] for i in rs) for rs in rank_sets]
@@ -188,7 +202,7 @@ def plan_epoch(m: Manifest, *, seed: int, epoch: int, rank: int = 0, world: int 
             if rank_batches[r] == steps:
                 continue
             p = plan_epoch(m, seed=seed, epoch=epoch, rank=r, world=world, workers=workers, opts=opts,
-                           shuffle=shuffle, balance=False)
+                           shuffle=shuffle, balance=False, exclude=exclude)
             seq_all = p.sequence()
             dropped_utts += sum(len(b) for b in seq_all[steps:])
     return EpochPlan(epoch=epoch, rank=rank, world=world, workers=workers, steps=steps, windows=windows,

@@ -109,13 +109,20 @@ def ctc_sum(log_probs: torch.Tensor, out_lens: torch.Tensor, batch: Batch) -> to
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    # Plain types and tensors only (checkpoints load with weights_only=True): numpy's MT19937 key
+    # array is stored as a list of ints, which restores it exactly.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [str(name), keys.tolist(), int(pos), int(has_gauss),
+                                                      float(cached)],
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    # A list of plain values, or numpy's own tuple (with a uint32 array) in older checkpoints.
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -178,6 +185,27 @@ def evaluate_greedy(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConf
         raise DataError(_gather_messages(ctx, error), ctx.world)
     return EvalResult(loss=loss / max(tokens, 1), distance=dist_sum / max(n, 1), utterances=int(n),
                       phonemes=int(tokens))
+
+
+def ctc_infeasible(model: Model, m: mf.Manifest) -> np.ndarray:
+    """Manifest rows the model cannot align: after its time downsampling fewer output frames than
+    CTC needs (labels + adjacent repeats: the manifest's ctc_lens; manifests written before that
+    column fall back to the label counts, a lower bound that misses the repeats)."""
+    if not m.labelled or not m.num_utterances:
+        return np.zeros(m.num_utterances, dtype=bool)
+    need = m.ctc_lens if m.ctc_lens is not None else m.label_lens
+    out = model.output_lengths(torch.from_numpy(np.asarray(m.frames, dtype=np.int64))).numpy()
+    return out < need
+
+
+def _infeasible_text(model: Model, m: mf.Manifest, mask: np.ndarray, what: str, verdict: str) -> str:
+    """'N <what> utterance(s) too short for the model's ×2 downsampling <verdict> (e.g. <id>: 10
+    frames -> 5, needs 10)'."""
+    r = int(np.flatnonzero(mask)[0])
+    need = int((m.ctc_lens if m.ctc_lens is not None else m.label_lens)[r])
+    out = int(model.output_lengths(torch.tensor([int(m.frames[r])]))[0])
+    return (f"{int(mask.sum())} {what} utterance(s) too short for the model's ×{model.downsampling} downsampling"
+            f"{verdict} (e.g. {m.ids[r]}: {int(m.frames[r])} frames -> {out}, needs {need})")
 
 
 def train(cfg: TrainConfig, log=print, skip_bad_shards: bool = False) -> dict:
@@ -275,7 +303,17 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
             log(f"resume: no checkpoint at {last}, starting from scratch")
 
     train_m = mf.load_many(cfg.shards, cfg.train)
+    if state is not None and state.get("stats", {}).get("fingerprint") != train_m.stats.get("fingerprint"):
+        raise TrainingError(f"{weights / ckpt.LAST} was trained on features normalized with other statistics (from "
+                            f"{state.get('stats', {}).get('splits')}) than the shards in {cfg.shards}; train from "
+                            "scratch (drop --resume) or use the shards it was trained with")
     dev_m = mf.load_many(cfg.shards, cfg.dev) if cfg.dev else None
+    if dev_m is not None and dev_m.num_utterances == 0:
+        # Scored as a perfect 0.00 every epoch, it would keep best.pt at the first epoch's model.
+        why = (f"{dev_m.inputs} inputs, all rejected: see {Path(cfg.shards) / 'rejected.tsv'}" if dev_m.inputs
+               else "0 inputs")
+        raise TrainingError(f"dev split {dev_m.split} has no utterances ({why}); fix it or train without one: "
+                            "--dev ''")
     keep_out = {r["shard"] for r in state.get("skipped_shards", [])} if state else set()
     if keep_out:
         log(f"resume: leaving out the {len(keep_out)} shard(s) the checkpoint left out (they fix the data order)")
@@ -310,7 +348,24 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     aug = AugmentConfig.from_train(cfg)
 
-    plan0 = plan_epoch(train_m, seed=cfg.seed, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers, opts=opts)
+    # Utterances the model's downsampling leaves too few frames for CTC: never trained on (their
+    # loss would be infinite, zeroed by zero_infinity: silently nothing learnt from them).
+    exclude = ctc_infeasible(model, train_m)
+    n_infeasible = int(exclude.sum())
+    infeasible_ids = [train_m.ids[r] for r in np.flatnonzero(exclude)]
+    if n_infeasible:
+        if n_infeasible == train_m.num_utterances:
+            raise TrainingError(_infeasible_text(model, train_m, exclude, "training", "") +
+                                f": all {n_infeasible} of them; use a preset without time downsampling "
+                                "(e.g. --preset model2) or --set conv_strides=[1,1]")
+        log(_infeasible_text(model, train_m, exclude, "training", " left out"))
+    if dev_m is not None:
+        dev_short = ctc_infeasible(model, dev_m)
+        if dev_short.any():
+            log(_infeasible_text(model, dev_m, dev_short, "dev",
+                                 ": still scored, though the model cannot emit all of their labels"))
+    plan0 = plan_epoch(train_m, seed=cfg.seed, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers,
+                       opts=opts, exclude=exclude if n_infeasible else None)
     steps_per_epoch = min(plan0.steps, cfg.max_steps) if cfg.max_steps else plan0.steps
     if steps_per_epoch == 0:
         raise TrainingError(f"no training steps: {train_m.num_utterances} utterances in {len(train_m.shards)} shard(s) "
@@ -367,7 +422,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
                 "accumulators": dict(acc), "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
                 "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats,
                 "rank_steps": [int(g[1]) for g in gathered], "rank_accumulators": [g[2] for g in gathered],
-                "skipped_shards": skipped,
+                "skipped_shards": skipped, "ctc_infeasible": n_infeasible, "ctc_infeasible_ids": infeasible_ids,
             }, weights / path_name)
 
     def stop_on_data_error(exc: DataError, epoch: int, step: int, where: str) -> None:
@@ -386,7 +441,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
     with _Stop() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             plan = plan_epoch(train_m, seed=cfg.seed, epoch=epoch, rank=ctx.rank, world=ctx.world,
-                              workers=cfg.workers, opts=opts)
+                              workers=cfg.workers, opts=opts, exclude=exclude if n_infeasible else None)
             first = start_step if epoch == start_epoch else 0
             if first == 0:
                 acc = dict.fromkeys(acc, 0.0)
@@ -494,7 +549,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
                 "frames_per_s": tot[2] / max(seconds, 1e-9), "utterances": int(tot[4]),
                 "data_wait_fraction": tot[5] / max(tot[5] + tot[6], 1e-9),
                 "dropped_utterances": plan.dropped_utterances, "skipped_steps": int(acc["skipped"]),
-                "epoch_seconds": seconds, "world": ctx.world, **skipped_info,
+                "epoch_seconds": seconds, "world": ctx.world, **skipped_info, "ctc_infeasible": n_infeasible,
             }
             improved = ev is not None and ev.distance < best
             if improved:
