@@ -35,10 +35,10 @@ shards: setup
 	$(BIN)/phonerec shards --data "$(DATA)" --shards "$(SHARDS)" $(ARGS)
 
 train: setup
-	$(TORCHRUN) -m pipeline.cli train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(ARGS)
+	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(ARGS)
 
 predict: setup
-	$(TORCHRUN) -m pipeline.cli predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
+	$(TORCHRUN) -m phonerec predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
 
 evaluate: setup
 	$(BIN)/phonerec evaluate --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
@@ -70,7 +70,7 @@ demo: setup
 	$(BIN)/phonerec synth-speech --data "$(DEMO_DATA)" --quiet \
 	  --split "train-clean-100=$(DEMO_TRAIN)" --split "dev-clean=$(DEMO_DEV)" --split "test-clean=$(DEMO_TEST)"
 	$(BIN)/phonerec shards --data "$(DEMO_DATA)" --shards "$(DEMO_SHARDS)" --quiet
-	$(TORCHRUN) -m pipeline.cli train --config configs/demo.yaml --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
+	$(TORCHRUN) -m phonerec train --config configs/demo.yaml --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
 	  --results "$(RESULTS)" --epochs "$(DEMO_EPOCHS)" --quiet $(ARGS)
 	$(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	$(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet

@@ -72,7 +72,7 @@ def machine_info() -> dict:
 def ensure_shards(work: Path, n: int, workers: int = 2, log=print) -> tuple[Path, Path]:
     """corpus-<n> and shards-<n> under work: generated / built only when missing or stale."""
     from pipeline.build import build
-    from pipeline.synth import generate
+    from corpora.random import generate
 
     data, shards = work / f"corpus-{n}", work / f"shards-{n}"
     if not (data / TRAIN).is_dir():

@@ -10,23 +10,19 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
+from .errors import PhonerecError
 
 # Errors that mean "the disk (or the user's quota) is full".
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-class WriteError(OSError, click.ClickException):
-    """A write failed (e.g. a full disk); the previous file under the final name is intact.
-
-    Also a ClickException, so any `phonerec` command shows it as one line (`Error: ...`, exit
-    status 1) rather than a traceback, whichever command it escapes from.
-    """
+class WriteError(OSError, PhonerecError):
+    """A write failed (e.g. a full disk); the previous file under the final name is intact. A
+    PhonerecError, so any `phonerec` command shows it as one line, whichever command it escapes from."""
 
     def __init__(self, code: int | None, message: str):
         OSError.__init__(self, code, message)
         self.message = message
-        self.show_color = None
 
     def __str__(self) -> str:
         return self.message

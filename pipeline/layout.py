@@ -18,8 +18,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import PhonerecError
 
-class LayoutError(RuntimeError):
+
+class LayoutError(PhonerecError):
     """The raw corpus does not have the expected folders."""
 
 

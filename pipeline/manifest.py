@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from .errors import PhonerecError
 from .vocab import VOCAB
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class ManifestError(RuntimeError):
+class ManifestError(PhonerecError):
     """A manifest that is missing, unreadable or inconsistent."""
 
 

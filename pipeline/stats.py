@@ -12,8 +12,9 @@ import zarr
 from tqdm import tqdm
 
 from . import atomic
+from .errors import PhonerecError
 from .store import CHUNK_FRAMES, CorpusStore
-from .vocab import FEATURE_DIM
+from .features import FEATURE_DIM
 
 STATS_JSON = "stats.json"
 MIN_STD = 1e-8
@@ -122,7 +123,7 @@ def save(stats: Stats, shards_dir: str | Path) -> None:
     atomic.write_json(root / STATS_JSON, stats.to_json())
 
 
-class StatsError(ValueError):
+class StatsError(PhonerecError, ValueError):
     """A statistics file that cannot be read (a build recomputes it)."""
 
 

@@ -24,15 +24,16 @@ import zarr
 from tqdm import tqdm
 
 from .atomic import disk_full, disk_full_error
+from .errors import PhonerecError
 from .layout import SplitFiles, safe_text
 from .validate import Rejection, UtteranceError, load_utterance, npy_frames
-from .vocab import FEATURE_DIM
+from .features import FEATURE_DIM
 
 CHUNK_FRAMES = 32768          # 32768 x 15 x 4 B ~= 1.97 MB per chunk
 STORE_FORMAT = 1
 
 
-class StrictError(RuntimeError):
+class StrictError(PhonerecError):
     """Raised on the first rejection under --strict."""
 
 

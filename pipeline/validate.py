@@ -10,7 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .vocab import FEATURE_DIM, TranscriptError, ctc_min_frames, encode_transcript
+from .vocab import TranscriptError, ctc_min_frames, encode_transcript
+from .errors import PhonerecError
+from .features import FEATURE_DIM
 
 # FEATURE bound: the largest magnitude a feature value may have; a file holding more is damaged.
 # Measured with this project's extraction (`speech.mfcc`: librosa, 40 mel bands in dB with a
@@ -36,7 +38,7 @@ MAX_NDIM = 32
 MAX_DIM = 2 ** 40
 
 
-class UtteranceError(ValueError):
+class UtteranceError(PhonerecError, ValueError):
     """Why an utterance cannot be used (the message is the reason shown to the user)."""
 
     path: Path | None = None  # the offending file, when it is not the features file

@@ -11,7 +11,7 @@ from . import manifest as mf
 from .layout import list_split
 from .shardformat import FEATS, LABELS, load_npy
 from .shards import sha256_file
-from .vocab import FEATURE_DIM
+from .features import FEATURE_DIM
 
 
 def _read_rejected(shards_dir: Path) -> dict[str, set[str]]:

@@ -23,7 +23,6 @@ SOS, EOS = "[SOS]", "[EOS]"
 SYMBOL_INDEX: dict[str, int] = {s: i for i, s in enumerate(VOCAB)}
 # Symbols a transcript may contain between its [SOS] and [EOS] markers.
 LABEL_SYMBOLS = frozenset(VOCAB[1:-2])
-FEATURE_DIM = 15
 
 assert NUM_CLASSES == 43 and len(CODES) == NUM_CLASSES
 

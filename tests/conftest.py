@@ -24,7 +24,7 @@ from pipeline import build as build_mod  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
 from pipeline.shardformat import decode_sample  # noqa: E402
 from pipeline.shards import ShardOptions  # noqa: E402
-from pipeline.synth import generate  # noqa: E402
+from corpora.random import generate  # noqa: E402
 from pipeline.vocab import EOS, SOS, SYMBOL_INDEX  # noqa: E402
 
 TINY_SPLITS = {"train-clean-100": 60, "dev-clean": 12, "test-clean": 10}

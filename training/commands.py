@@ -1,4 +1,4 @@
-"""Stage-2 click commands (train, predict, evaluate, transcribe); attached by pipeline.cli."""
+"""Stage-2 click commands (train, predict, evaluate, transcribe); registered on phonerec.cli."""
 
 from __future__ import annotations
 

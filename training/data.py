@@ -22,15 +22,20 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from pipeline.errors import PhonerecError
 from pipeline.manifest import Manifest
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
-from pipeline.vocab import FEATURE_DIM
+from pipeline.features import FEATURE_DIM
 
 from .plan import EpochPlan
 
 
-class ShardReadError(RuntimeError):
-    """A shard that does not hold what its manifest says (missing, truncated, corrupted, replaced)."""
+class ShardReadError(PhonerecError):
+    """A shard that does not hold what its manifest says (missing, truncated, corrupted, replaced).
+    Its text is one line also when a DataLoader worker raised it (see error_message)."""
+
+    def __str__(self) -> str:
+        return _one_line(super().__str__())
 
 
 def repair_hint(path: Path) -> str:
@@ -288,7 +293,10 @@ _WORKER_ERROR = re.compile(r"ShardReadError: (.+)$")
 def error_message(exc: BaseException) -> str:
     """The one-line message of a ShardReadError, also when a DataLoader worker raised it (the
     DataLoader re-raises it with the worker's whole traceback as its message)."""
-    text = str(exc)
+    return _one_line(str(exc))
+
+
+def _one_line(text: str) -> str:
     if "Traceback" in text:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         found = _WORKER_ERROR.search(lines[-1]) if lines else None

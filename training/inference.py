@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.atomic import write_text
+from pipeline.errors import PhonerecError
 from pipeline.stats import Stats
 from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
@@ -32,7 +33,7 @@ from .model import Model, ModelConfig
 from .plan import BatchOptions, plan_epoch
 
 
-class CompatibilityError(RuntimeError):
+class CompatibilityError(PhonerecError):
     """Weights and shards (or files) that do not belong together."""
 
 
@@ -199,7 +200,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 def audio_features(path: Path) -> np.ndarray:
     """15 MFCCs per 10 ms of an audio file, extracted exactly as `phonerec synth-speech` does."""
     try:
-        from pipeline.speech import mfcc_from_wav
+        from pipeline.features import mfcc_from_wav
         x = mfcc_from_wav(path)
     except ModuleNotFoundError as exc:
         raise UtteranceError(f"reading audio needs the speech extra ({exc.name} is missing): "

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from pipeline.vocab import FEATURE_DIM, NUM_CLASSES
+from pipeline.vocab import NUM_CLASSES
+from pipeline.features import FEATURE_DIM
 
 __all__ = [
     "ModelConfig",

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import PhonerecError
 from pipeline.manifest import Manifest
 
 
-class PlanError(ValueError):
+class PlanError(PhonerecError, ValueError):
     """The frame budget cannot hold some utterance, or similar planning problems."""
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.atomic import atomic_path, write_json
+from pipeline.errors import PhonerecError
 from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB, to_codes
 
@@ -41,7 +42,7 @@ from .model import Model, ModelConfig, count_parameters, describe, preset_config
 from .plan import BatchOptions, check_budget, plan_epoch
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PhonerecError):
     """A run that cannot continue (persistent non-finite loss, incompatible resume, ...)."""
 
 

@@ -1,4 +1,4 @@
-"""A demo corpus of synthesized English speech whose phoneme labels are what was spoken.
+"""Stage 0: a demo corpus of synthesized English speech whose phoneme labels are what was spoken.
 
 Sentences are real English sentences from Debian's fortune files (``fortunes``,
 ``fortunes-min``), kept only when every word is in the CMU Pronouncing Dictionary
@@ -52,43 +52,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_path, write_json
-from .vocab import EOS, FEATURE_DIM, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, ctc_min_frames
-
-# ----------------------------------------------------------------------------- features
-
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160            # 10 ms
-WIN_LENGTH = 400            # 25 ms
-N_FFT = 400
-N_MELS = 40
-MFCC_OPTIONS = dict(sr=SAMPLE_RATE, n_mfcc=FEATURE_DIM, n_fft=N_FFT, hop_length=HOP_LENGTH,
-                    win_length=WIN_LENGTH, n_mels=N_MELS, fmin=0.0, fmax=SAMPLE_RATE / 2)
-
-
-def mfcc(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """15 MFCCs per 10 ms frame of 16 kHz audio (25 ms Hann window, 40 mel bands): float32 [T, 15].
-
-    Audio at another rate is resampled to 16 kHz first. T = 1 + len(y) // 160 (centred frames).
-    """
-    import librosa
-
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim != 1:
-        raise ValueError(f"expected mono audio [samples], got shape {y.shape}")
-    if sr != SAMPLE_RATE:
-        y = librosa.resample(y, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-    feats = librosa.feature.mfcc(y=y, **MFCC_OPTIONS)
-    return np.ascontiguousarray(feats.T, dtype=np.float32)
-
-
-def mfcc_from_wav(path: str | os.PathLike) -> np.ndarray:
-    """The corpus's feature extraction applied to an audio file (any rate; stereo is averaged)."""
-    import soundfile as sf
-
-    y, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return mfcc(y.mean(axis=1), sr)
-
+from pipeline.atomic import atomic_path, write_json
+from pipeline.errors import PhonerecError
+from pipeline.features import HOP_LENGTH, MFCC_OPTIONS, SAMPLE_RATE, WIN_LENGTH, mfcc, mfcc_from_wav  # noqa: F401
+from pipeline.vocab import EOS, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, ctc_min_frames
 
 # ------------------------------------------------------------------------ system tools
 
@@ -97,7 +64,7 @@ APT_PACKAGES = ("flite", "espeak-ng", "festival", "festvox-kallpc16k", "festvox-
                 "fortunes-min", "fortunes")
 
 
-class MissingToolError(RuntimeError):
+class MissingToolError(PhonerecError):
     """A synthesizer or the sentence source is not installed."""
 
 
@@ -913,7 +880,7 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
 
     Returns per split: utterances, frames, labelled, voice group, rejected renderings by reason.
     """
-    from .synth import utterance_ids
+    from .random import utterance_ids
 
     engines = tuple(e for e in ENGINES if e in engines)
     if not engines:

@@ -1,11 +1,23 @@
-"""The `phonerec` console script: one click sub-command per stage."""
+"""The `phonerec` console script: one click group; each stage registers its commands on it."""
 
 from __future__ import annotations
 
 import click
 
+from pipeline.errors import PhonerecError
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _Group(click.Group):
+    """Shows every PhonerecError a command lets escape as one line (`Error: ...`, exit status 1)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PhonerecError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """phonerec: phoneme recognition on MFCC features.
 
@@ -23,17 +35,17 @@ def main() -> None:
 
 
 def _register() -> None:
-    """Attach each stage's commands; training commands need torch, which stage 1 does not."""
-    from .commands import COMMANDS
-    for cmd in COMMANDS:
-        main.add_command(cmd)
+    """Attach each stage's commands; training commands need torch, which stages 0 and 1 do not."""
+    from corpora.commands import COMMANDS as CORPORA
+    from pipeline.commands import COMMANDS as PIPELINE
+    commands = [*CORPORA, *PIPELINE]
     try:
-        from training.commands import COMMANDS as TRAINING_COMMANDS
+        from training.commands import COMMANDS as TRAINING
     except ModuleNotFoundError as exc:  # pragma: no cover - only without torch
         if exc.name != "torch":
             raise
-        return
-    for cmd in TRAINING_COMMANDS:
+        TRAINING = []
+    for cmd in [*commands, *TRAINING]:
         main.add_command(cmd)
 
 

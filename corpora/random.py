@@ -1,4 +1,4 @@
-"""A LibriSpeech-shaped random corpus in the standard layout, for tests and benchmarks.
+"""Stage 0: a LibriSpeech-shaped random corpus in the standard layout, for tests and benchmarks.
 
 Lengths follow LibriSpeech's shape (1-35 s at 100 frames/s, most 10-16 s). Each phoneme is a
 run of frames around a phoneme-specific mean with noise, so a model can actually learn it;
@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .vocab import EOS, FEATURE_DIM, SOS, VOCAB
+from pipeline.features import FEATURE_DIM, FRAME_RATE
+from pipeline.vocab import EOS, SOS, VOCAB
 
 PHONEMES = VOCAB[1:-2]                  # [SIL] + 39 phonemes
-FRAMES_PER_S = 100
+FRAMES_PER_S = FRAME_RATE
 DEFAULT_SPLITS = {"train-clean-100": 1000, "dev-clean": 100, "test-clean": 100}
 
 
