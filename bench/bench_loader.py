@@ -1,7 +1,7 @@
 """Loader and training benchmark: our planned shard loader vs the per-file loaders most people write.
 
-Usage:
-  python bench/bench_loader.py --data /tmp/phonerec-bench/corpus-28539 \\
+Usage (from the repository root):
+  python -m bench.bench_loader --data /tmp/phonerec-bench/corpus-28539 \\
       --shards /tmp/phonerec-bench/shards-28539 [--quick] [--out results/bench_loader.json]
 
 Systems (same corpus, same model, same machine, same run; each in its own fresh subprocess):
@@ -9,7 +9,7 @@ Systems (same corpus, same model, same machine, same run; each in its own fresh 
 - ``ours``: ``training.plan.plan_epoch`` + ``training.data.make_loader`` over the shards (default
   ``BatchOptions``: frame budget 48,000, at most 64 utterances).
 - ``baseline_lazy``: a map-style torch ``Dataset`` over the raw per-utterance ``.npy`` files
-  (``mfcc/<id>.npy`` + ``transcript/<id>.npy``), ``np.load`` + normalization (the shards' statistics)
+  (``mfcc/<id>.npy`` + ``transcript/<id>.npy``), ``np.load(path, allow_pickle=False)`` + normalization (the shards' statistics)
   per item; random fixed-size batches (``shuffle=True``), ``pad_sequence`` collate, a ``DataLoader``
   with the same number of workers. The batch size is ours' mean *real* frames per batch divided by
   the mean utterance length (rounded), so both feed the model the same real frames per batch on
@@ -68,11 +68,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from pipeline import manifest as mf  # noqa: E402
+from bench import ROOT
+from pipeline import manifest as mf
+from pipeline.features import FEATURE_DIM, hours
+from pipeline.layout import transcript_dir
+from pipeline.validate import npy_frames
 
 SYSTEMS = ("ours", "baseline_lazy", "baseline_memory")
 EVENT = "@@BENCH "
@@ -118,9 +118,7 @@ def _phase(name: str) -> None:
 def raw_split_files(data: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
     """Starter-code style listing: sorted mfcc/*.npy, paired transcripts (transcript/ or transcript/raw/)."""
     mdir = data / split / "mfcc"
-    tdir = data / split / "transcript"
-    if (tdir / "raw").is_dir():
-        tdir = tdir / "raw"
+    tdir = transcript_dir(data / split) or data / split / "transcript"
     names = sorted(f for f in os.listdir(mdir) if f.endswith(".npy"))
     return [n[:-4] for n in names], [mdir / n for n in names], [tdir / n for n in names]
 
@@ -144,8 +142,8 @@ def make_baseline_dataset(data: Path, split: str, mean: np.ndarray, std: np.ndar
             return len(self.mfcc)
 
         def load(self, i):
-            x = (np.load(self.mfcc[i]) - mean32) / std32
-            syms = np.load(self.transcripts[i])
+            x = (np.load(self.mfcc[i], allow_pickle=False) - mean32) / std32
+            syms = np.load(self.transcripts[i], allow_pickle=False)
             y = np.array([SYMBOL_INDEX[s] for s in syms[1:-1]], dtype=np.int64)
             return x.astype(np.float32, copy=False), y
 
@@ -178,7 +176,7 @@ class _System:
         self.opts = BatchOptions(max_frames=cfg.max_frames, max_utts=cfg.max_utts)
         if name != "ours":
             stats = self.m.stats
-            self.ds = make_baseline_dataset(data, cfg.split, np.asarray(stats["mean"]), np.asarray(stats["std"]),
+            self.ds = make_baseline_dataset(data, cfg.split, stats.mean, stats.std,
                                             in_memory=name == "baseline_memory")
 
     def files(self) -> list[Path]:
@@ -379,7 +377,7 @@ def run_system(system: str, data: Path, shards: Path, cfg: LoaderBenchConfig, ba
         env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy
     own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_spawn = time.time()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_loader", "--child", json.dumps(spec)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     state = {"phase": "start"}
     events: dict = {}
@@ -499,18 +497,11 @@ def ours_epoch(m: mf.Manifest, cfg: LoaderBenchConfig) -> dict:
     return figs
 
 
-def _npy_frames(path: Path) -> int:
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        shape, _, _ = np.lib.format._read_array_header(fh, version)
-    return int(shape[0])
-
-
 def raw_lengths(data: Path, m: mf.Manifest, split: str) -> np.ndarray:
     """Frames of every raw file the baselines list (from the manifest; headers for any it rejected)."""
     by_id = dict(zip(m.ids, m.frames.tolist()))
     ids, paths, _ = raw_split_files(data, split)
-    return np.array([by_id[i] if i in by_id else _npy_frames(p) for i, p in zip(ids, paths)], dtype=np.int64)
+    return np.array([by_id[i] if i in by_id else npy_frames(p) for i, p in zip(ids, paths)], dtype=np.int64)
 
 
 def baseline_epoch(lengths: np.ndarray, batch_size: int, seed: int) -> dict:
@@ -520,14 +511,21 @@ def baseline_epoch(lengths: np.ndarray, batch_size: int, seed: int) -> dict:
     return figs
 
 
-def _mem_available_mb() -> float:
+def meminfo_mb(key: str) -> float | None:
+    """A /proc/meminfo figure (``MemTotal``, ``MemAvailable``, ...) in MB; None where it cannot be read."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("inf")
+    return None
+
+
+def _mem_available_mb() -> float:
+    avail = meminfo_mb("MemAvailable")
+    return float("inf") if avail is None else avail
 
 
 def run(data: str | Path, shards: str | Path, *, quick: bool = False, config: LoaderBenchConfig | None = None,
@@ -548,11 +546,11 @@ def run(data: str | Path, shards: str | Path, *, quick: bool = False, config: Lo
     ours = ours_epoch(m, cfg)
     batch_size = max(1, round(ours["mean_batch_real_frames"] / float(lengths.mean())))
     base = baseline_epoch(lengths, batch_size, cfg.seed)
-    est_memory_mb = float(lengths.sum()) * 15 * 4 / 2**20
+    est_memory_mb = float(lengths.sum()) * FEATURE_DIM * np.dtype(np.float32).itemsize / 2**20   # normalized float32
     log(f"loader benchmark: {m.num_utterances:,} utterances, {m.total_frames:,} frames, {len(m.shards)} shards; "
         f"baseline batch size {batch_size}")
     result: dict = {
-        "corpus": {"utterances": m.num_utterances, "frames": m.total_frames, "hours": m.total_frames / 360000,
+        "corpus": {"utterances": m.num_utterances, "frames": m.total_frames, "hours": hours(m.total_frames),
                    "shards": len(m.shards), "raw_files": int(len(lengths)), "split": cfg.split,
                    "data": str(data), "shards_dir": str(shards)},
         "config": {**asdict(cfg), "quick": quick, "baseline_batch_size": batch_size,
@@ -651,7 +649,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_loader", description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help="raw corpus root (holds <split>/mfcc)")
     ap.add_argument("--shards", type=Path, help="shards folder built from it")
@@ -672,7 +670,7 @@ def main(argv=None) -> None:
             if v is not None}
     res = run(a.data, a.shards, quick=a.quick, split=a.split, systems=tuple(a.systems.split(",")), **over)
     res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    res["command"] = " ".join(["python", *sys.argv])
+    res["command"] = " ".join(["python", "-m", "bench.bench_loader", *(argv if argv is not None else sys.argv[1:])])
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1) + "\n")
     print(markdown(res))

@@ -26,6 +26,40 @@ class ManifestError(PhonerecError):
 
 
 @dataclass
+class Stats:
+    """Per-dimension feature statistics of the training splits: every stage normalizes with them,
+    and two stages agree on the features exactly when their fingerprints are equal."""
+
+    count: int
+    mean: np.ndarray        # float64 [D]
+    std: np.ndarray         # float64 [D]
+    cmn: bool               # per-utterance mean subtracted before the global statistics
+    splits: list[str]
+    fingerprint: str
+
+    def to_json(self) -> dict:
+        return {"count": int(self.count), "mean": [float(v) for v in self.mean],
+                "std": [float(v) for v in self.std], "cmn": self.cmn, "splits": list(self.splits),
+                "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Stats:
+        return cls(count=int(d["count"]), mean=np.asarray(d["mean"], dtype=np.float64),
+                   std=np.asarray(d["std"], dtype=np.float64), cmn=bool(d["cmn"]),
+                   splits=list(d["splits"]), fingerprint=d["fingerprint"])
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """One utterance [T, 15] -> standardized float32 (after per-utterance CMN if enabled)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.cmn:
+            x = x - x.mean(axis=0, keepdims=True)
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Stats) and self.to_json() == other.to_json()
+
+
+@dataclass
 class ShardInfo:
     name: str          # file name inside the split folder
     sha256: str
@@ -44,7 +78,7 @@ class Manifest:
     split: str
     labelled: bool
     seed: int
-    stats: dict                      # mean/std/count/cmn and the stats fingerprint
+    stats: Stats                     # the training statistics the features were normalized with
     shards: list[ShardInfo]
     ids: list[str]                   # utterance ids (raw file stems)
     keys: list[str]                  # WebDataset keys (ids made dot-free and unique)
@@ -96,7 +130,7 @@ class Manifest:
             "rejected": self.rejected,
             "feature_dtype": "float16",
             "vocab": self.vocab,
-            "stats": self.stats,
+            "stats": self.stats.to_json(),
             "buckets": [int(b) for b in self.buckets],
             "shards": [asdict(s) for s in self.shards],
             "utterances": {
@@ -156,7 +190,7 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
                             "rebuild with `phonerec shards`")
     u = raw["utterances"]
     m = Manifest(
-        split=raw["split"], labelled=raw["labelled"], seed=raw["seed"], stats=raw["stats"],
+        split=raw["split"], labelled=raw["labelled"], seed=raw["seed"], stats=Stats.from_json(raw["stats"]),
         shards=[ShardInfo(**s) for s in raw["shards"]],
         ids=u["id"], keys=u["key"],
         frames=np.asarray(u["frames"], dtype=np.int64),
@@ -184,7 +218,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         return manifests[0]
     first = manifests[0]
     for m in manifests[1:]:
-        if m.stats.get("fingerprint") != first.stats.get("fingerprint") or m.vocab != first.vocab:
+        if m.stats.fingerprint != first.stats.fingerprint or m.vocab != first.vocab:
             raise ManifestError(f"splits {first.split} and {m.split} were normalized with different statistics; "
                                 "build them in one `phonerec shards` run")
     shards = [ShardInfo(**{**asdict(s), "name": f"{m.split}/{s.name}"}) for m in manifests for s in m.shards]

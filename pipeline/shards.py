@@ -19,8 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import atomic, manifest as mf
+from .manifest import Stats
 from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
-from .stats import Stats
 from .store import CorpusStore
 
 SHARD_FORMAT = 1
@@ -254,7 +254,7 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         ends = np.maximum(lo[1:] - 1, lo[:-1])
         ctc_lens = np.diff(lo) + before[ends] - before[lo[:-1]]
     m = mf.Manifest(
-        split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats.to_json(), shards=shard_infos,
+        split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats, shards=shard_infos,
         ids=ids_sorted, keys=keys, frames=frames[order].astype(np.int64),
         label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
         buckets=bucket_boundaries(frames[order]), inputs=store.inputs, rejected=len(store.rejections),

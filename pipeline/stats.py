@@ -1,10 +1,10 @@
-"""Per-dimension feature statistics from the training splits only (float64 sums, merged by addition)."""
+"""Computing the per-dimension feature statistics (`manifest.Stats`) from the training splits only
+(float64 sums, merged by addition), and saving them beside the shards."""
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,40 +12,13 @@ import zarr
 from tqdm import tqdm
 
 from . import atomic
+from .manifest import Stats
 from .errors import PhonerecError
 from .store import CHUNK_FRAMES, CorpusStore
 from .features import FEATURE_DIM
 
 STATS_JSON = "stats.json"
 MIN_STD = 1e-8
-
-
-@dataclass
-class Stats:
-    count: int
-    mean: np.ndarray        # float64 [15]
-    std: np.ndarray         # float64 [15]
-    cmn: bool               # per-utterance mean subtracted before the global statistics
-    splits: list[str]
-    fingerprint: str
-
-    def to_json(self) -> dict:
-        return {"count": int(self.count), "mean": [float(v) for v in self.mean],
-                "std": [float(v) for v in self.std], "cmn": self.cmn, "splits": list(self.splits),
-                "fingerprint": self.fingerprint}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Stats:
-        return cls(count=int(d["count"]), mean=np.asarray(d["mean"], dtype=np.float64),
-                   std=np.asarray(d["std"], dtype=np.float64), cmn=bool(d["cmn"]),
-                   splits=list(d["splits"]), fingerprint=d["fingerprint"])
-
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        """One utterance [T, 15] -> standardized float32 (after per-utterance CMN if enabled)."""
-        x = np.asarray(x, dtype=np.float64)
-        if self.cmn:
-            x = x - x.mean(axis=0, keepdims=True)
-        return ((x - self.mean) / self.std).astype(np.float32)
 
 
 def fingerprint(store_fingerprints: list[str], cmn: bool) -> str:

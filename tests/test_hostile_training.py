@@ -66,7 +66,7 @@ def make_weights(shards: Path, path: Path) -> Path:
     """An untrained model1 checkpoint with the shards' statistics (enough to decode)."""
     model = Model(preset_config("model1"))
     ckpt.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "vocab": list(VOCAB),
-               "stats": mf.load(shards, TRAIN).stats}, path)
+               "stats": mf.load(shards, TRAIN).stats.to_json()}, path)
     return path
 
 
@@ -231,7 +231,7 @@ def test_case2_old_checkpoint_with_numpy_rng_state_still_loads(good, tmp_path):
     old = tmp_path / "old" / "best.pt"
     old.parent.mkdir()
     torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "vocab": list(VOCAB),
-                "stats": mf.load(shards, TRAIN).stats,
+                "stats": mf.load(shards, TRAIN).stats.to_json(),
                 "rng": [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(), "cuda": None}]}, old)
     res = cli(*decode_args("predict", shards, old, tmp_path / "results"))
@@ -375,7 +375,7 @@ def test_also_a_resume_on_shards_with_other_statistics_is_refused(pipe, good, tm
     data = tmp_path / "data"
     write_corpus(pipe, data, {TRAIN: N_NORMAL, DEV: 4, TEST: 4}, short=3)
     pipe.build(data, other, min_shards=3, cmn=True)          # same corpus, re-normalized (per-utterance CMN)
-    assert mf.load(other, TRAIN).stats["fingerprint"] != mf.load(shards, TRAIN).stats["fingerprint"]
+    assert mf.load(other, TRAIN).stats.fingerprint != mf.load(shards, TRAIN).stats.fingerprint
     cli(*train_args(shards, tmp_path, "--epochs", "1", "--stop-after", "1"))
     steps.clear()
     res = cli(*train_args(other, tmp_path, "--epochs", "1", "--resume"), ok=False)

@@ -78,7 +78,7 @@ def weights(fast, tmp_path_factory) -> Path:
     model = Model(preset_config("model1"))
     path = tmp_path_factory.mktemp("rel_weights") / "best.pt"
     ckpt.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "vocab": list(VOCAB),
-               "stats": mf.load(fast[1], TRAIN).stats}, path)
+               "stats": mf.load(fast[1], TRAIN).stats.to_json()}, path)
     return path
 
 

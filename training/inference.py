@@ -18,9 +18,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pipeline import manifest as mf
+from pipeline.manifest import Stats
 from pipeline.atomic import write_text
 from pipeline.errors import PhonerecError
-from pipeline.stats import Stats
 from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB, to_arpabet, to_codes
@@ -60,11 +60,11 @@ def load_model(weights: str | Path, device: torch.device, name: str = ckpt.BEST)
 def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
     if list(m.vocab) != list(VOCAB):
         raise CompatibilityError(f"shards of {m.split} use a different vocabulary; rebuild them with `phonerec shards`")
-    want, have = loaded.stats.fingerprint, m.stats.get("fingerprint")
+    want, have = loaded.stats.fingerprint, m.stats.fingerprint
     if want != have:
         raise CompatibilityError(
             f"{loaded.path} was trained on features normalized with other statistics (from {loaded.stats.splits}) "
-            f"than the {m.split} shards in {m.directory} (from {m.stats.get('splits')}); use the shards the "
+            f"than the {m.split} shards in {m.directory} (from {m.stats.splits}); use the shards the "
             "model was trained with, or retrain")
 
 

@@ -304,7 +304,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
             log(f"resume: no checkpoint at {last}, starting from scratch")
 
     train_m = mf.load_many(cfg.shards, cfg.train)
-    if state is not None and state.get("stats", {}).get("fingerprint") != train_m.stats.get("fingerprint"):
+    if state is not None and state.get("stats", {}).get("fingerprint") != train_m.stats.fingerprint:
         raise TrainingError(f"{weights / ckpt.LAST} was trained on features normalized with other statistics (from "
                             f"{state.get('stats', {}).get('splits')}) than the shards in {cfg.shards}; train from "
                             "scratch (drop --resume) or use the shards it was trained with")
@@ -333,7 +333,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
     check_budget(train_m, opts)
     if dev_m is not None:
         check_budget(dev_m, opts)
-        if dev_m.stats.get("fingerprint") != train_m.stats.get("fingerprint"):
+        if dev_m.stats.fingerprint != train_m.stats.fingerprint:
             raise TrainingError("dev and train shards were normalized with different statistics; rebuild them together")
 
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
@@ -421,7 +421,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, skip_bad_shards: bool = False)
                 "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
                 "rng": rng, "epoch": epoch, "step": step, "global_step": global_step, "best": best,
                 "accumulators": dict(acc), "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
-                "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats,
+                "world": ctx.world, "vocab": list(VOCAB), "stats": train_m.stats.to_json(),
                 "rank_steps": [int(g[1]) for g in gathered], "rank_accumulators": [g[2] for g in gathered],
                 "skipped_shards": skipped, "ctc_infeasible": n_infeasible, "ctc_infeasible_ids": infeasible_ids,
             }, weights / path_name)
