@@ -55,7 +55,7 @@ speech-corpus: setup
 # 132,553-utterance corpus): results/bench.json, bench.md, bench_lengths.png, bench_bars.png.
 BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python bench/run_all.py --out "$(RESULTS)" $(BENCH_ARGS)
+	$(BIN)/python -m bench.run_all --out "$(RESULTS)" $(BENCH_ARGS)
 
 # The whole job on synthesized English speech: corpus -> shards -> train -> evaluate -> predict.
 # The recipe is configs/demo.yaml (ARGS add to or override it); synth-speech returns at once

@@ -1,6 +1,7 @@
 """Decoding speed and quality: our CTCBeamDecoder (fast-ctc-decode) vs greedy vs other decoders.
 
-Usage: python bench/bench_decode.py [--quick] [--out results/bench_decode.json] [--no-reference]
+Usage (from the repository root):
+  python -m bench.bench_decode [--quick] [--out results/bench_decode.json] [--no-reference]
 
 Other decoders: pyctcdecode when importable (its pip metadata pins numpy<2, so in this venv it was
 installed with ``pip install --no-deps pyctcdecode pygtrie``; it runs fine on numpy 2), and a
@@ -16,7 +17,6 @@ import json
 import multiprocessing
 import os
 import platform
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,11 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from training.decode import CTCBeamDecoder, ctc_log_likelihood, greedy_decode  # noqa: E402
+from pipeline.vocab import NUM_CLASSES
+from training.decode import CTCBeamDecoder, ctc_log_likelihood, greedy_decode
 
 _CHAR_BASE = 0x100  # pyctcdecode labels: class c -> chr(_CHAR_BASE + c), blank -> ""
 
@@ -187,7 +184,8 @@ def _agree(a, b) -> float:
 
 def run(quick: bool = False, reference: bool = True, log=print) -> dict:
     """Run the benchmark; returns the JSON-able result dict (rows + config)."""
-    batch, frames, classes = (8, 300, 43) if quick else (64, 1500, 43)
+    batch, frames = (8, 300) if quick else (64, 1500)
+    classes = NUM_CLASSES          # the model's output classes (pipeline.vocab.VOCAB: 43)
     widths = [1, 10] if quick else [1, 2, 10, 50]
     thread_counts = [1, 2]
     log_probs = peaked_log_probs(batch, frames, classes, seed=1234)
@@ -290,8 +288,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="[8, 300, 43], widths 1 and 10")
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_decode", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"[8, 300, {NUM_CLASSES}], widths 1 and 10")
     parser.add_argument("--out", type=Path, default=Path("results/bench_decode.json"))
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the numpy reference when pyctcdecode is available")

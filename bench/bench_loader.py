@@ -9,11 +9,11 @@ Systems (same corpus, same model, same machine, same run; each in its own fresh 
 - ``ours``: ``training.plan.plan_epoch`` + ``training.data.make_loader`` over the shards (default
   ``BatchOptions``: frame budget 48,000, at most 64 utterances).
 - ``baseline_lazy``: a map-style torch ``Dataset`` over the raw per-utterance ``.npy`` files
-  (``mfcc/<id>.npy`` + ``transcript/<id>.npy``), ``np.load(path, allow_pickle=False)`` + normalization (the shards' statistics)
-  per item; random fixed-size batches (``shuffle=True``), ``pad_sequence`` collate, a ``DataLoader``
-  with the same number of workers. The batch size is ours' mean *real* frames per batch divided by
-  the mean utterance length (rounded), so both feed the model the same real frames per batch on
-  average.
+  (``mfcc/<id>.npy`` + ``transcript/<id>.npy``), ``np.load(path, allow_pickle=False)`` +
+  normalization (the shards' statistics) per item; random fixed-size batches (``shuffle=True``),
+  ``pad_sequence`` collate, a ``DataLoader`` with the same number of workers. The batch size is
+  ours' mean *real* frames per batch divided by the mean utterance length (rounded), so both feed
+  the model the same real frames per batch on average.
 - ``baseline_memory``: the same Dataset with every utterance loaded and normalized into RAM in
   ``__init__`` (the usual starter code).
 

@@ -1,6 +1,10 @@
 """Preprocessing benchmark: wall time, throughput and peak memory of `phonerec shards` at several corpus sizes.
 
-Usage: python bench/bench_shards.py --sizes 7135,28539 [--work /tmp/phonerec-bench] [--out results/bench_shards.json]
+Usage (from the repository root):
+  python -m bench.bench_shards --sizes 7135,28539 [--work /tmp/phonerec-bench] [--out results/bench_shards.json]
+
+Corpora are generated with ``corpora.random.generate`` (``corpus-<N>`` under ``--work``, reused when
+present); what is timed is ``phonerec shards`` building them, run as ``python -m phonerec``.
 Peak memory is the largest resident set of any process of the run (main or worker), from
 getrusage of the waited-for process tree, so it shows whether memory grows with corpus size.
 """
@@ -10,14 +14,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import ROOT
+from pipeline.features import hours
+
+TRAIN = "train-clean-100"
+
+
+def ensure_corpus(work: Path, n: int, workers: int = 2, log=None) -> Path:
+    """work/corpus-<n>: n training utterances, dev and test a tenth each (at least 10), generated
+    only when its training split is missing."""
+    from corpora.random import generate
+
+    data = work / f"corpus-{n}"
+    if not (data / TRAIN).is_dir():
+        if log is not None:
+            log(f"generating corpus-{n}")
+        dev = test = max(n // 10, 10)
+        generate(data, {TRAIN: n, "dev-clean": dev, "test-clean": test}, workers=workers, progress=False)
+    return data
 
 
 def phonerec(*args: str) -> list[str]:
@@ -37,30 +56,25 @@ def measure(cmd: list[str]) -> tuple[float, float]:
 def run(sizes: list[int], work: Path, workers: int, keep: bool = False) -> dict:
     rows = []
     for n in sizes:
-        data, shards = work / f"corpus-{n}", work / f"shards-{n}"
-        dev, test = max(n // 10, 10), max(n // 10, 10)
-        if not (data / "train-clean-100").is_dir():
-            subprocess.run(phonerec("synth-corpus", "--data", str(data), "--split", f"train-clean-100={n}",
-                                    "--split", f"dev-clean={dev}", "--split", f"test-clean={test}",
-                                    "--workers", str(workers)), check=True, cwd=ROOT, capture_output=True)
+        data, shards = ensure_corpus(work, n, workers), work / f"shards-{n}"
         shutil.rmtree(shards, ignore_errors=True)
         seconds, peak = measure(phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet",
                                          "--workers", str(workers)))
         rerun_s, _ = measure(phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet",
                                       "--workers", str(workers)))
         total = {}
-        for split in ("train-clean-100", "dev-clean", "test-clean"):
+        for split in (TRAIN, "dev-clean", "test-clean"):
             m = json.loads((shards / split / "manifest.json").read_text())
             total[split] = (m["num_utterances"], m["total_frames"], len(m["shards"]))
         utts = sum(v[0] for v in total.values())
         frames = sum(v[1] for v in total.values())
         raw_mb = sum(f.stat().st_size for f in data.rglob("*.npy")) / 2**20
         shard_mb = sum(f.stat().st_size for f in shards.rglob("*.tar")) / 2**20
-        rows.append({"train_utterances": n, "utterances": utts, "frames": frames, "hours": frames / 360000,
+        rows.append({"train_utterances": n, "utterances": utts, "frames": frames, "hours": hours(frames),
                      "seconds": round(seconds, 1), "utts_per_s": round(utts / seconds, 1),
                      "frames_per_s": round(frames / seconds), "peak_rss_mb": round(peak),
                      "rerun_seconds": round(rerun_s, 1), "raw_mb": round(raw_mb), "shard_mb": round(shard_mb),
-                     "train_shards": total["train-clean-100"][2], "workers": workers})
+                     "train_shards": total[TRAIN][2], "workers": workers})
         print(json.dumps(rows[-1]), flush=True)
         if not keep:
             shutil.rmtree(shards, ignore_errors=True)
@@ -77,7 +91,8 @@ def table(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_shards", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="7135,28539", help="Comma-separated training-split sizes.")
     ap.add_argument("--work", type=Path, default=Path("/tmp/phonerec-bench"))
     ap.add_argument("--workers", type=int, default=2)

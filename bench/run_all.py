@@ -1,7 +1,7 @@
 """The benchmark suite: preprocessing, loader + training vs the per-file baselines, decoding.
 
-Usage:
-  python bench/run_all.py [--quick] [--scale] [--work /tmp/phonerec-bench] [--out results]
+Usage (from the repository root; ``make bench`` runs it):
+  python -m bench.run_all [--quick] [--scale] [--work /tmp/phonerec-bench] [--out results]
                           [--decode auto|run|skip] [--no-preprocessing]
 
 1. Preprocessing (``bench/bench_shards.py``): generated corpora of 7,135 and 28,539 training
@@ -34,14 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import ROOT, bench_decode, bench_loader, bench_shards
+from bench.bench_shards import TRAIN, ensure_corpus
+from pipeline import manifest as mf
+from pipeline.atomic import write_text
+from pipeline.features import FRAME_RATE, hours
 
-from bench import bench_decode, bench_loader, bench_shards  # noqa: E402
-from pipeline import manifest as mf  # noqa: E402
-
-TRAIN = "train-clean-100"
 SMALL, MAIN, SCALE = 7135, 28539, 132553
 QUICK_MAIN, QUICK_SCALE = 160, 320
 
@@ -55,13 +53,8 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    ram_gb = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                ram_gb = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
+    total_mb = bench_loader.meminfo_mb("MemTotal")
+    ram_gb = round(total_mb / 1024, 1) if total_mb is not None else None
     import torch
     return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gb": ram_gb, "os": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
@@ -72,23 +65,15 @@ def machine_info() -> dict:
 def ensure_shards(work: Path, n: int, workers: int = 2, log=print) -> tuple[Path, Path]:
     """corpus-<n> and shards-<n> under work: generated / built only when missing or stale."""
     from pipeline.build import build
-    from corpora.random import generate
 
-    data, shards = work / f"corpus-{n}", work / f"shards-{n}"
-    if not (data / TRAIN).is_dir():
-        log(f"generating corpus-{n}")
-        dev = test = max(n // 10, 10)
-        generate(data, {TRAIN: n, "dev-clean": dev, "test-clean": test}, workers=workers, progress=False)
+    data, shards = ensure_corpus(work, n, workers, log=log), work / f"shards-{n}"
     build(data, shards, train=TRAIN, dev="dev-clean", test="test-clean", workers=workers, progress=False,
           log=lambda _m: None)     # a no-op rerun when the shards are current
     return data, shards
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ the stages
@@ -194,9 +179,9 @@ def plot_lengths(shards: Path, path: Path) -> None:
     ax.axvline(m.shards[-1].max_frames, color="#555555", lw=0.4, alpha=0.7, zorder=1)
     ax.hist(m.frames, bins=np.arange(0, int(m.frames.max()) + 26, 25), color="#1f77b4", zorder=2)
     ax.set_yscale("log")
-    ax.set_xlabel("utterance length (frames, 100 per second)")
+    ax.set_xlabel(f"utterance length (frames, {FRAME_RATE} per second)")
     ax.set_ylabel("utterances per 25-frame bin (log)")
-    ax.set_title(f"{m.split}: {m.num_utterances:,} utterances, {m.total_frames / 360000:.1f} h; "
+    ax.set_title(f"{m.split}: {m.num_utterances:,} utterances, {hours(m.total_frames):.1f} h; "
                  f"{len(m.shards)} shards (bands = each shard's min..max length)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -328,7 +313,7 @@ def markdown(report: dict) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny corpora and short runs (seconds; for tests)")
     ap.add_argument("--scale", action="store_true", help=f"also the {SCALE:,}-utterance corpus (about 12 GB raw)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/phonerec-bench"), help="corpus and shard cache")
@@ -339,7 +324,7 @@ def main(argv=None) -> dict:
                     help="skip bench_shards (reuse OUT/bench_shards.json and existing shards)")
     a = ap.parse_args(argv)
     t0 = time.time()
-    command = " ".join(["python", "bench/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
     # --quick: one tiny size (seconds); --quick --scale adds a second one
     small, main_n, scale = (None, QUICK_MAIN, QUICK_SCALE) if a.quick else (SMALL, MAIN, SCALE)
     scale = scale if a.scale else None

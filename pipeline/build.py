@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, manifest as mf, stats as st
+from .features import hours
 from .layout import LayoutError, SplitFiles, discover_splits, list_split, safe_text
 from .shards import ShardOptions, build_split
 from .store import CorpusStore, StrictError, ingest, store_fingerprint, store_path, store_state
@@ -45,7 +46,7 @@ class BuildSummary:
         rows = [f"{'split':<18}{'role':<6}{'inputs':>8}{'kept':>8}{'rejected':>9}{'shards':>7}{'hours':>8}"]
         for s in self.splits:
             rows.append(f"{s.split:<18}{s.role:<6}{s.inputs:>8}{s.kept:>8}{s.rejected:>9}{s.shards:>7}"
-                        f"{s.frames / 360000:>8.2f}")
+                        f"{hours(s.frames):>8.2f}")
         return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import atomic
 from .errors import PhonerecError
+from .features import STORAGE_DTYPE
 from .vocab import VOCAB
 
 MANIFEST_NAME = "manifest.json"
@@ -85,7 +86,6 @@ class Manifest:
     frames: np.ndarray               # int64 [N]
     label_lens: np.ndarray           # int64 [N]; 0 for an unlabelled split
     index: np.ndarray                # int64 [N]: position in sorted-file-name order of the raw split
-    buckets: list[int] = field(default_factory=list)  # length boundaries of equal-frame buckets
     inputs: int = 0                  # raw utterances seen (kept + rejected)
     rejected: int = 0
     vocab: list[str] = field(default_factory=lambda: list(VOCAB))
@@ -128,10 +128,9 @@ class Manifest:
             "total_frames": self.total_frames,
             "inputs": self.inputs,
             "rejected": self.rejected,
-            "feature_dtype": "float16",
+            "feature_dtype": STORAGE_DTYPE.name,
             "vocab": self.vocab,
             "stats": self.stats.to_json(),
-            "buckets": [int(b) for b in self.buckets],
             "shards": [asdict(s) for s in self.shards],
             "utterances": {
                 "id": list(self.ids),
@@ -196,7 +195,7 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         frames=np.asarray(u["frames"], dtype=np.int64),
         label_lens=np.asarray(u["label_len"], dtype=np.int64),
         index=np.asarray(u["index"], dtype=np.int64),
-        buckets=raw.get("buckets", []), inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
+        inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
         vocab=raw["vocab"], fingerprint=raw.get("fingerprint", ""), directory=path.parent,
         feats_at=np.asarray(u["feats_at"], dtype=np.int64) if "feats_at" in u else None,
         labels_at=np.asarray(u["labels_at"], dtype=np.int64) if "labels_at" in u else None,
@@ -228,7 +227,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         split="+".join(m.split for m in manifests), labelled=all(m.labelled for m in manifests), seed=first.seed,
         stats=first.stats, shards=shards, ids=[i for m in manifests for i in m.ids],
         keys=[k for m in manifests for k in m.keys], frames=cat("frames"), label_lens=cat("label_lens"),
-        index=cat("index"), buckets=first.buckets, inputs=sum(m.inputs for m in manifests),
+        index=cat("index"), inputs=sum(m.inputs for m in manifests),
         rejected=sum(m.rejected for m in manifests), vocab=first.vocab,
         fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
         feats_at=cat("feats_at") if offsets else None, labels_at=cat("labels_at") if offsets else None,

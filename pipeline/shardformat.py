@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from .features import STORAGE_DTYPE, STORAGE_MAX
 
 FEATS = "feats.npy"
 LABELS = "labels.npy"
@@ -71,13 +72,12 @@ def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> dict[st
     return offsets
 
 
-F16_MAX = float(np.finfo(np.float16).max)
 
 
 def sample_members(key: str, feats: np.ndarray, labels: np.ndarray | None) -> list[tuple[str, bytes]]:
-    # Clip, so a finite value beyond float16's range (an outlier far from the training statistics)
-    # is stored as the largest float16 rather than as infinity.
-    out = [(f"{key}.{FEATS}", npy_bytes(np.clip(feats, -F16_MAX, F16_MAX).astype(np.float16)))]
+    # Clip, so a finite value beyond the storage dtype's range (an outlier far from the training statistics)
+    # is stored as its largest value rather than as infinity.
+    out = [(f"{key}.{FEATS}", npy_bytes(np.clip(feats, -STORAGE_MAX, STORAGE_MAX).astype(STORAGE_DTYPE)))]
     if labels is not None:
         out.append((f"{key}.{LABELS}", npy_bytes(labels.astype(np.uint8, copy=False))))
     return out

@@ -19,13 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from . import atomic, manifest as mf
+from .features import BYTES_PER_FRAME
 from .manifest import Stats
 from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
 from .store import CorpusStore
+from .vocab import ctc_min_frames_ragged
 
 SHARD_FORMAT = 1
 PLAN_NAME = ".plan.json"
-NUM_BUCKETS = 20
 TAR_OVERHEAD = 2 * 512 + 2 * 128 + 512   # tar headers, npy headers and padding per utterance (estimate)
 
 
@@ -56,15 +57,6 @@ def cut_points(sizes: np.ndarray, target_bytes: float, min_shards: int) -> np.nd
     j = np.arange(k - 1)
     cuts = np.minimum(np.maximum.accumulate(np.clip(cuts, 1, n - 1) - j), n - k + 1) + j if k > 1 else cuts
     return np.concatenate([[0], cuts, [n]]).astype(np.int64)
-
-
-def bucket_boundaries(frames_sorted: np.ndarray, buckets: int = NUM_BUCKETS) -> list[int]:
-    """Length limits of buckets holding equal total frames (Lhotse-style), for batch planning."""
-    if len(frames_sorted) == 0:
-        return []
-    cum = np.cumsum(frames_sorted)
-    pos = np.searchsorted(cum, cum[-1] * np.arange(1, buckets) / buckets)
-    return sorted({int(frames_sorted[min(p, len(frames_sorted) - 1)]) for p in pos})
 
 
 def fingerprint(store: CorpusStore, stats: Stats, opts: ShardOptions) -> str:
@@ -161,66 +153,61 @@ def _member_columns(names, cuts, keys, offsets, labelled) -> tuple[np.ndarray, n
     return feats_at, labels_at
 
 
-def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: ShardOptions, *,
-                workers: int = 2, progress: bool = True) -> mf.Manifest:
-    """Write (or finish writing) the shards and manifest of one split; idempotent and resumable."""
-    out_dir = Path(shards_dir) / store.split
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(store, stats, opts)
+def _previous(shards_dir, split: str, fp: str) -> tuple[mf.Manifest | None, set[str]]:
+    """The split's manifest if it is of this same plan (else None), and the shard names any
+    readable manifest of the split lists (files of ours, which a cleanup may remove)."""
     try:
-        old = mf.load(shards_dir, store.split)
+        old = mf.load(shards_dir, split)
     except mf.ManifestError:
-        old = None
-    old_names = {s.name for s in old.shards} if old is not None else set()
-    if old is not None and old.fingerprint != fp:
-        old = None
-    # A manifest from before the crc32 or ctc_len columns is rewritten below; its shards are kept.
-    if old is not None and old.ctc_lens is not None and all(p.is_file() and p.stat().st_size == s.bytes and s.crc32 is not None
-                               for p, s in zip(old.shard_paths(), old.shards)):
-        return old
+        return None, set()
+    return (old if old.fingerprint == fp else None), {s.name for s in old.shards}
 
-    frames = store.frames
-    order = plan_order(frames, opts.seed)
-    sizes = frames[order] * 30 + store.label_lens[order] + TAR_OVERHEAD
-    cuts = cut_points(sizes, opts.target_mb * 2**20, opts.min_shards)
-    names = [shard_name(store.split, i) for i in range(len(cuts) - 1)]
 
-    # A plan file records which shard set is being written: finished shards of the same plan
-    # survive an interruption; anything else in the folder is stale and removed. It stays after a
-    # finished run too, so a deleted manifest or shard later costs only the missing pieces; shards
-    # that a manifest of this same plan describes must still match their recorded size and sha256.
+def _complete(old: mf.Manifest) -> bool:
+    """Every shard is there at its recorded size, and the manifest has today's columns (one from
+    before the crc32 or ctc_len columns is rewritten; its shards are kept)."""
+    return old.ctc_lens is not None and all(p.is_file() and p.stat().st_size == s.bytes and s.crc32 is not None
+                                            for p, s in zip(old.shard_paths(), old.shards))
+
+
+def _prepare_folder(out_dir: Path, split: str, fp: str, names: list[str], old: mf.Manifest | None,
+                    old_names: set[str]) -> None:
+    """Remove what this plan cannot trust, then record the plan.
+
+    A plan file records which shard set is being written: finished shards of the same plan
+    survive an interruption; stale shards of ours are removed. It stays after a finished run too,
+    so a deleted manifest or shard later costs only the missing pieces; shards that a manifest of
+    this same plan describes must still match their recorded size and sha256. Only files of ours
+    are ever removed: names of this or an earlier plan or manifest, our shard-name pattern, our
+    temp names; anything else in the folder is the user's."""
     plan_file = out_dir / PLAN_NAME
     same_plan, planned = _read_plan(plan_file, fp)
     known = {s.name: s for s in old.shards} if old is not None else {}
     same_plan = same_plan or old is not None
-    mf.manifest_path(shards_dir, store.split).unlink(missing_ok=True)
-    ours = set(names) | planned | old_names     # and our shard-name pattern; other files are never touched
+    (out_dir / mf.MANIFEST_NAME).unlink(missing_ok=True)
+    ours = set(names) | planned | old_names
     for p in out_dir.glob("*.tar"):
-        if (p.name in ours or is_shard_name(store.split, p.name)) and (not same_plan or p.name not in names or (
-                p.name in known and (p.stat().st_size != known[p.name].bytes
-                                     or sha256_file(p) != known[p.name].sha256))):
+        if not (p.name in ours or is_shard_name(split, p.name)):
+            continue
+        if not same_plan or p.name not in names or (p.name in known and (
+                p.stat().st_size != known[p.name].bytes or sha256_file(p) != known[p.name].sha256)):
             p.unlink()
     for p in out_dir.glob(".*.tmp*"):
         if atomic.is_temp_name(p.name):
             p.unlink()
     atomic.write_json(plan_file, {"fingerprint": fp, "shards": names})
 
-    ids_sorted = [store.ids[i] for i in order]
-    keys = make_keys(ids_sorted)
-    jobs, infos, offsets = [], {}, {}
-    for i, name in enumerate(names):
-        path = out_dir / name
-        if path.is_file():        # finished by an interrupted run of this same plan
-            continue
-        a, b = int(cuts[i]), int(cuts[i + 1])
-        jobs.append((str(store.path), store.fingerprint, str(path), order[a:b].tolist(), keys[a:b],
-                     stats.to_json()))
-    bar = tqdm(total=len(names), initial=len(names) - len(jobs), desc=f"shards {store.split}", unit="shard",
+
+def _write_missing(jobs: list, total: int, split: str, workers: int, progress: bool
+                   ) -> tuple[dict[str, mf.ShardInfo], dict[str, dict[str, int]]]:
+    """Write the shards of `jobs` (in parallel): their infos and member offsets by name."""
+    infos, offsets = {}, {}
+    bar = tqdm(total=total, initial=total - len(jobs), desc=f"shards {split}", unit="shard",
                disable=not progress, leave=False)
     try:
         if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                info, at = _write_shard(job)
+            results = map(_write_shard, jobs)
+            for info, at in results:
                 infos[info.name], offsets[info.name] = info, at
                 bar.update()
         else:
@@ -230,36 +217,53 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
                     bar.update()
     finally:
         bar.close()
-    shard_infos = []
-    for i, name in enumerate(names):
-        if name in infos:
-            shard_infos.append(infos[name])
-            continue
-        path = out_dir / name
-        f = frames[order[cuts[i]:cuts[i + 1]]]
-        sha, crc = file_digests(path)
-        shard_infos.append(mf.ShardInfo(name=name, sha256=sha, utterances=len(f), frames=int(f.sum()),
-                                        min_frames=int(f.min()), max_frames=int(f.max()),
-                                        bytes=path.stat().st_size, crc32=crc))
-        offsets[name] = member_offsets(path)
+    return infos, offsets
+
+
+def _finished_info(path: Path, frames: np.ndarray) -> tuple[mf.ShardInfo, dict[str, int]]:
+    """Info and member offsets of a shard an interrupted run of this same plan finished."""
+    sha, crc = file_digests(path)
+    info = mf.ShardInfo(name=path.name, sha256=sha, utterances=len(frames), frames=int(frames.sum()),
+                        min_frames=int(frames.min()), max_frames=int(frames.max()), bytes=path.stat().st_size,
+                        crc32=crc)
+    return info, member_offsets(path)
+
+
+def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: ShardOptions, *,
+                workers: int = 2, progress: bool = True) -> mf.Manifest:
+    """Write (or finish writing) the shards and manifest of one split; idempotent and resumable."""
+    out_dir = Path(shards_dir) / store.split
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(store, stats, opts)
+    old, old_names = _previous(shards_dir, store.split, fp)
+    if old is not None and _complete(old):
+        return old
+    frames = store.frames
+    order = plan_order(frames, opts.seed)
+    sizes = frames[order] * BYTES_PER_FRAME + store.label_lens[order] + TAR_OVERHEAD
+    cuts = cut_points(sizes, opts.target_mb * 2**20, opts.min_shards)
+    names = [shard_name(store.split, i) for i in range(len(cuts) - 1)]
+    _prepare_folder(out_dir, store.split, fp, names, old, old_names)
+
+    ids_sorted = [store.ids[i] for i in order]
+    keys = make_keys(ids_sorted)
+    rows = [(int(cuts[i]), int(cuts[i + 1])) for i in range(len(names))]
+    jobs = [(str(store.path), store.fingerprint, str(out_dir / name), order[a:b].tolist(), keys[a:b],
+             stats.to_json()) for name, (a, b) in zip(names, rows)
+            if not (out_dir / name).is_file()]         # else finished by an interrupted run of this plan
+    infos, offsets = _write_missing(jobs, len(names), store.split, workers, progress)
+    for name, (a, b) in zip(names, rows):
+        if name not in infos:
+            infos[name], offsets[name] = _finished_info(out_dir / name, frames[order[a:b]])
     feats_at, labels_at = _member_columns(names, cuts, keys, offsets, store.labelled)
-    ctc_lens = np.zeros(len(frames), dtype=np.int64)
-    if store.labelled and len(frames):
-        # vocab.ctc_min_frames of every utterance at once: labels + adjacent repeats within it.
-        lo = store.label_offsets.astype(np.int64)
-        labels = store.read_labels(0, len(frames))
-        same = labels[1:] == labels[:-1]
-        same[lo[1:-1][(lo[1:-1] > 0) & (lo[1:-1] < len(labels))] - 1] = False   # pairs across utterances
-        before = np.concatenate([[0], np.cumsum(same), [same.sum()]])   # [k]: repeat pairs before label k
-        ends = np.maximum(lo[1:] - 1, lo[:-1])
-        ctc_lens = np.diff(lo) + before[ends] - before[lo[:-1]]
+    ctc = ctc_min_frames_ragged(store.read_labels(0, len(frames)), store.label_offsets) \
+        if store.labelled else np.zeros(len(frames), dtype=np.int64)
     m = mf.Manifest(
-        split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats, shards=shard_infos,
-        ids=ids_sorted, keys=keys, frames=frames[order].astype(np.int64),
+        split=store.split, labelled=store.labelled, seed=opts.seed, stats=stats,
+        shards=[infos[name] for name in names], ids=ids_sorted, keys=keys, frames=frames[order].astype(np.int64),
         label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
-        buckets=bucket_boundaries(frames[order]), inputs=store.inputs, rejected=len(store.rejections),
-        fingerprint=fp, directory=out_dir, feats_at=feats_at, labels_at=labels_at,
-        ctc_lens=ctc_lens[order].astype(np.int64),
+        inputs=store.inputs, rejected=len(store.rejections), fingerprint=fp, directory=out_dir,
+        feats_at=feats_at, labels_at=labels_at, ctc_lens=ctc[order].astype(np.int64),
     )
     mf.save(m, shards_dir)
     return m

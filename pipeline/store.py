@@ -144,9 +144,91 @@ def _read_one(job: tuple[int, str, str | None, bool]):
         return i, None, None, f"unreadable ({type(exc).__name__}: {exc})", mfcc
 
 
-def _windows(jobs: list, size: int):
-    for s in range(0, len(jobs), size):
-        yield jobs[s:s + size]
+def _read_all(jobs: list, workers: int):
+    """`_read_one` of every job, in job order. With workers, double-buffered windows: the pool
+    reads window k+1 while the caller writes window k, so at most two windows of arrays are held."""
+    if workers <= 1:
+        yield from map(_read_one, jobs)
+        return
+    window = 64 * workers
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pending = None
+        for s in range(0, len(jobs) + window, window):
+            nxt = pool.map_async(_read_one, jobs[s:s + window], chunksize=8) if s < len(jobs) else None
+            if pending is not None:
+                yield from pending.get()
+            pending = nxt
+
+
+class _Rejections(list):
+    """The split's rejections in order; under --strict the first one stops the build."""
+
+    def __init__(self, split: str, strict: bool, on_reject: Callable[[Rejection], None] | None):
+        super().__init__()
+        self.split, self.strict, self.on_reject = split, strict, on_reject
+
+    def add(self, uid: str, path, reason: str) -> None:
+        r = Rejection(self.split, uid, safe_text(str(path)), reason)
+        if self.strict:
+            raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid}); "
+                              "rerun without --strict to skip and report such utterances")
+        self.append(r)
+        if self.on_reject:
+            self.on_reject(r)
+
+
+class _StoreWriter:
+    """Appends utterances to a new store's arrays: features in chunk-aligned writes, the rest
+    (offsets, original index, ids, labels) at the end."""
+
+    def __init__(self, g: zarr.Group, capacity: int, labelled: bool):
+        self.g, self.labelled = g, labelled
+        self.feats = g.create_array("features", shape=(max(capacity, 1), FEATURE_DIM),
+                                    chunks=(CHUNK_FRAMES, FEATURE_DIM), dtype="float32")
+        self.buf: list[np.ndarray] = []
+        self.buf_frames = self.written = 0
+        self.offsets, self.index, self.ids, self.labels, self.label_offsets = [0], [], [], [], [0]
+
+    def add(self, i: int, uid: str, feats: np.ndarray, labels: np.ndarray | None) -> None:
+        self.buf.append(feats)
+        self.buf_frames += len(feats)
+        self.offsets.append(self.offsets[-1] + len(feats))
+        self.index.append(i)
+        self.ids.append(uid)
+        if labels is not None:
+            self.labels.append(labels)
+            self.label_offsets.append(self.label_offsets[-1] + len(labels))
+        if self.buf_frames >= CHUNK_FRAMES:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self.buf:
+            return
+        block = np.concatenate(self.buf)
+        n = len(block) if final else (len(block) // CHUNK_FRAMES) * CHUNK_FRAMES  # chunk-aligned writes
+        if n == 0:
+            return
+        if self.written + n > self.feats.shape[0]:
+            self.feats.resize((self.written + n, FEATURE_DIM))
+        self.feats[self.written:self.written + n] = block[:n]
+        self.written += n
+        rest = block[n:]
+        self.buf, self.buf_frames = ([rest] if len(rest) else []), len(rest)
+
+    def finish(self) -> int:
+        """Write everything still held; returns the number of utterances."""
+        self._flush(final=True)
+        self.feats.resize((self.written, FEATURE_DIM))
+        g, n = self.g, len(self.ids)
+        g.create_array("offsets", data=np.asarray(self.offsets, dtype=np.int64))
+        g.create_array("index", data=np.asarray(self.index, dtype=np.int64))
+        ids_arr = g.create_array("ids", shape=(n,), dtype=str)
+        if n:
+            ids_arr[:] = np.asarray(self.ids, dtype=str)
+        if self.labelled:
+            g.create_array("labels", data=np.concatenate(self.labels) if self.labels else np.zeros(0, np.uint8))
+            g.create_array("label_offsets", data=np.asarray(self.label_offsets, dtype=np.int64))
+        return n
 
 
 def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: bool = False,
@@ -164,112 +246,38 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
     order = np.lexsort((np.arange(n_in), header_frames))        # by length, ties by file name
     jobs = [(int(i), str(files.mfcc[i]), str(files.transcripts[i]) if files.transcripts[i] else None,
              files.labelled) for i in order if files.ids[i] not in exclude]
-
-    rejections: list[Rejection] = []
-
-    def reject(r: Rejection) -> None:
-        r = r._replace(path=safe_text(r.path))
-        if strict:
-            raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid}); "
-                              "rerun without --strict to skip and report such utterances")
-        rejections.append(r)
-        if on_reject:
-            on_reject(r)
-
+    rejections = _Rejections(files.name, strict, on_reject)
     for uid, tpath in files.orphans:
-        reject(Rejection(files.name, uid, str(tpath), "transcript without features"))
+        rejections.add(uid, tpath, "transcript without features")
     for i, uid in enumerate(files.ids):
         if uid in exclude:
-            reject(Rejection(files.name, uid, str(files.mfcc[i]), exclude[uid]))
+            rejections.add(uid, files.mfcc[i], exclude[uid])
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    g = zarr.open_group(str(tmp), mode="w")
-    capacity = max(int(header_frames.clip(min=0).sum()), 1)
-    feats_arr = g.create_array("features", shape=(capacity, FEATURE_DIM), chunks=(CHUNK_FRAMES, FEATURE_DIM),
-                               dtype="float32")
-    buf: list[np.ndarray] = []
-    buf_frames = written = 0
-    offsets, index, ids, labels, label_offsets = [0], [], [], [], [0]
-
-    def flush(final: bool) -> None:
-        nonlocal buf, buf_frames, written
-        if not buf:
-            return
-        block = np.concatenate(buf)
-        n = len(block) if final else (len(block) // CHUNK_FRAMES) * CHUNK_FRAMES  # chunk-aligned writes
-        if n == 0:
-            return
-        if written + n > feats_arr.shape[0]:
-            feats_arr.resize((written + n, FEATURE_DIM))
-        feats_arr[written:written + n] = block[:n]
-        written += n
-        rest = block[n:]
-        buf, buf_frames = ([rest] if len(rest) else []), len(rest)
-
-    def take(result) -> None:
-        nonlocal buf_frames
-        i, feats, lab, reason, bad_path = result
-        if reason is not None:
-            reject(Rejection(files.name, files.ids[i], bad_path, reason))
-            return
-        buf.append(feats)
-        buf_frames += len(feats)
-        offsets.append(offsets[-1] + len(feats))
-        index.append(i)
-        ids.append(files.ids[i])
-        if lab is not None:
-            labels.append(lab)
-            label_offsets.append(label_offsets[-1] + len(lab))
-        if buf_frames >= CHUNK_FRAMES:
-            flush(final=False)
-
     bar = tqdm(total=n_in, desc=f"ingest {files.name}", unit="utt", disable=not progress, leave=False)
     try:
-        if workers <= 1:
-            for job in jobs:
-                take(_read_one(job))
-                bar.update()
-        else:
-            # Double-buffered windows: workers read window k+1 while this process writes window k,
-            # and at most two windows of arrays are ever held in memory.
-            window = 64 * workers
-            with mp.get_context("spawn").Pool(workers) as pool:
-                it = _windows(jobs, window)
-                pending = pool.map_async(_read_one, next(it, []), chunksize=8)
-                for nxt in it:
-                    results = pending.get()
-                    pending = pool.map_async(_read_one, nxt, chunksize=8)
-                    for r in results:
-                        take(r)
-                    bar.update(len(results))
-                results = pending.get()
-                for r in results:
-                    take(r)
-                bar.update(len(results))
-        flush(final=True)
-        feats_arr.resize((written, FEATURE_DIM))
-        n = len(ids)
-        g.create_array("offsets", data=np.asarray(offsets, dtype=np.int64))
-        g.create_array("index", data=np.asarray(index, dtype=np.int64))
-        ids_arr = g.create_array("ids", shape=(n,), dtype=str)
-        if n:
-            ids_arr[:] = np.asarray(ids, dtype=str)
-        if files.labelled:
-            g.create_array("labels", data=np.concatenate(labels) if labels else np.zeros(0, np.uint8))
-            g.create_array("label_offsets", data=np.asarray(label_offsets, dtype=np.int64))
+        g = zarr.open_group(str(tmp), mode="w")
+        writer = _StoreWriter(g, int(header_frames.clip(min=0).sum()), files.labelled)
+        for i, feats, lab, reason, bad_path in _read_all(jobs, workers):
+            if reason is None:
+                writer.add(i, files.ids[i], feats, lab)
+            else:
+                rejections.add(files.ids[i], bad_path, reason)
+            bar.update()
+        n = writer.finish()
         g.attrs.update({
             "format": STORE_FORMAT, "split": files.name, "labelled": files.labelled,
             "fingerprint": fingerprint, "num_utterances": n, "inputs": n_in + len(files.orphans),
             "rejections": [list(r) for r in rejections], "files": store_files(tmp), "complete": True,
         })
     except BaseException as exc:
-        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(exc):
             raise disk_full_error(exc, f"the corpus store {path}") from exc
         raise
-    bar.close()
+    finally:
+        bar.close()
     _swap_dir(tmp, path)
     return CorpusStore.open(path)
 

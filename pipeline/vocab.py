@@ -54,6 +54,21 @@ def ctc_min_frames(labels: Sequence[int] | np.ndarray) -> int:
     return int(lab.size + np.count_nonzero(lab[1:] == lab[:-1]))
 
 
+def ctc_min_frames_ragged(labels: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """`ctc_min_frames` of every utterance at once: utterance i's labels are
+    labels[offsets[i]:offsets[i+1]]; int64 [len(offsets) - 1]."""
+    lo = np.asarray(offsets, dtype=np.int64)
+    labels = np.asarray(labels)
+    if len(lo) < 2:
+        return np.zeros(0, dtype=np.int64)
+    same = labels[1:] == labels[:-1]
+    inner = lo[1:-1]
+    same[inner[(inner > 0) & (inner < len(labels))] - 1] = False      # pairs across utterances
+    before = np.concatenate([[0], np.cumsum(same), [same.sum()]])     # [k]: repeat pairs before label k
+    ends = np.maximum(lo[1:] - 1, lo[:-1])
+    return (np.diff(lo) + before[ends] - before[lo[:-1]]).astype(np.int64)
+
+
 def to_codes(indices: Iterable[int]) -> str:
     """Indices -> the one-character-code string of a submission."""
     return "".join(CODES[int(i)] for i in indices)

@@ -482,7 +482,6 @@ def test_shards_have_narrow_length_ranges(pipe, tiny_corpus, tmp_path):
     cuts = m.shard_start
     random_pad = sum((cuts[i + 1] - cuts[i]) * shuffled[cuts[i]:cuts[i + 1]].max() for i in range(12))
     assert random_pad / m.total_frames > 1.2                      # what sorting saves
-    assert m.buckets == sorted(m.buckets) and len(m.buckets) >= 5
 
 
 # ------------------------------------------------------------------------------ statistics
