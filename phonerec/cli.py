@@ -41,10 +41,14 @@ def _register() -> None:
     commands = [*CORPORA, *PIPELINE]
     try:
         from training.commands import COMMANDS as TRAINING
+        from training.summary import register_voice_report
     except ModuleNotFoundError as exc:  # pragma: no cover - only without torch
         if exc.name != "torch":
             raise
         TRAINING = []
+    else:
+        from corpora.report import per_voice
+        register_voice_report(per_voice)        # `summary --data`: the corpus's PER per voice
     for cmd in [*commands, *TRAINING]:
         main.add_command(cmd)
 

