@@ -1,7 +1,8 @@
 """Finding splits and pairing feature files with transcripts in the standard raw layout.
 
-``<root>/<split>/mfcc/<id>.npy`` pairs with ``<root>/<split>/transcript/<id>.npy`` or, as in
-the published archive, ``<root>/<split>/transcript/raw/<id>.npy``. Whether a split is labelled
+``<root>/<split>/mfcc/<id>.npy`` pairs with ``<root>/<split>/transcript/<id>.npy``, as in the
+published F22 archive ``<root>/<split>/transcript/raw/<id>.npy``, or (another edition's
+write-up) ``<root>/<split>/transcripts/<id>.npy``. Whether a split is labelled
 follows its role (the caller says so: a test split never is), not the presence of a folder: the
 published archive ships its submission template in ``test-clean/transcript/``.
 
@@ -116,12 +117,17 @@ def _npy_entries(folder: Path) -> _Listing:
     return out
 
 
+TRANSCRIPT_FOLDERS = ("transcript", "transcripts")     # editions name it either way
+
+
 def transcript_dir(split_dir: Path) -> Path | None:
-    t = split_dir / "transcript"
-    if not t.is_dir():
-        return None
-    raw = t / "raw"
-    return raw if raw.is_dir() else t
+    """`transcript/raw/`, `transcript/` or `transcripts/` (the first that exists), or None."""
+    for name in TRANSCRIPT_FOLDERS:
+        t = split_dir / name
+        if t.is_dir():
+            raw = t / "raw"
+            return raw if raw.is_dir() else t
+    return None
 
 
 def list_split(root: str | Path, name: str, *, labelled: bool) -> SplitFiles:
@@ -139,7 +145,7 @@ def list_split(root: str | Path, name: str, *, labelled: bool) -> SplitFiles:
         trans = _npy_entries(tdir)
         ignored += trans.ignored
     elif tdir is not None:
-        ignored.append(split_dir / "transcript")
+        ignored.append(split_dir / "transcript")      # (whichever name it has: reported as one folder)
     ids = sorted(feats.files)
     return SplitFiles(
         name=name, ids=ids, mfcc=[feats.files[i] for i in ids],
