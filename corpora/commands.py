@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pipeline.commands import DEFAULT_WORKERS
-from pipeline.features import hours
+from pipeline.features import FEATURE_DIM, hours
 
 
 def _split_counts(values: tuple[str, ...]) -> dict[str, int]:
@@ -33,7 +33,9 @@ def _split_counts(values: tuple[str, ...]) -> dict[str, int]:
               help="Write transcripts to transcript/raw/ as the published archive does.")
 @click.option("--seed", default=0, show_default=True, help="Seed: same seed, same corpus.")
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Writer processes.")
-def synth_corpus(out, splits, unlabelled, nested_transcripts, seed, workers):
+@click.option("--feature-dim", default=FEATURE_DIM, show_default=True, type=click.IntRange(min=1),
+              help="Features per frame (the course's editions: 13, 15, 27, 28).")
+def synth_corpus(out, splits, unlabelled, nested_transcripts, seed, workers, feature_dim):
     """Write a random corpus with LibriSpeech-like lengths (1-35 s, most 10-16 s).
 
     Each phoneme is a run of frames near a phoneme-specific mean, so models can learn it;
@@ -42,7 +44,7 @@ def synth_corpus(out, splits, unlabelled, nested_transcripts, seed, workers):
     from .random import generate
     counts = _split_counts(splits) if splits else None
     summary = generate(out, counts, seed=seed, unlabelled=tuple(s for s in unlabelled.split(",") if s),
-                       nested_transcripts=nested_transcripts, workers=workers)
+                       nested_transcripts=nested_transcripts, workers=workers, feature_dim=feature_dim)
     for name, s in summary.items():
         click.echo(f"{name}: {s['utterances']} utterances, {hours(s['frames']):.2f} h"
                    f"{'' if s['labelled'] else ' (unlabelled)'} -> {out / name}")

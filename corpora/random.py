@@ -30,19 +30,20 @@ def sample_durations(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(dur, 1.0, 35.0)
 
 
-def _phone_means(seed: int) -> np.ndarray:
+def _phone_means(seed: int, dim: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 7919])
-    return rng.normal(0, 1.0, (len(PHONEMES), FEATURE_DIM))
+    return rng.normal(0, 1.0, (len(PHONEMES), dim))
 
 
-OFFSET = np.linspace(-30.0, 8.0, FEATURE_DIM)      # raw-MFCC-like per-dimension offsets
-SCALE = np.linspace(12.0, 2.0, FEATURE_DIM)
+def _offset_scale(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-MFCC-like per-dimension offsets and scales."""
+    return np.linspace(-30.0, 8.0, dim), np.linspace(12.0, 2.0, dim)
 
 
-def utterance(seed: int, split_no: int, i: int, frames: int) -> tuple[np.ndarray, list[str]]:
-    """One utterance: float32 [frames, 15] and its framed ARPAbet transcript."""
+def utterance(seed: int, split_no: int, i: int, frames: int, dim: int = FEATURE_DIM) -> tuple[np.ndarray, list[str]]:
+    """One utterance: float32 [frames, dim] and its framed ARPAbet transcript."""
     rng = np.random.default_rng([seed, split_no, i])
-    means = _phone_means(seed)
+    means = _phone_means(seed, dim)
     frames = max(int(frames), 3)
     seg = []
     total = 0
@@ -63,15 +64,16 @@ def utterance(seed: int, split_no: int, i: int, frames: int) -> tuple[np.ndarray
     if n >= 2 and ph[-2] == 0:
         ph[-2] = 1
     seq = np.repeat(ph, seg)
-    x = means[seq] + rng.normal(0, 0.6, (frames, FEATURE_DIM))
-    x = x * SCALE + OFFSET
+    x = means[seq] + rng.normal(0, 0.6, (frames, dim))
+    offset, scale = _offset_scale(dim)
+    x = x * scale + offset
     labels = [SOS] + [PHONEMES[p] for p in ph] + [EOS]
     return x.astype(np.float32), labels
 
 
 def _write(job) -> int:
-    out, seed, split_no, i, uid, frames, labelled, nested = job
-    x, labels = utterance(seed, split_no, i, frames)
+    out, seed, split_no, i, uid, frames, labelled, nested, dim = job
+    x, labels = utterance(seed, split_no, i, frames, dim)
     np.save(Path(out) / "mfcc" / f"{uid}.npy", x)
     if labelled:
         tdir = Path(out) / "transcript" / ("raw" if nested else "")
@@ -97,8 +99,9 @@ def utterance_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 def generate(out: str | Path, splits: dict[str, int] | None = None, *, seed: int = 0,
              unlabelled: tuple[str, ...] = ("test-clean",), nested_transcripts: bool = False,
-             workers: int = 2, progress: bool = True) -> dict[str, dict]:
-    """Write the corpus; returns per split the number of utterances and frames."""
+             workers: int = 2, progress: bool = True, feature_dim: int = FEATURE_DIM) -> dict[str, dict]:
+    """Write the corpus (`feature_dim` features per frame); returns per split the number of
+    utterances and frames."""
     out = Path(out)
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     summary = {}
@@ -111,7 +114,7 @@ def generate(out: str | Path, splits: dict[str, int] | None = None, *, seed: int
         (sdir / "mfcc").mkdir(parents=True, exist_ok=True)
         if labelled:
             (sdir / "transcript" / ("raw" if nested_transcripts else "")).mkdir(parents=True, exist_ok=True)
-        jobs = [(str(sdir), seed, split_no, i, ids[i], int(frames[i]), labelled, nested_transcripts)
+        jobs = [(str(sdir), seed, split_no, i, ids[i], int(frames[i]), labelled, nested_transcripts, feature_dim)
                 for i in range(n)]
         bar = tqdm(total=n, desc=f"synth {name}", unit="utt", disable=not progress, leave=False)
         if workers <= 1:

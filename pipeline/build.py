@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, manifest as mf, stats as st
-from .features import hours
+from .features import FEATURE_DIM, corpus_width, hours
 from .layout import LayoutError, SplitFiles, discover_splits, list_split, safe_text
 from .shards import ShardOptions, build_split
 from .store import CorpusStore, StrictError, ingest, store_fingerprint, store_path, store_state
-from .validate import Rejection
+from .validate import Rejection, npy_shape
 
 REJECTED_TSV = "rejected.tsv"
 LOCK_NAME = ".lock"
@@ -154,19 +154,21 @@ def _list(data, name: str, role: str) -> SplitFiles:
 
 def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = "", test: str = "",
           options: ShardOptions = ShardOptions(), workers: int = 2, cmn: bool = False, strict: bool = False,
-          progress: bool = True, log=print) -> BuildSummary:
+          progress: bool = True, log=print, feature_dim: int | None = None) -> BuildSummary:
     """Run stage 1. A full disk raises atomic.WriteError (a one-line `phonerec` error); every file
-    already under its final name stays complete, and a rerun finishes the job."""
+    already under its final name stays complete, and a rerun finishes the job. `feature_dim`: the
+    corpus's width (None: the width nearly all training files share)."""
     try:
         return _build(data, shards_dir, train=train, dev=dev, test=test, options=options, workers=workers,
-                      cmn=cmn, strict=strict, progress=progress, log=log)
+                      cmn=cmn, strict=strict, progress=progress, log=log, feature_dim=feature_dim)
     except OSError as exc:
         if atomic.disk_full(exc):
             raise atomic.disk_full_error(exc, f"shards under {shards_dir}") from exc
         raise
 
 
-def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict, progress, log) -> BuildSummary:
+def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict, progress, log,
+           feature_dim) -> BuildSummary:
     t0 = time.perf_counter()
     shards_dir = Path(shards_dir)
     roles = [(n, "train") for n in _parse(train)] + [(n, "dev") for n in _parse(dev)] + \
@@ -181,7 +183,7 @@ def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict,
     check_output_folder(Path(data), shards_dir, names)
     with build_lock(shards_dir):
         return _build_locked(shards_dir, roles, listings, options=options, workers=workers, cmn=cmn,
-                             strict=strict, progress=progress, log=log, t0=t0)
+                             strict=strict, progress=progress, log=log, t0=t0, feature_dim=feature_dim)
 
 
 def _report_listing(files: SplitFiles, role: str, log) -> None:
@@ -196,8 +198,20 @@ def _report_listing(files: SplitFiles, role: str, log) -> None:
         log(f"warning: test split {files.name} has no utterances: a submission for it has 0 rows")
 
 
-def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log):
+def _width(roles, listings, given: int | None, log) -> tuple[int, dict[str, list]]:
+    """The corpus's width from the training files' headers (or `given`), and those headers' shapes
+    (read once: ingest sorts by them too)."""
+    shapes = {n: [npy_shape(p) for p in listings[n].mfcc] for n, role in roles if role == "train"}
+    train = ", ".join(shapes)
+    dim = corpus_width((s[1] if s and len(s) == 2 else None for v in shapes.values() for s in v), train, given)
+    if dim != FEATURE_DIM or given:
+        log(f"feature width: {dim} per frame ({'--feature-dim' if given else 'from the files of ' + train})")
+    return dim, shapes
+
+
+def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log, feature_dim=None):
     """Each split's corpus store, reused when its inputs are unchanged and it is complete."""
+    dim, shapes = _width(roles, listings, feature_dim, log)
     duplicates, shared_test = duplicate_ids(listings, dict(roles))
     for name, ids in shared_test.items():
         log(f"warning: {name}: {len(ids)} test utterance id(s) also occur in another split, e.g. {ids[0]}; "
@@ -209,7 +223,7 @@ def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log):
         _report_listing(files, role, log)
         path = store_path(shards_dir, name)
         exclude = duplicates.get(name, {})
-        state = store_state(path, store_fingerprint(files, exclude))
+        state = store_state(path, store_fingerprint(files, exclude, dim))
         reused[name] = state == "current"
         if reused[name]:
             stores[name] = CorpusStore.open(path)
@@ -217,7 +231,8 @@ def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log):
         else:
             if state == "damaged":
                 log(f"{name}: the store {path} is incomplete or damaged: rebuilding it from the inputs")
-            stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress, exclude=exclude)
+            stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress, exclude=exclude,
+                                  dim=dim, shapes=shapes.get(name))
         if strict and stores[name].rejections:     # a reused store may hold rejections from a lax run
             r = stores[name].rejections[0]
             raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid})")
@@ -238,10 +253,11 @@ def _statistics(shards_dir, train_stores, *, cmn, workers, progress, log) -> st.
     return stats
 
 
-def _build_locked(shards_dir, roles, listings, *, options, workers, cmn, strict, progress, log, t0) -> BuildSummary:
+def _build_locked(shards_dir, roles, listings, *, options, workers, cmn, strict, progress, log, t0,
+                  feature_dim) -> BuildSummary:
     remove_stale_temps(shards_dir)
     stores, reused = _ingest_all(shards_dir, roles, listings, workers=workers, strict=strict,
-                                 progress=progress, log=log)
+                                 progress=progress, log=log, feature_dim=feature_dim)
     summary = BuildSummary(rejections=[r for n, _ in roles for r in stores[n].rejections])
     tsv = write_rejections(shards_dir, summary.rejections)
     train_stores = [stores[n] for n, role in roles if role == "train"]

@@ -5,10 +5,15 @@ front-end that makes features from audio (the speech corpus and `phonerec transc
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 
-FEATURE_DIM = 15                 # MFCCs per frame (the F22 edition of the task)
+from .errors import PhonerecError
+
+FEATURE_DIM = 15                 # MFCCs per frame in the F22 edition: manifests and checkpoints without a width
+WIDTH_MAJORITY = 3               # the corpus's width: at least 3 training files for each of any other width
 FRAME_RATE = 100                 # frames per second (10 ms hop)
 FRAMES_PER_HOUR = FRAME_RATE * 3600
 STORAGE_DTYPE = np.dtype(np.float16)          # normalized features inside the shards
@@ -18,6 +23,33 @@ BYTES_PER_FRAME = FEATURE_DIM * STORAGE_DTYPE.itemsize     # one stored frame in
 
 def hours(frames) -> float:
     return frames / FRAMES_PER_HOUR
+
+
+def bytes_per_frame(dim: int) -> int:
+    """One stored frame of a corpus `dim` features wide, in a shard."""
+    return dim * STORAGE_DTYPE.itemsize
+
+
+class WidthError(PhonerecError):
+    """The training files agree on no feature width."""
+
+
+def corpus_width(widths: Iterable[int | None], where: str, given: int | None = None) -> int:
+    """The corpus's features per frame: `given`, or the width the training files' headers share
+    by a clear majority (WIDTH_MAJORITY times as many files as the next width), never whichever file
+    comes first. Files of another width are rejected later, naming both widths. None stands for a
+    header that gives no width."""
+    if given:
+        return int(given)
+    counts = Counter(w for w in widths if w)
+    if not counts:
+        return FEATURE_DIM          # nothing readable: every file is rejected later, with its reason
+    (width, n), *rest = counts.most_common(2)
+    if rest and n < WIDTH_MAJORITY * rest[0][1]:
+        found = ", ".join(f"{w} in {c} file(s)" for w, c in sorted(counts.items()))
+        raise WidthError(f"no clear feature width in {where}: [T, D] headers with D = {found}; pass the "
+                         "corpus's width with --feature-dim (files of other widths are then rejected)")
+    return width
 
 
 # ----------------------------------------------------------------------------- MFCC front-end

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import atomic
 from .errors import PhonerecError
-from .features import STORAGE_DTYPE
+from .features import FEATURE_DIM, STORAGE_DTYPE
 from .vocab import VOCAB
 
 MANIFEST_NAME = "manifest.json"
@@ -99,6 +99,7 @@ class Manifest:
     # an unlabelled split. None in manifests written before it was recorded: readers then fall back
     # to label_lens, a lower bound (it misses the repeats).
     ctc_lens: np.ndarray | None = None   # int64 [N]
+    feature_dim: int = FEATURE_DIM       # features per frame (manifests without one are F22's 15)
 
     @property
     def num_utterances(self) -> int:
@@ -129,6 +130,7 @@ class Manifest:
             "inputs": self.inputs,
             "rejected": self.rejected,
             "feature_dtype": STORAGE_DTYPE.name,
+            "feature_dim": int(self.feature_dim),
             "vocab": self.vocab,
             "stats": self.stats.to_json(),
             "shards": [asdict(s) for s in self.shards],
@@ -195,7 +197,7 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         frames=np.asarray(u["frames"], dtype=np.int64),
         label_lens=np.asarray(u["label_len"], dtype=np.int64),
         index=np.asarray(u["index"], dtype=np.int64),
-        inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
+        feature_dim=int(raw.get("feature_dim", FEATURE_DIM)), inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
         vocab=raw["vocab"], fingerprint=raw.get("fingerprint", ""), directory=path.parent,
         feats_at=np.asarray(u["feats_at"], dtype=np.int64) if "feats_at" in u else None,
         labels_at=np.asarray(u["labels_at"], dtype=np.int64) if "labels_at" in u else None,
@@ -217,7 +219,8 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         return manifests[0]
     first = manifests[0]
     for m in manifests[1:]:
-        if m.stats.fingerprint != first.stats.fingerprint or m.vocab != first.vocab:
+        if m.stats.fingerprint != first.stats.fingerprint or m.vocab != first.vocab or \
+                m.feature_dim != first.feature_dim:
             raise ManifestError(f"splits {first.split} and {m.split} were normalized with different statistics; "
                                 "build them in one `phonerec shards` run")
     shards = [ShardInfo(**{**asdict(s), "name": f"{m.split}/{s.name}"}) for m in manifests for s in m.shards]
@@ -232,6 +235,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
         feats_at=cat("feats_at") if offsets else None, labels_at=cat("labels_at") if offsets else None,
         ctc_lens=cat("ctc_lens") if all(m.ctc_lens is not None for m in manifests) else None,
+        feature_dim=first.feature_dim,
     )
 
 

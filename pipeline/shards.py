@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import atomic, manifest as mf
-from .features import BYTES_PER_FRAME
+from .features import bytes_per_frame
 from .manifest import Stats
 from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
 from .store import CorpusStore
@@ -240,7 +240,7 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         return old
     frames = store.frames
     order = plan_order(frames, opts.seed)
-    sizes = frames[order] * BYTES_PER_FRAME + store.label_lens[order] + TAR_OVERHEAD
+    sizes = frames[order] * bytes_per_frame(store.feature_dim) + store.label_lens[order] + TAR_OVERHEAD
     cuts = cut_points(sizes, opts.target_mb * 2**20, opts.min_shards)
     names = [shard_name(store.split, i) for i in range(len(cuts) - 1)]
     _prepare_folder(out_dir, store.split, fp, names, old, old_names)
@@ -264,6 +264,7 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
         inputs=store.inputs, rejected=len(store.rejections), fingerprint=fp, directory=out_dir,
         feats_at=feats_at, labels_at=labels_at, ctc_lens=ctc[order].astype(np.int64),
+        feature_dim=store.feature_dim,
     )
     mf.save(m, shards_dir)
     return m

@@ -58,7 +58,8 @@ def compute(stores: list[CorpusStore], *, cmn: bool = False, workers: int = 2, p
     for s in stores:
         for a, b in _utterance_blocks(s.offsets):
             jobs.append((str(s.path), a, b, cmn))
-    count, total, total_sq = 0, np.zeros(FEATURE_DIM), np.zeros(FEATURE_DIM)
+    dim = stores[0].feature_dim if stores else FEATURE_DIM
+    count, total, total_sq = 0, np.zeros(dim), np.zeros(dim)
     bar = tqdm(total=len(jobs), desc="statistics", unit="chunk", disable=not progress, leave=False)
     if workers <= 1:
         results = map(_partial, jobs)

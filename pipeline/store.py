@@ -71,6 +71,10 @@ class CorpusStore:
         )
 
     @property
+    def feature_dim(self) -> int:
+        return int(self._group["features"].shape[1])
+
+    @property
     def frames(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -121,20 +125,23 @@ def is_current(path: Path, fingerprint: str) -> bool:
     return store_state(path, fingerprint) == "current"
 
 
-def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None) -> str:
-    """The inputs' fingerprint, plus the utterances excluded by other splits (duplicate ids): a
-    store is current only for the same files *and* the same exclusions."""
+def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None, dim: int = FEATURE_DIM) -> str:
+    """The inputs' fingerprint, plus the utterances excluded by other splits (duplicate ids) and the
+    corpus's width: a store is current only for the same files, exclusions and width (F22's 15
+    adds nothing, so stores written before the width was chosen stay current)."""
     base = files.fingerprint()
+    if dim != FEATURE_DIM:
+        base = hashlib.sha256(f"{base}|dim|{dim}".encode()).hexdigest()
     if not exclude:
         return base
     extra = json.dumps(sorted(exclude.items()), ensure_ascii=True)
     return hashlib.sha256(f"{base}|exclude|{extra}".encode()).hexdigest()
 
 
-def _read_one(job: tuple[int, str, str | None, bool]):
-    i, mfcc, transcript, labelled = job
+def _read_one(job: tuple[int, str, str | None, bool, int]):
+    i, mfcc, transcript, labelled, dim = job
     try:
-        feats, labels = load_utterance(Path(mfcc), Path(transcript) if transcript else None, labelled)
+        feats, labels = load_utterance(Path(mfcc), Path(transcript) if transcript else None, labelled, dim)
         return i, feats, labels, None, None
     except UtteranceError as exc:
         return i, None, None, str(exc), str(exc.path or mfcc)
@@ -181,10 +188,10 @@ class _StoreWriter:
     """Appends utterances to a new store's arrays: features in chunk-aligned writes, the rest
     (offsets, original index, ids, labels) at the end."""
 
-    def __init__(self, g: zarr.Group, capacity: int, labelled: bool):
-        self.g, self.labelled = g, labelled
-        self.feats = g.create_array("features", shape=(max(capacity, 1), FEATURE_DIM),
-                                    chunks=(CHUNK_FRAMES, FEATURE_DIM), dtype="float32")
+    def __init__(self, g: zarr.Group, capacity: int, labelled: bool, dim: int):
+        self.g, self.labelled, self.dim = g, labelled, dim
+        self.feats = g.create_array("features", shape=(max(capacity, 1), dim),
+                                    chunks=(CHUNK_FRAMES, dim), dtype="float32")
         self.buf: list[np.ndarray] = []
         self.buf_frames = self.written = 0
         self.offsets, self.index, self.ids, self.labels, self.label_offsets = [0], [], [], [], [0]
@@ -209,7 +216,7 @@ class _StoreWriter:
         if n == 0:
             return
         if self.written + n > self.feats.shape[0]:
-            self.feats.resize((self.written + n, FEATURE_DIM))
+            self.feats.resize((self.written + n, self.dim))
         self.feats[self.written:self.written + n] = block[:n]
         self.written += n
         rest = block[n:]
@@ -218,7 +225,7 @@ class _StoreWriter:
     def finish(self) -> int:
         """Write everything still held; returns the number of utterances."""
         self._flush(final=True)
-        self.feats.resize((self.written, FEATURE_DIM))
+        self.feats.resize((self.written, self.dim))
         g, n = self.g, len(self.ids)
         g.create_array("offsets", data=np.asarray(self.offsets, dtype=np.int64))
         g.create_array("index", data=np.asarray(self.index, dtype=np.int64))
@@ -233,19 +240,23 @@ class _StoreWriter:
 
 def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: bool = False,
            progress: bool = True, on_reject: Callable[[Rejection], None] | None = None,
-           exclude: dict[str, str] | None = None) -> CorpusStore:
-    """Read, validate and consolidate one split into a zarr store, atomically.
+           exclude: dict[str, str] | None = None, dim: int = FEATURE_DIM,
+           shapes: list[tuple[int, ...] | None] | None = None) -> CorpusStore:
+    """Read, validate and consolidate one split of a corpus `dim` features wide into a zarr store,
+    atomically.
 
     `exclude` maps utterance ids to a reason: those are rejected without being read (duplicate
-    ids kept in another split)."""
+    ids kept in another split). `shapes`: the files' header shapes when the caller read them
+    already (parallel to files.mfcc)."""
     path = Path(path)
-    fingerprint = store_fingerprint(files, exclude)
+    fingerprint = store_fingerprint(files, exclude, dim)
     exclude = {**files.problems, **(exclude or {})}     # names that are no readable file, duplicates
     n_in = len(files.ids)
-    header_frames = np.fromiter((npy_frames(p) for p in files.mfcc), dtype=np.int64, count=n_in)
+    frames = (s[0] if s else 0 for s in shapes) if shapes is not None else map(npy_frames, files.mfcc)
+    header_frames = np.fromiter(frames, dtype=np.int64, count=n_in)
     order = np.lexsort((np.arange(n_in), header_frames))        # by length, ties by file name
     jobs = [(int(i), str(files.mfcc[i]), str(files.transcripts[i]) if files.transcripts[i] else None,
-             files.labelled) for i in order if files.ids[i] not in exclude]
+             files.labelled, dim) for i in order if files.ids[i] not in exclude]
     rejections = _Rejections(files.name, strict, on_reject)
     for uid, tpath in files.orphans:
         rejections.add(uid, tpath, "transcript without features")
@@ -258,7 +269,7 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
     bar = tqdm(total=n_in, desc=f"ingest {files.name}", unit="utt", disable=not progress, leave=False)
     try:
         g = zarr.open_group(str(tmp), mode="w")
-        writer = _StoreWriter(g, int(header_frames.clip(min=0).sum()), files.labelled)
+        writer = _StoreWriter(g, int(header_frames.clip(min=0).sum()), files.labelled, dim)
         for i, feats, lab, reason, bad_path in _read_all(jobs, workers):
             if reason is None:
                 writer.add(i, files.ids[i], feats, lab)
@@ -267,7 +278,7 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
             bar.update()
         n = writer.finish()
         g.attrs.update({
-            "format": STORE_FORMAT, "split": files.name, "labelled": files.labelled,
+            "format": STORE_FORMAT, "split": files.name, "labelled": files.labelled, "feature_dim": dim,
             "fingerprint": fingerprint, "num_utterances": n, "inputs": n_in + len(files.orphans),
             "rejections": [list(r) for r in rejections], "files": store_files(tmp), "complete": True,
         })

@@ -86,21 +86,32 @@ def _header_problem(shape: tuple[int, ...], dtype: np.dtype, held: int, what: st
     return None
 
 
-def npy_frames(path: Path) -> int:
-    """Frame count from the .npy header alone (128 bytes), used to sort before ingest.
-
-    0 for a header the file's size cannot hold (such a file is ingested, and rejected, later), so
-    the sum of these counts (the store's initial capacity) stays within the corpus's size."""
+def npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape in a .npy header (128 bytes read), or None for a header that is unreadable or
+    that the file's size cannot hold (such a file is ingested, and rejected, later)."""
     try:
         with open(path, "rb") as fh:
             shape, _, dtype = _read_header(fh)
             data_start = fh.tell()
             held = fh.seek(0, 2) - data_start
     except Exception:  # noqa: BLE001 - any unreadable header is ingested (and rejected) later
-        return 0
-    if _header_problem(shape, dtype, held, "feature") or len(shape) < 1:
-        return 0
-    return int(shape[0])
+        return None
+    if _header_problem(shape, dtype, held, "feature"):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def npy_frames(path: Path) -> int:
+    """Frame count from the .npy header alone, used to sort before ingest; 0 for a header the file
+    cannot hold, so the sum of these counts (the store's initial capacity) stays within the corpus."""
+    shape = npy_shape(path)
+    return shape[0] if shape else 0
+
+
+def npy_width(path: Path) -> int | None:
+    """Features per frame from the .npy header alone (None unless it is a readable [T, D] header)."""
+    shape = npy_shape(path)
+    return shape[1] if shape is not None and len(shape) == 2 else None
 
 
 # ------------------------------------------------------------------ object arrays, without pickle's risks
@@ -343,14 +354,16 @@ def _load(path: Path, what: str, allow_objects: bool = False) -> np.ndarray:
         raise UtteranceError(f"{what} file is not a valid .npy file ({size} bytes): {exc}") from exc
 
 
-def load_features(path: Path) -> np.ndarray:
-    """A float32 [T, 15] array with T >= 1, only finite values, none beyond ±MAX_ABS_FEATURE."""
+def load_features(path: Path, dim: int = FEATURE_DIM) -> np.ndarray:
+    """A float32 [T, dim] array with T >= 1, only finite values, none beyond ±MAX_ABS_FEATURE.
+    `dim` is the corpus's width (the training files'): another width is named in the reason."""
     x = _load(path, "feature")
     if x.dtype.kind != "f":
         raise UtteranceError(f"features have dtype {x.dtype}, expected a float type")
-    if x.ndim != 2 or x.shape[1] != FEATURE_DIM:
-        hint = " (looks transposed: [15, T])" if x.ndim == 2 and x.shape[0] == FEATURE_DIM else ""
-        raise UtteranceError(f"features have shape {list(x.shape)}, expected [T, {FEATURE_DIM}]{hint}")
+    if x.ndim != 2 or x.shape[1] != dim:
+        hint = f" (looks transposed: [{dim}, T])" if x.ndim == 2 and x.shape[0] == dim else ""
+        other = f": {x.shape[1]} features per frame, the corpus has {dim}" if x.ndim == 2 and not hint else ""
+        raise UtteranceError(f"features have shape {list(x.shape)}, expected [T, {dim}]{hint}{other}")
     if x.shape[0] < 1:
         raise UtteranceError("features have 0 frames")
     with np.errstate(over="ignore", invalid="ignore"):
@@ -403,11 +416,12 @@ def load_transcript(path: Path) -> np.ndarray:
         raise UtteranceError(f"transcript: {exc}") from exc
 
 
-def load_utterance(mfcc: Path, transcript: Path | None, labelled: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read and check one utterance; raises UtteranceError with the reason."""
+def load_utterance(mfcc: Path, transcript: Path | None, labelled: bool,
+                   dim: int = FEATURE_DIM) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read and check one utterance of a corpus `dim` features wide; raises UtteranceError."""
     if labelled and transcript is None:
         raise UtteranceError("features without a transcript")
-    feats = load_features(mfcc)
+    feats = load_features(mfcc, dim)
     if not labelled:
         return feats, None
     try:

@@ -11,7 +11,6 @@ from . import manifest as mf
 from .layout import list_split
 from .shardformat import FEATS, LABELS, load_npy
 from .shards import sha256_file
-from .features import FEATURE_DIM
 
 
 def _read_rejected(shards_dir: Path) -> dict[str, set[str]]:
@@ -90,8 +89,8 @@ def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list
             sample = members[key]
             try:
                 x = load_npy(sample[FEATS])
-                if x.shape != (frames, FEATURE_DIM):
-                    problems.append(f"{where}: {key} features {list(x.shape)}, manifest says [{frames}, {FEATURE_DIM}]")
+                if x.shape != (frames, m.feature_dim):
+                    problems.append(f"{where}: {key} features {list(x.shape)}, manifest says [{frames}, {m.feature_dim}]")
                 if m.labelled and len(load_npy(sample[LABELS])) != llen:
                     problems.append(f"{where}: {key} label length differs from the manifest")
             except (KeyError, ValueError) as exc:
