@@ -1,8 +1,10 @@
-"""Shared fixtures for the stage-1 (pipeline) tests.
+"""Shared fixtures.
 
 ``tiny_corpus`` is a small synthetic corpus in the real raw layout and ``tiny_shards`` the shards
-built from it; both are session-scoped and must be treated as read-only (a test that modifies
-files copies them first, see ``copy_tree``). ``pipe`` bundles the helpers below.
+built from it; ``fast`` a corpus of short utterances and its shards for training runs; all are
+session-scoped and must be treated as read-only (a test that modifies files copies them first,
+see ``copy_tree``). ``pipe`` bundles the pipeline helpers below; the stage-2 helpers (training
+runs, the command line, torchrun) are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -158,6 +160,18 @@ def tiny_shards(tiny_corpus, tmp_path_factory) -> Path:
     build_mod.build(tiny_corpus, out, train=TRAIN, dev=DEV, test=TEST, workers=1, progress=False,
                     options=ShardOptions(min_shards=4), log=lambda _m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def fast(tmp_path_factory):
+    """(data, shards) of short learnable utterances (60-300 frames) for training runs: 48 train
+    utterances in 6 shards, 8 dev, 6 unlabelled test; read-only."""
+    from tests.helpers import FAST_COUNTS, write_corpus
+    root = tmp_path_factory.mktemp("fast")
+    write_corpus(PIPE, root / "data", FAST_COUNTS)
+    build_shards(root / "data", root / "shards", min_shards=6)
+    assert len(mf.load(root / "shards", TRAIN).shards) == 6
+    return root / "data", root / "shards"
 
 
 @pytest.fixture(scope="module")

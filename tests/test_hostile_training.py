@@ -10,6 +10,7 @@ Cases of the issue "hostile and damaged inputs": 2 (code in a checkpoint), 7 (em
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,24 +22,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from pipeline import manifest as mf
-from phonerec.cli import main as cli_main
-from corpora.random import utterance
 from pipeline.vocab import VOCAB, ctc_min_frames
-from training import checkpoint as ckpt
+from tests import helpers
+from tests.helpers import (DEV, TEST, TRAIN, assert_one_line_error, cli, decode_args, make_weights, metrics,
+                           train_and_stop, train_config)
 from training import inference as tinf
-from training import train as ttrain
+from training import loop as tloop
+from training.checkpoint import Checkpoint
 from training.data import without_shards
 from training.model import Model, preset_config
 from training.plan import BatchOptions, plan_epoch
 
-TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
-MAX_FRAMES = 1600
+MAX_FRAMES = helpers.MAX_FRAMES
 N_NORMAL = 24                                  # learnable training utterances of the `good` corpus
 SHORT = [f"short-{i}" for i in range(3)]       # 10 frames, 10 labels: feasible only without downsampling
 SHORT_LABELS = ["AA", "B", "K", "IY", "S", "T", "UW", "M", "N", "ER"]     # no adjacent repeats
+LR = 0.003
+train_args = functools.partial(helpers.train_args, lr=LR)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,28 +48,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------------------------ corpora
 
 def write_corpus(pipe, data: Path, counts: dict, bad_splits=(), short=0) -> None:
-    """Short learnable utterances (60-300 frames), as in test_reliability.py; the transcripts of
-    `bad_splits` get an unknown symbol (every file rejected); `short` 10-frame/10-label training
-    utterances; a split counted 0 gets an empty mfcc/ folder (0 inputs)."""
-    for k, (split, n) in enumerate(counts.items()):
-        rng = np.random.default_rng([7, k])
-        (data / split / "mfcc").mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            x, labels = utterance(7, k, i, int(rng.integers(60, 300)))
-            if split in bad_splits:
-                labels = labels[:2] + ["QQ"] + labels[2:]
-            pipe.write_utterance(data, split, f"{100 + k}-{2000 + k}-{i:04d}", x, labels if split != TEST else None)
-    rng = np.random.default_rng(99)
-    for uid in SHORT[:short]:
-        pipe.write_utterance(data, TRAIN, uid, pipe.random_feats(rng, 10), ["[SOS]", *SHORT_LABELS, "[EOS]"])
-
-
-def make_weights(shards: Path, path: Path) -> Path:
-    """An untrained model1 checkpoint with the shards' statistics (enough to decode)."""
-    model = Model(preset_config("model1"))
-    ckpt.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "vocab": list(VOCAB),
-               "stats": mf.load(shards, TRAIN).stats.to_json()}, path)
-    return path
+    """helpers.write_corpus with `short` of the 10-frame/10-label SHORT training utterances."""
+    helpers.write_corpus(pipe, data, counts, bad_splits=bad_splits, short=SHORT[:short], short_labels=SHORT_LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -94,39 +76,6 @@ def hostile(pipe, tmp_path_factory):
 
 # ------------------------------------------------------------------------------------ helpers
 
-def cli(*args, ok=True):
-    res = CliRunner().invoke(cli_main, [str(a) for a in args])
-    if ok:
-        assert res.exit_code == 0, (res.output, res.exception)
-    return res
-
-
-def assert_one_line_error(res, *words) -> str:
-    """A failed command: exit status 1, no traceback, one `Error:` line holding all `words`."""
-    assert res.exit_code == 1, (res.output, res.exception)
-    assert "Traceback" not in res.output, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, res.output
-    for w in words:
-        assert str(w) in errors[0], f"{w!r} not in {errors[0]!r}"
-    return errors[0]
-
-
-def train_args(shards, run: Path, *extra, preset="model1") -> list:
-    return ["train", "--shards", shards, "--weights", run / "weights", "--results", run / "results",
-            "--preset", preset, "--workers", "0", "--max-frames", MAX_FRAMES, "--quiet", "--lr", "0.003", *extra]
-
-
-def decode_args(command, shards, weights, results, *extra) -> list:
-    return [command, "--shards", shards, "--weights", weights, "--results", results, "--beam-width", "0",
-            "--workers", "0", "--quiet", *extra]
-
-
-def metrics(run: Path) -> list[dict]:
-    p = run / "results" / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
-
-
 def load_trusted(path: Path) -> dict:
     """A file this test wrote itself: plain torch.load."""
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -135,7 +84,7 @@ def load_trusted(path: Path) -> dict:
 @pytest.fixture
 def steps(monkeypatch) -> list:
     """Manifest rows of every training step's loss (not the dev evaluation's): [] means no step ran."""
-    real = ttrain.ctc_sum
+    real = tloop.ctc_sum
     seen: list = []
 
     def spy(lp, out_lens, batch):
@@ -143,7 +92,7 @@ def steps(monkeypatch) -> list:
             seen.append(batch.rows.tolist())
         return real(lp, out_lens, batch)
 
-    monkeypatch.setattr(ttrain, "ctc_sum", spy)
+    monkeypatch.setattr(tloop, "ctc_sum", spy)
     return seen
 
 
@@ -206,19 +155,18 @@ def test_case2_planted_last_pt_is_refused_by_resume_before_it_runs(good, tmp_pat
 def test_case2_checkpoints_hold_only_plain_data(good, tmp_path):
     """What a run writes loads with weights_only=True and nothing admitted beyond torch's defaults."""
     shards, _ = good
-    cli(*train_args(shards, tmp_path, "--epochs", "1", "--stop-after", "2"))
+    train_and_stop(train_config(shards, tmp_path, epochs=1, lr=LR), after=2)
     state = torch.load(tmp_path / "weights" / "last.pt", map_location="cpu", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 2)
     assert isinstance(state["rng"][0]["numpy"][1], list)
 
 
-def old_layout(state: dict) -> dict:
-    """The same checkpoint with numpy's RNG state as np.random.get_state() returns it (before the fix)."""
-    old = dict(state)
-    old["rng"] = []
-    for r in state["rng"]:
+def old_rng_layout(rng: list[dict]) -> list[dict]:
+    """The same RNG states with numpy's as np.random.get_state() returns it (checkpoints before the fix)."""
+    old = []
+    for r in rng:
         name, keys, pos, has_gauss, cached = r["numpy"]
-        old["rng"].append({**r, "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)})
+        old.append({**r, "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)})
     return old
 
 
@@ -229,26 +177,27 @@ def test_case2_old_checkpoint_with_numpy_rng_state_still_loads(good, tmp_path):
     model = Model(preset_config("model1"))
     np.random.seed(3)
     old = tmp_path / "old" / "best.pt"
-    old.parent.mkdir()
-    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "vocab": list(VOCAB),
-                "stats": mf.load(shards, TRAIN).stats.to_json(),
-                "rng": [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate(), "cuda": None}]}, old)
+    Checkpoint(model=model.state_dict(), model_config=model.config.to_dict(), vocab=list(VOCAB),
+               stats=mf.load(shards, TRAIN).stats.to_json(),
+               rng=[{"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                     "cuda": None}]).save(old)
     res = cli(*decode_args("predict", shards, old, tmp_path / "results"))
     assert "wrote" in res.output and (tmp_path / "results" / "submission.csv").exists()
-    assert ckpt.load(old)["rng"][0]["numpy"][1].dtype == np.uint32
+    assert Checkpoint.load(old).rng[0]["numpy"][1].dtype == np.uint32
 
     a, b = tmp_path / "a", tmp_path / "b"
-    cli(*train_args(shards, a, "--epochs", "1", "--dev", "", "--stop-after", "2"))
+    train_and_stop(train_config(shards, a, epochs=1, dev="", lr=LR), after=2)
     shutil.copytree(a, b)
-    torch.save(old_layout(load_trusted(a / "weights" / "last.pt")), b / "weights" / "last.pt")
+    ck = Checkpoint.load(a / "weights" / "last.pt")
+    ck.rng = old_rng_layout(ck.rng)
+    ck.save(b / "weights" / "last.pt")
     for run in (a, b):
         cli(*train_args(shards, run, "--epochs", "1", "--dev", "", "--resume"))
-    sa, sb = (load_trusted(r / "weights" / "last.pt") for r in (a, b))
-    assert sa["epoch"] == sb["epoch"] == 1
-    for k in sa["model"]:
-        assert torch.equal(sa["model"][k], sb["model"][k]), k
-    [ra], [rb] = sa["rng"], sb["rng"]
+    sa, sb = (Checkpoint.load(r / "weights" / "last.pt") for r in (a, b))
+    assert sa.epoch == sb.epoch == 1
+    for k in sa.model:
+        assert torch.equal(sa.model[k], sb.model[k]), k
+    [ra], [rb] = sa.rng, sb.rng
     assert torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"]
     assert [np.asarray(x).tolist() for x in ra["numpy"]] == [np.asarray(x).tolist() for x in rb["numpy"]]
 
@@ -271,7 +220,7 @@ def test_case7_without_dev_best_pt_is_the_last_epoch(hostile, tmp_path):
     assert "no dev split" in res.output
     w = tmp_path / "weights"
     assert (w / "best.pt").read_bytes() == (w / "last.pt").read_bytes()
-    assert ckpt.load(w / "best.pt")["epoch"] == 2
+    assert Checkpoint.load(w / "best.pt").epoch == 2
 
 
 def test_case7_evaluate_on_split_without_utterances_is_one_line(hostile, tmp_path, decodes):
@@ -353,8 +302,8 @@ def test_case14_default_preset_leaves_out_utterances_too_short_for_its_downsampl
     assert trained == set(range(m.num_utterances)) - short_rows
     rows = metrics(tmp_path)
     assert [(r["ctc_infeasible"], r["utterances"]) for r in rows] == [(3, N_NORMAL)] * 2
-    state = ckpt.load(tmp_path / "weights" / "last.pt")
-    assert state["ctc_infeasible"] == 3 and sorted(state["ctc_infeasible_ids"]) == SHORT
+    state = Checkpoint.load(tmp_path / "weights" / "last.pt")
+    assert state.ctc_infeasible == 3 and sorted(state.ctc_infeasible_ids) == SHORT
 
 
 def test_case14_model1_without_downsampling_leaves_none_out(good, tmp_path, steps):
@@ -376,7 +325,7 @@ def test_also_a_resume_on_shards_with_other_statistics_is_refused(pipe, good, tm
     write_corpus(pipe, data, {TRAIN: N_NORMAL, DEV: 4, TEST: 4}, short=3)
     pipe.build(data, other, min_shards=3, cmn=True)          # same corpus, re-normalized (per-utterance CMN)
     assert mf.load(other, TRAIN).stats.fingerprint != mf.load(shards, TRAIN).stats.fingerprint
-    cli(*train_args(shards, tmp_path, "--epochs", "1", "--stop-after", "1"))
+    train_and_stop(train_config(shards, tmp_path, epochs=1, lr=LR), after=1)
     steps.clear()
     res = cli(*train_args(other, tmp_path, "--epochs", "1", "--resume"), ok=False)
     assert_one_line_error(res, f"{tmp_path / 'weights' / 'last.pt'} was trained on features normalized with other "

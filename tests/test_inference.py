@@ -9,19 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from pipeline import manifest as mf
 from phonerec.cli import main
+from pipeline import manifest as mf
 from pipeline.vocab import CODES
-from tests.conftest import TEST, build_shards, raw_ids
+from tests.conftest import build_shards, raw_ids
+from tests.helpers import TEST, cli
+from training.checkpoint import Checkpoint
 
 
-def _cli(*args: str) -> str:
-    res = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return res.output
+def _cli(*args) -> str:
+    return cli(*args).output
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +111,9 @@ def test_mismatched_statistics_fail_clearly(tiny_corpus, trained, tmp_path):
 
 
 def test_mismatched_vocabulary_and_missing_weights_fail_clearly(tiny_shards, trained, tmp_path):
-    state = torch.load(trained / "best.pt", weights_only=False)
-    state["vocab"] = state["vocab"][:-1]
-    torch.save(state, tmp_path / "bad.pt")
+    ck = Checkpoint.load(trained / "best.pt")
+    ck.vocab = ck.vocab[:-1]
+    ck.save(tmp_path / "bad.pt")
     res = CliRunner().invoke(main, ["predict", "--shards", str(tiny_shards), "--weights", str(tmp_path / "bad.pt"),
                                     "--results", str(tmp_path), "--quiet"])
     assert res.exit_code != 0 and "different vocabulary" in res.output

@@ -1,6 +1,6 @@
 """The house's rules, checked on the source: imports run one way (phonerec -> training -> pipeline,
-corpora -> pipeline), click lives only in the command modules, and production code reads no
-test-only switch."""
+corpora -> pipeline), click lives only in the command modules, production code reads no
+test-only switch, the feature width has one definition, and every function fits on a screen."""
 
 from __future__ import annotations
 
@@ -71,3 +71,23 @@ def test_the_feature_width_has_one_definition():
                                                         for t in node.targets):
                     defs.append(str(path.relative_to(ROOT)))
     assert defs == ["pipeline/features.py"], defs
+
+
+MAX_LINES = 80            # from the `def` line to the function's last line (decorators not counted)
+
+
+def long_functions(package: str, limit: int = MAX_LINES) -> list[str]:
+    """'path:line name (N lines)' for every function or method of the package longer than `limit`."""
+    found = []
+    for path in modules(package):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_functions_fit_on_a_screen():
+    offenders = [f for pkg in PACKAGES for f in long_functions(pkg)]
+    assert not offenders, f"functions longer than {MAX_LINES} lines: " + "; ".join(offenders)

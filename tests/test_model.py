@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.vocab import BLANK, NUM_CLASSES
 from pipeline.features import FEATURE_DIM
+from pipeline.vocab import BLANK, NUM_CLASSES
+from tests.helpers import intermediate_shapes
 from training.augment import AugmentConfig, add_noise, spec_augment
 from training.model import (
     PRESETS,
@@ -37,8 +38,9 @@ def _batch(lengths, seed=0, feat=FEATURE_DIM, pad_value=0.0):
 
 
 def _run(model, x, lengths):
-    with torch.no_grad():
-        return model(x, lengths, return_intermediates=True)
+    """(log_probs, out_lengths, intermediate shapes) of model(x, lengths), collected with hooks."""
+    shapes = intermediate_shapes(model, x, lengths)
+    return shapes.pop("log_probs"), shapes.pop("out_lengths"), shapes
 
 
 # ----------------------------------------------------------------------------- exact shapes
@@ -58,11 +60,11 @@ def test_reference_preset_shapes(preset):
     log_probs, out_lengths, inter = _run(model, x, lengths)
     exp = EXPECTED[preset]
     assert x.shape == (4, 1520, 15)
-    assert [tuple(e.shape) for e in inter["embeddings"]] == [(4, 1520, c) for c in exp["emb"]]
-    assert tuple(inter["packed"].shape) == (TOTAL, exp["packed"])
-    assert tuple(inter["lstm_packed"].shape) == (TOTAL, exp["lstm"])
-    assert tuple(inter["unpacked"].shape) == (4, 1520, exp["lstm"])
-    assert [tuple(t.shape) for t in inter["linear"]] == [(4, 1520, w) for w in exp["linear"]]
+    assert inter["embeddings"] == [(4, 1520, c) for c in exp["emb"]]
+    assert inter["packed"] == (TOTAL, exp["packed"])
+    assert inter["lstm_packed"] == (TOTAL, exp["lstm"])
+    assert inter["unpacked"] == (4, 1520, exp["lstm"])
+    assert inter["linear"] == [(4, 1520, w) for w in exp["linear"]]
     assert log_probs.shape == (4, 1520, NUM_CLASSES) and log_probs.dtype == torch.float32
     assert out_lengths.tolist() == LENGTHS
     assert model.downsampling == 1
@@ -79,11 +81,11 @@ def test_default_preset_shapes_and_size():
     t_out = (T_MAX - 1) // ds + 1  # odd kernels, padding k//2: ceil(T / stride)
     expected_lengths = [(n - 1) // ds + 1 for n in LENGTHS]
     assert out_lengths.tolist() == expected_lengths
-    assert [tuple(e.shape) for e in inter["embeddings"]] == [(4, t_out, 256), (4, t_out, 256)]
-    assert tuple(inter["packed"].shape) == (sum(expected_lengths), 256)
-    assert tuple(inter["lstm_packed"].shape) == (sum(expected_lengths), 512)
-    assert tuple(inter["unpacked"].shape) == (4, t_out, 512)
-    assert [tuple(t.shape) for t in inter["linear"]] == [(4, t_out, 512), (4, t_out, 43)]
+    assert inter["embeddings"] == [(4, t_out, 256), (4, t_out, 256)]
+    assert inter["packed"] == (sum(expected_lengths), 256)
+    assert inter["lstm_packed"] == (sum(expected_lengths), 512)
+    assert inter["unpacked"] == (4, t_out, 512)
+    assert inter["linear"] == [(4, t_out, 512), (4, t_out, 43)]
     assert log_probs.shape == (4, t_out, NUM_CLASSES)
 
 
@@ -98,8 +100,8 @@ def test_large_preset_structure():
     x, lengths = _batch([37, 40, 1, 2])
     log_probs, out_lengths, inter = _run(model, x, lengths)
     assert out_lengths.tolist() == [10, 10, 1, 1]
-    assert [tuple(e.shape) for e in inter["embeddings"]] == [(4, 20, 16), (4, 10, 16)]
-    assert tuple(inter["packed"].shape) == (22, 16)
+    assert inter["embeddings"] == [(4, 20, 16), (4, 10, 16)]
+    assert inter["packed"] == (22, 16)
     assert log_probs.shape == (4, 10, NUM_CLASSES)
 
 
@@ -213,7 +215,7 @@ def test_accepts_int32_lengths_and_rejects_bad_ones():
         model(x[..., :10], torch.tensor([5, 3]))
 
 
-def test_without_intermediates_returns_pair():
+def test_forward_returns_log_probs_and_lengths():
     model = build_model("model1", lstm_hidden=4)
     out = model(*_batch([4, 2]))
     assert isinstance(out, tuple) and len(out) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import functools
 import io
 import json
 import os
@@ -24,46 +25,28 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from phonerec.cli import main as cli_main
 from pipeline import manifest as mf
 from pipeline import validate
-from phonerec.cli import main as cli_main
-from corpora.random import utterance
 from pipeline.verify import check_shards
-from pipeline.vocab import VOCAB
+from tests import helpers
+from tests.helpers import (DEV, FAST_COUNTS, MAX_FRAMES, TEST, TRAIN, assert_one_line_error, cli,
+                           flip_feature_byte, load_last, make_weights, metrics, temp_leftovers, train_and_stop,
+                           train_config, write_corpus)
 from training import checkpoint as ckpt
 from training import data as tdata
-from training import train as ttrain
+from training import loop as tloop
 from training.data import ShardReadError, make_loader
 from training.plan import BatchOptions, plan_epoch
 
-TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
-N_TRAIN = 48
-MAX_FRAMES = 1600
+N_TRAIN = FAST_COUNTS[TRAIN]      # training utterances of the `fast` corpus (conftest.py)
+LR = 0.003
+train_args = functools.partial(helpers.train_args, lr=LR)
 
 
 # ------------------------------------------------------------------------------------ fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_fast_corpus(pipe, data: Path, counts=None) -> None:
-    """Short learnable utterances (60-300 frames), as in test_train.py."""
-    counts = counts or {TRAIN: N_TRAIN, DEV: 8, TEST: 6}
-    for k, (split, n) in enumerate(counts.items()):
-        rng = np.random.default_rng([7, k])
-        for i in range(n):
-            x, labels = utterance(7, k, i, int(rng.integers(60, 300)))
-            pipe.write_utterance(data, split, f"{100 + k}-{2000 + k}-{i:04d}", x, labels if split != TEST else None)
-
-
-@pytest.fixture(scope="module")
-def fast(pipe, tmp_path_factory):
-    """(data, shards): 48 train utterances in 6 shards, 8 dev and 6 unlabelled test in 6; read-only."""
-    root = tmp_path_factory.mktemp("rel_fast")
-    write_fast_corpus(pipe, root / "data")
-    pipe.build(root / "data", root / "shards", min_shards=6)
-    assert len(mf.load(root / "shards", TRAIN).shards) == 6
-    return root / "data", root / "shards"
 
 
 @pytest.fixture
@@ -74,61 +57,7 @@ def shards_copy(pipe, fast, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def weights(fast, tmp_path_factory) -> Path:
     """An untrained model1 checkpoint with the fast shards' statistics (enough to decode)."""
-    from training.model import Model, preset_config
-    model = Model(preset_config("model1"))
-    path = tmp_path_factory.mktemp("rel_weights") / "best.pt"
-    ckpt.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "vocab": list(VOCAB),
-               "stats": mf.load(fast[1], TRAIN).stats.to_json()}, path)
-    return path
-
-
-def cli(*args, ok=True):
-    res = CliRunner().invoke(cli_main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert res.exit_code == 0, res.output
-    return res
-
-
-def assert_one_line_error(res, *words) -> str:
-    """A failed command: exit status 1, no traceback, one `Error:` line holding all `words`."""
-    assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, res.output
-    for w in words:
-        assert str(w) in errors[0], f"{w!r} not in {errors[0]!r}"
-    return errors[0]
-
-
-def train_args(shards, run: Path, *extra) -> list[str]:
-    return ["train", "--shards", shards, "--weights", run / "weights", "--results", run / "results",
-            "--preset", "model1", "--workers", "0", "--max-frames", MAX_FRAMES, "--quiet", "--lr", "0.003", *extra]
-
-
-def metrics(run: Path) -> list[dict]:
-    p = run / "results" / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
-
-
-def load_last(run: Path, name="last.pt") -> dict:
-    return torch.load(run / "weights" / name, map_location="cpu", weights_only=False)
-
-
-def flip_feature_byte(m: mf.Manifest, s: int) -> Path:
-    """Flip one bit inside the feature data of the shard's first utterance: the tar and the .npy
-    still parse (this used to be silent corruption)."""
-    path = m.shard_paths()[s]
-    data = bytearray(path.read_bytes())
-    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
-        first = next(ti for ti in tar if ti.name.endswith(".feats.npy"))
-        offset = first.offset_data + 128 + 10          # past the 128-byte .npy header
-    data[offset] ^= 0x10
-    path.write_bytes(bytes(data))
-    return path
-
-
-def temp_leftovers(root: Path) -> list[Path]:
-    return [p for p in Path(root).rglob("*") if ".tmp" in p.name or p.name.endswith((".old", ".partial"))]
+    return make_weights(fast[1], tmp_path_factory.mktemp("rel_weights") / "best.pt")
 
 
 # ------------------------------------------------------------------ 1. bad input: duplicate ids
@@ -137,7 +66,7 @@ def test_duplicate_ids_across_splits_keep_the_first_split(pipe, tmp_path):
     """The same utterance id in train and dev: the dev copy is rejected, naming the split that keeps
     it. A test id that also occurs elsewhere is kept (the submission needs it) and reported."""
     data, shards = tmp_path / "data", tmp_path / "shards"
-    write_fast_corpus(pipe, data, {TRAIN: 10, DEV: 4, TEST: 4})
+    write_corpus(pipe, data, {TRAIN: 10, DEV: 4, TEST: 4})
     rng = np.random.default_rng(3)
     syms = ["[SOS]", "AA", "B", "K", "[EOS]"]
     pipe.write_utterance(data, TRAIN, "dup-1", pipe.random_feats(rng, 120), syms)
@@ -177,7 +106,7 @@ def test_duplicate_ids_across_splits_keep_the_first_split(pipe, tmp_path):
 
 def test_duplicate_ids_across_two_training_splits(pipe, tmp_path):
     data = tmp_path / "data"
-    write_fast_corpus(pipe, data, {"train-a": 6, "train-b": 6})
+    write_corpus(pipe, data, {"train-a": 6, "train-b": 6})
     x = pipe.random_feats(np.random.default_rng(1), 100)
     for split in ("train-a", "train-b"):
         pipe.write_utterance(data, split, "same", x, ["[SOS]", "AA", "[EOS]"])
@@ -194,7 +123,7 @@ def test_duplicate_ids_across_two_training_splits(pipe, tmp_path):
 def test_unreadable_files_are_rejected_with_permission_reason(pipe, tmp_path, monkeypatch):
     """Tests run as root, where chmod does not block reads: the reader's open() raises instead."""
     data = tmp_path / "data"
-    write_fast_corpus(pipe, data, {TRAIN: 8, DEV: 4, TEST: 3})
+    write_corpus(pipe, data, {TRAIN: 8, DEV: 4, TEST: 3})
     ids = {s: pipe.raw_ids(data, s) for s in (TRAIN, DEV, TEST)}
     locked = {data / TRAIN / "mfcc" / f"{ids[TRAIN][2]}.npy", data / DEV / "transcript" / f"{ids[DEV][1]}.npy",
               data / TEST / "mfcc" / f"{ids[TEST][0]}.npy"}
@@ -216,7 +145,7 @@ def test_unreadable_files_are_rejected_with_permission_reason(pipe, tmp_path, mo
 
 def test_unlistable_split_folder_is_one_line(pipe, tmp_path, monkeypatch):
     data = tmp_path / "data"
-    write_fast_corpus(pipe, data, {TRAIN: 3})
+    write_corpus(pipe, data, {TRAIN: 3})
     from pipeline import layout
     real = os.scandir
 
@@ -232,7 +161,7 @@ def test_unlistable_split_folder_is_one_line(pipe, tmp_path, monkeypatch):
 
 def test_unexpected_reader_exception_is_a_rejection_not_a_crash(pipe, tmp_path, monkeypatch):
     data = tmp_path / "data"
-    write_fast_corpus(pipe, data, {TRAIN: 5})
+    write_corpus(pipe, data, {TRAIN: 5})
     victim = data / TRAIN / "mfcc" / f"{pipe.raw_ids(data, TRAIN)[1]}.npy"
     real = validate.load_utterance
 
@@ -365,7 +294,7 @@ def test_damaged_shard_mid_epoch_stops_with_checkpoint_then_skip_resumes(shards_
                                  f"checkpoint written at epoch 1, step {first_window_batches}")
     assert "--resume" in line
     state = load_last(tmp_path)                                     # no work lost: the steps done are saved
-    assert (state["epoch"], state["step"]) == (0, first_window_batches) and first_window_batches > 0
+    assert (state.epoch, state.step) == (0, first_window_batches) and first_window_batches > 0
 
     res = cli(*train_args(shards_copy, tmp_path, "--epochs", "2", "--dev", "", "--resume", "--skip-bad-shards"))
     assert f"skipping 1 damaged train shard(s) with {m.shards[victim_no].utterances} of {N_TRAIN}" in res.output
@@ -375,7 +304,7 @@ def test_damaged_shard_mid_epoch_stops_with_checkpoint_then_skip_resumes(shards_
     assert all(r["skipped_shards"] == [f"{TRAIN}/{victim.name}"] for r in rows)
     assert rows[1]["utterances"] == N_TRAIN - m.shards[victim_no].utterances
     state = load_last(tmp_path)
-    assert [s["shard"] for s in state["skipped_shards"]] == [f"{TRAIN}/{victim.name}"]
+    assert [s["shard"] for s in state.skipped_shards] == [f"{TRAIN}/{victim.name}"]
 
 
 def test_skip_bad_shards_reports_exactly_what_was_left_out(shards_copy, tmp_path):
@@ -401,7 +330,7 @@ def test_skip_bad_shards_reports_exactly_what_was_left_out(shards_copy, tmp_path
     assert row["skipped_utterances"] == len(lost) and row["skipped_dev_utterances"] == dm.shards[1].utterances
     assert row["utterances"] == N_TRAIN - len(lost) and row["dropped_utterances"] == 0
     state = load_last(tmp_path / "b")
-    assert sorted(i for s in state["skipped_shards"] if s["role"] == "train" for i in s["ids"]) == sorted(lost)
+    assert sorted(i for s in state.skipped_shards if s["role"] == "train" for i in s["ids"]) == sorted(lost)
 
 
 # ------------------------------------------------------------------ 6. damaged shards, prediction
@@ -500,7 +429,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous(fast, tmp_path,
     res = cli(*train_args(shards, tmp_path, "--epochs", "1", "--dev", "", "--checkpoint-every", "2"), ok=False)
     assert_one_line_error(res, "no space left on device while writing", tmp_path / "weights" / "last.pt", "intact")
     state = load_last(tmp_path)
-    assert (state["epoch"], state["step"]) == (0, 2)                 # the first checkpoint, whole
+    assert (state.epoch, state.step) == (0, 2)                       # the first checkpoint, whole
     assert temp_leftovers(tmp_path / "weights") == []
 
 
@@ -552,14 +481,14 @@ def test_crash_during_checkpoint_write_keeps_the_previous(fast, tmp_path, monkey
     with pytest.raises(Died):
         cli(*train_args(shards, tmp_path, "--epochs", "1", "--dev", "", "--checkpoint-every", "2"))
     state = load_last(tmp_path)
-    assert (state["epoch"], state["step"]) == (0, 4)
+    assert (state.epoch, state.step) == (0, 4)
     monkeypatch.undo()
     # A SIGKILL in the same place would also leave the temp file: the next run removes it.
     stale = tmp_path / "weights" / ".last.pt.tmp999999"
     stale.write_bytes(b"half a checkpoint")
     res = cli(*train_args(shards, tmp_path, "--epochs", "1", "--dev", "", "--checkpoint-every", "2", "--resume"))
     assert f"removed {stale}" in res.output and "resumed at epoch 1, step 4" in res.output
-    assert not stale.exists() and load_last(tmp_path)["epoch"] == 1
+    assert not stale.exists() and load_last(tmp_path).epoch == 1
 
 
 def test_damaged_checkpoint_is_one_line(fast, tmp_path):
@@ -603,7 +532,7 @@ def test_real_full_disk_shards_and_checkpoints(pipe, fast, tiny_corpus, tmp_path
 
     # Checkpoints: room for one checkpoint, not for its replacement beside it.
     _, shards = fast
-    cli(*train_args(shards, tmp_path / "probe", "--epochs", "1", "--dev", "", "--stop-after", "1"))
+    train_and_stop(train_config(shards, tmp_path / "probe", epochs=1, dev="", lr=LR), after=1)
     size = (tmp_path / "probe" / "weights" / "last.pt").stat().st_size
     disk = tiny_disk(int(size * 1.6) + 8192)
     run = ["train", "--shards", shards, "--weights", disk / "w", "--results", tmp_path / "results",
@@ -611,8 +540,8 @@ def test_real_full_disk_shards_and_checkpoints(pipe, fast, tiny_corpus, tmp_path
            "--epochs", "1", "--checkpoint-every", "1"]
     res = cli(*run, ok=False)
     assert_one_line_error(res, "no space left on device while writing", disk / "w" / "last.pt", "intact")
-    state = torch.load(disk / "w" / "last.pt", weights_only=False)
-    assert (state["epoch"], state["step"]) == (0, 1)
+    state = ckpt.Checkpoint.load(disk / "w" / "last.pt")
+    assert (state.epoch, state.step) == (0, 1)
     assert temp_leftovers(disk) == []
 
 
@@ -620,7 +549,7 @@ def test_real_full_disk_shards_and_checkpoints(pipe, fast, tiny_corpus, tmp_path
 
 def test_nan_loss_steps_are_skipped_and_counted(fast, tmp_path, monkeypatch):
     _, shards = fast
-    real = ttrain.ctc_sum
+    real = tloop.ctc_sum
     calls = []
 
     def sometimes_nan(lp, out_lens, batch):
@@ -628,17 +557,17 @@ def test_nan_loss_steps_are_skipped_and_counted(fast, tmp_path, monkeypatch):
         loss = real(lp, out_lens, batch)
         return loss * float("nan") if len(calls) in (2, 3) else loss
 
-    monkeypatch.setattr(ttrain, "ctc_sum", sometimes_nan)
+    monkeypatch.setattr(tloop, "ctc_sum", sometimes_nan)
     cli(*train_args(shards, tmp_path, "--epochs", "1", "--dev", ""))
     [row] = metrics(tmp_path)
     assert row["skipped_steps"] == 2 and np.isfinite(row["train_loss"])
     state = load_last(tmp_path)
-    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert all(torch.isfinite(t).all() for t in state.model.values() if t.is_floating_point())
 
 
 def test_persistent_inf_loss_stops_the_run_clearly(fast, tmp_path, monkeypatch):
     _, shards = fast
-    monkeypatch.setattr(ttrain, "ctc_sum", lambda lp, out_lens, batch: lp.sum() * float("inf"))
+    monkeypatch.setattr(tloop, "ctc_sum", lambda lp, out_lens, batch: lp.sum() * float("inf"))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("max_bad_steps: 3\n")
     res = cli(*train_args(shards, tmp_path, "--epochs", "1", "--dev", "", "--config", recipe), ok=False)

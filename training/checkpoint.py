@@ -1,5 +1,9 @@
 """Checkpoints: written atomically, holding everything a run needs to continue at its exact step.
 
+`Checkpoint` is the one definition of what a checkpoint holds; the trainer writes it, and the
+trainer (`--resume`) and the decoders (`predict`, `evaluate`, `transcribe`) read it. On disk it
+is a plain dict with one key per field.
+
 A checkpoint is serialized in memory first and then written with one atomic write (temp file,
 fsync, rename): a crash, a kill or a full disk during the write leaves the previous checkpoint
 under its name intact, and a full disk is reported as a WriteError (one line on the command line)
@@ -14,11 +18,16 @@ reconstruction is admitted too, with the numeric dtypes only (no object arrays).
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import pickle
+import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.atomic import atomic_path
@@ -31,12 +40,80 @@ class CheckpointError(PhonerecError):
     """A checkpoint that is missing, unreadable or does not fit the data."""
 
 
-def save(state: dict, path: str | Path) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getbuffer())
+@dataclass(kw_only=True)
+class Checkpoint:
+    """What a checkpoint holds (field order = the on-disk dict's key order).
+
+    Only `model` and `model_config` are needed to decode with it; a checkpoint written by
+    `phonerec train` holds every field. Fields missing from an older file take these defaults."""
+
+    model: dict                                     # the model's state_dict
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    scaler: dict | None = None
+    rng: list = field(default_factory=list)         # every rank's RNG state (capture_rng)
+    epoch: int = 0                                  # the data position: epoch and step within it
+    step: int = 0
+    global_step: int = 0
+    best: float = math.inf                          # best dev distance so far
+    accumulators: dict = field(default_factory=dict)       # rank 0's partial sums of the epoch
+    config: dict = field(default_factory=dict)             # TrainConfig.to_dict()
+    model_config: dict                                     # ModelConfig.to_dict()
+    world: int = 1
+    vocab: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)              # pipeline Stats.to_json()
+    rank_steps: list = field(default_factory=list)
+    rank_accumulators: list = field(default_factory=list)
+    skipped_shards: list = field(default_factory=list)     # reports of the shards left out
+    ctc_infeasible: int = 0
+    ctc_infeasible_ids: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The on-disk dict (not a deep copy: tensors are shared)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict, path: str | Path = "checkpoint") -> Checkpoint:
+        missing = [k for k in ("model", "model_config") if k not in state]
+        if missing:
+            raise CheckpointError(f"cannot read checkpoint {path}: it holds no {' or '.join(missing)}, so it is not a "
+                                  "phonerec checkpoint; use another checkpoint (e.g. best.pt) or retrain")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+    def save(self, path: str | Path) -> None:
+        """Serialize in memory, then one atomic write (temp file, fsync, rename)."""
+        buf = io.BytesIO()
+        torch.save(self.to_dict(), buf)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(buf.getbuffer())
+
+    @classmethod
+    def load(cls, path: str | Path, map_location="cpu") -> Checkpoint:
+        """Read with weights_only=True: a file whose pickle imports anything else is refused."""
+        return cls.from_dict(_read(Path(path), map_location), path)
+
+
+def capture_rng() -> dict:
+    """This process's RNG states. Plain types and tensors only (checkpoints load with
+    weights_only=True): numpy's MT19937 key array is stored as a list of ints, which restores it
+    exactly."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [str(name), keys.tolist(), int(pos), int(has_gauss),
+                                                      float(cached)],
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    # A list of plain values, or numpy's own tuple (with a uint32 array) in older checkpoints.
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def remove_stale_temps(weights: str | Path) -> list[Path]:
@@ -54,7 +131,6 @@ def remove_stale_temps(weights: str | Path) -> list[Path]:
 def _numpy_array_globals() -> list:
     """What numpy arrays of plain numbers need to unpickle (old checkpoints' RNG state): the array
     reconstruction under its numpy 1 and 2 names, ndarray, dtype and the numeric dtype classes."""
-    import numpy as np
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1.x
@@ -70,8 +146,8 @@ _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)")
 _DETAIL = re.compile(r"WeightsUnpickler error: ([^\n]+)")
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
+def _read(path: Path, map_location="cpu") -> dict:
+    """The checkpoint file's dict, loaded with weights_only=True (plus numeric numpy arrays)."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first (`phonerec train`) or point --weights at it")
     try:

@@ -6,9 +6,27 @@ import os
 
 import click
 
-from .config import TrainConfig, read_config_file
+from .config import DecodeConfig, TrainConfig, read_config_file
 
 _D = TrainConfig()
+_DD = DecodeConfig()
+
+
+class _PresetChoice(click.Choice):
+    """click.Choice over the model presets (training/model.py's PRESETS), read when first needed:
+    importing the model imports torch, which the other stages' commands do not need."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from .model import PRESETS
+        return tuple(PRESETS)
+
+    @choices.setter
+    def choices(self, value) -> None:      # click.Choice.__init__ assigns it
+        pass
 
 
 def _model_overrides(values: tuple[str, ...]) -> dict:
@@ -32,7 +50,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--dev", default=_D.dev, show_default=True, help="Dev split for per-epoch validation ('' for none).")
 @click.option("--epochs", default=_D.epochs, show_default=True)
 @click.option("--preset", default=_D.preset, show_default=True,
-              type=click.Choice(["model1", "model2", "model3", "default", "large"]), help="Model architecture.")
+              type=_PresetChoice(), help="Model architecture.")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override a model setting, e.g. --set lstm_layers=2 --set conv_channels=[128,128].")
 @click.option("--seed", default=_D.seed, show_default=True, help="Fixes data order, initialisation and augmentation.")
@@ -60,16 +78,14 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--checkpoint-every", default=_D.checkpoint_every, show_default=True,
               help="Also write weights/last.pt every N steps (0 = at epoch ends only).")
 @click.option("--max-steps", default=_D.max_steps, show_default=True, help="Cap on steps per epoch (0 = all).")
-@click.option("--stop-after", default=_D.stop_after, show_default=True,
-              help="Stop after N steps of this run, with a checkpoint (for testing resume).")
 @click.option("--resume", is_flag=True, help="Continue from weights/last.pt at its exact step.")
-@click.option("--skip-bad-shards", is_flag=True,
+@click.option("--skip-bad-shards", is_flag=True, default=_D.skip_bad_shards,
               help="Check every shard's sha256 first and train without the damaged ones (reported in the log, "
                    "metrics.jsonl and the checkpoint) instead of stopping.")
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def train(ctx, config_file, train_splits, model_set, quiet, skip_bad_shards, **opts):
+def train(ctx, config_file, train_splits, model_set, quiet, **opts):
     """Stream the length-sorted shards and train the CNN + BiLSTM CTC model.
 
     Runs alone, or on every rank of a torchrun job (`make train NGPU=N`): gloo on CPU,
@@ -78,8 +94,30 @@ def train(ctx, config_file, train_splits, model_set, quiet, skip_bad_shards, **o
     Ctrl-C writes a checkpoint at the current step before exiting; so does a damaged shard
     (unless --skip-bad-shards), before stopping with a one-line error.
     """
-    from .train import TrainingError, train as run
+    from .train import train as run
 
+    try:
+        cfg = _train_config(ctx, config_file, train_splits, model_set, quiet, opts)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    from pipeline.atomic import ensure_writable
+    ensure_writable(cfg.weights)       # before any step: not after an epoch of training
+    ensure_writable(cfg.results)
+    try:
+        outcome = run(cfg, log=lambda m: click.echo(m, err=True))
+    except (ValueError, FileNotFoundError) as exc:     # not PhonerecErrors: e.g. a bad --set value
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        from pipeline.atomic import disk_full, disk_full_error
+        if disk_full(exc):
+            raise disk_full_error(exc, f"{cfg.weights} or {cfg.results}") from None
+        raise
+    if outcome.get("signal"):
+        ctx.exit(130)   # interrupted (checkpoint written): scripts can tell it from a finished run
+
+
+def _train_config(ctx, config_file, train_splits, model_set, quiet, opts) -> TrainConfig:
+    """The recipe file's values, overridden by the flags given explicitly on the command line."""
     values = read_config_file(config_file) if config_file else {}
     if "train_splits" in values:
         values["train"] = values.pop("train_splits")
@@ -92,45 +130,19 @@ def train(ctx, config_file, train_splits, model_set, quiet, skip_bad_shards, **o
             val = {**values["model"], **val}     # --set overrides single model settings of the recipe
         if explicit or key not in values:
             values[key] = val
-    try:
-        cfg = TrainConfig.from_dict(values)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    from pipeline.atomic import ensure_writable
-    ensure_writable(cfg.weights)       # before any step: not after an epoch of training
-    ensure_writable(cfg.results)
-    try:
-        outcome = run(cfg, log=lambda m: click.echo(m, err=True), skip_bad_shards=skip_bad_shards)
-    except (TrainingError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        from pipeline.atomic import disk_full, disk_full_error
-        from pipeline.manifest import ManifestError
-        from .data import ShardReadError, error_message
-        from .checkpoint import CheckpointError
-        if isinstance(exc, ShardReadError):
-            raise click.ClickException(error_message(exc)) from None
-        if isinstance(exc, (ManifestError, CheckpointError)):
-            raise click.ClickException(str(exc)) from None
-        if disk_full(exc):
-            raise disk_full_error(exc, f"{values.get('weights')} or {values.get('results')}") from None
-        raise
-    if outcome.get("signal"):
-        ctx.exit(130)   # interrupted (checkpoint written): scripts can tell it from a finished run
+    return TrainConfig.from_dict(values)
 
 
 def _run_inference(fn):
-    """Map the errors a user can cause to one-line messages."""
+    """Map the errors a user can cause that are not PhonerecErrors (which the `phonerec` group
+    shows as one line) to one-line messages; a damaged shard also says that nothing was written."""
     from pipeline.atomic import disk_full, disk_full_error
-    from pipeline.manifest import ManifestError
-    from .checkpoint import CheckpointError
     from .data import ShardReadError, error_message
-    from .inference import CompatibilityError
     try:
         return fn()
     except ShardReadError as exc:
         raise click.ClickException(f"{error_message(exc)} (nothing was written)") from None
-    except (ManifestError, CheckpointError, CompatibilityError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         if disk_full(exc):
@@ -146,22 +158,36 @@ def _auto_threads(ctx, param, value):
     return max((os.cpu_count() or 1) // ranks, 1)
 
 
-_threads = click.option("--threads", default=0, show_default=True, callback=_auto_threads,
+_threads = click.option("--threads", default=_DD.threads, show_default=True, callback=_auto_threads,
                         help="Beam-search threads per rank (0 = CPUs / ranks on this machine).")
-_weights = click.option("--weights", default="weights", show_default=True,
+_weights = click.option("--weights", default=_DD.weights, show_default=True,
                         help="Checkpoint folder (uses best.pt) or a checkpoint file.")
+_device = click.option("--device", default=_DD.device, show_default=True, help="auto, cpu or cuda.")
+
+
+def _split_options(split: str, split_help: str, beam: int, results_help: str):
+    """The options `predict` and `evaluate` share (defaults from DecodeConfig)."""
+    options = [
+        click.option("--shards", default=_DD.shards, show_default=True, help="Folder written by `phonerec shards`."),
+        _weights,
+        click.option("--results", default=_DD.results, show_default=True, help=results_help),
+        click.option("--split", default=split, show_default=True, help=split_help),
+        click.option("--beam-width", default=beam, show_default=True, help="Beam width (0 = greedy)."),
+        _threads,
+        click.option("--workers", default=_DD.workers, show_default=True, help="DataLoader workers per rank."),
+        _device,
+    ]
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
 
 
 @click.command("predict")
-@click.option("--shards", default="shards", show_default=True, help="Folder written by `phonerec shards`.")
-@_weights
-@click.option("--results", default="results", show_default=True, help="Where submission.csv goes.")
-@click.option("--split", default="test-clean", show_default=True, help="Split to decode.")
-@click.option("--beam-width", default=50, show_default=True, help="Beam width (0 = greedy).")
-@_threads
-@click.option("--workers", default=2, show_default=True, help="DataLoader workers per rank.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--output", default="submission.csv", show_default=True, help="File name inside --results.")
+@_split_options(_DD.predict_split, "Split to decode.", _DD.predict_beam, "Where submission.csv goes.")
+@click.option("--output", default=_DD.output, show_default=True, help="File name inside --results.")
 @click.option("--quiet", is_flag=True)
 def predict(shards, weights, results, split, beam_width, threads, workers, device, output, quiet):
     """Beam-decode a split (the test split) into <results>/submission.csv (index,label).
@@ -200,14 +226,7 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
 
 
 @click.command("evaluate")
-@click.option("--shards", default="shards", show_default=True)
-@_weights
-@click.option("--results", default="results", show_default=True, help="Where the per-utterance TSV goes.")
-@click.option("--split", default="dev-clean", show_default=True, help="A labelled split.")
-@click.option("--beam-width", default=20, show_default=True)
-@_threads
-@click.option("--workers", default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@_split_options(_DD.evaluate_split, "A labelled split.", _DD.evaluate_beam, "Where the per-utterance TSV goes.")
 @click.option("--quiet", is_flag=True)
 def evaluate(shards, weights, results, split, beam_width, threads, workers, device, quiet):
     """Mean Levenshtein distance and phoneme error rate, greedy and beam, on a labelled split.
@@ -247,12 +266,12 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
 @click.command("transcribe")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @_weights
-@click.option("--beam-width", default=50, show_default=True, help="Beam width (0 = greedy).")
+@click.option("--beam-width", default=_DD.transcribe_beam, show_default=True, help="Beam width (0 = greedy).")
 @click.option("--arpabet", is_flag=True, help="Print ARPAbet symbols instead of the one-character codes.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols marked).")
 @_threads
-@click.option("--device", default="auto", show_default=True)
+@_device
 def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
     """Decode raw feature files (.npy [T,15]) or recordings (.wav/.flac/.ogg, any sample rate;
     features extracted as `phonerec synth-speech` does); prints `name<TAB>labels`, as in a
@@ -297,11 +316,11 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
 
 
 @click.command("summary")
-@click.option("--shards", default="shards", show_default=True)
-@click.option("--weights", default="weights", show_default=True, help="Checkpoint folder (reads config.json).")
-@click.option("--results", default="results", show_default=True,
+@click.option("--shards", default=_DD.shards, show_default=True)
+@click.option("--weights", default=_DD.weights, show_default=True, help="Checkpoint folder (reads config.json).")
+@click.option("--results", default=_DD.results, show_default=True,
               help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
-@click.option("--split", default="dev-clean", show_default=True, help="The evaluated split to report.")
+@click.option("--split", default=_DD.evaluate_split, show_default=True, help="The evaluated split to report.")
 @click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus's metadata.tsv, "
               "also the PER per voice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
@@ -312,13 +331,9 @@ def summary(shards, weights, results, split, data, as_json):
     from pathlib import Path
 
     from pipeline.atomic import write_json
-    from pipeline.manifest import ManifestError
 
     from .summary import collect, render
-    try:
-        info = collect(shards, weights, results, split, data)
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from None
+    info = collect(shards, weights, results, split, data)
     if Path(results).is_dir():
         write_json(Path(results) / "summary.json", info)
     click.echo(json.dumps(info, indent=1) if as_json else render(info))

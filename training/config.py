@@ -1,4 +1,8 @@
-"""The trainer's options in one dataclass: CLI flags, config files and checkpoints all use it."""
+"""The commands' options in dataclasses: CLI flags, config files and checkpoints all use them.
+
+`TrainConfig` holds `phonerec train`'s options (saved in every checkpoint and config.json);
+`DecodeConfig` the defaults of `predict`, `evaluate` and `transcribe`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .plan import DEFAULT_MAX_FRAMES
 
 
 @dataclass
@@ -19,7 +25,7 @@ class TrainConfig:
     preset: str = "default"
     model: dict = field(default_factory=dict)   # ModelConfig overrides
     seed: int = 0
-    max_frames: int = 48000            # (utterances in batch) x (longest in batch) <= this
+    max_frames: int = DEFAULT_MAX_FRAMES   # (utterances in batch) x (longest in batch) <= this
     max_utts: int = 64
     workers: int = 2                   # DataLoader workers per rank
     lr: float = 2e-3
@@ -40,8 +46,9 @@ class TrainConfig:
     noise_std: float = 0.0
     checkpoint_every: int = 500        # steps between mid-epoch `last` checkpoints (0 = epoch ends only)
     max_steps: int = 0                 # cap on steps per epoch (0 = whole epoch); for benchmarks
-    stop_after: int = 0                # stop after this many steps of this run, checkpointing (tests)
     max_bad_steps: int = 20            # consecutive non-finite losses before the run stops
+    # Check every shard's sha256 first and train without the damaged ones instead of stopping.
+    skip_bad_shards: bool = False
     resume: bool = False
     device: str = "auto"
     progress: bool = True
@@ -59,6 +66,37 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
         return cls(**d)
+
+    @classmethod
+    def from_checkpoint(cls, d: dict) -> TrainConfig:
+        """The config a checkpoint was trained with. Keys this version does not know (options other
+        versions had, e.g. a retired test-only one in checkpoints written before it went) are
+        dropped: what a resume takes from it are the PINNED options."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def pinned_differences(self, other: TrainConfig) -> list[str]:
+        """The PINNED options on which `other` differs from this config."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in self.PINNED if mine[k] != theirs[k]]
+
+
+@dataclass
+class DecodeConfig:
+    """Defaults of the decoding commands (`predict`, `evaluate`, `transcribe`)."""
+
+    shards: str = "shards"
+    weights: str = "weights"           # a folder (best.pt is used) or a checkpoint file
+    results: str = "results"
+    predict_split: str = "test-clean"
+    evaluate_split: str = "dev-clean"
+    predict_beam: int = 50             # beam widths (0 = greedy)
+    evaluate_beam: int = 20
+    transcribe_beam: int = 50
+    threads: int = 0                   # beam-search threads per rank (0 = CPUs / ranks on this machine)
+    workers: int = 2                   # DataLoader workers per rank
+    device: str = "auto"
+    output: str = "submission.csv"     # file name inside --results
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -25,9 +25,15 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from pipeline.errors import PhonerecError
 from pipeline.manifest import Manifest
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
-from pipeline.features import FEATURE_DIM
+from pipeline.features import FEATURE_DIM, STORAGE_DTYPE
 
 from .plan import EpochPlan
+
+# A packed batch's layout (pack/unpack/packed_size): int64 [3, B], features [B, T, F] in the
+# shards' storage dtype, uint8 labels [B, L].
+_INT_BYTES = np.dtype(np.int64).itemsize
+_FEATURE_BYTES = STORAGE_DTYPE.itemsize
+_TORCH_STORAGE_DTYPE = torch.from_numpy(np.zeros(0, STORAGE_DTYPE)).dtype
 
 
 class ShardReadError(PhonerecError):
@@ -107,7 +113,7 @@ def _samples(data: bytes, url: str):
 
 @dataclass
 class Batch:
-    feats: torch.Tensor          # float16 [B, T, 15], zero-padded
+    feats: torch.Tensor          # STORAGE_DTYPE (float16) [B, T, FEATURE_DIM], zero-padded
     lengths: torch.Tensor        # int64 [B]
     labels: torch.Tensor         # int64 [B, L], zero-padded (empty for unlabelled splits)
     label_lengths: torch.Tensor  # int64 [B]
@@ -130,10 +136,10 @@ def _slice_shard(m: Manifest, s: int, data: bytes) -> dict[int, tuple[np.ndarray
         return None
     start = m.shard_start
     out = {}
-    f16, u8 = np.dtype("<f2"), np.dtype("|u1")
+    stored, u8 = STORAGE_DTYPE.newbyteorder("<"), np.dtype("|u1")
     for r in range(int(start[s]), int(start[s + 1])):
         key = m.keys[r]
-        feats = slice_member(data, int(m.feats_at[r]), f"{key}.{FEATS}", (int(m.frames[r]), FEATURE_DIM), f16)
+        feats = slice_member(data, int(m.feats_at[r]), f"{key}.{FEATS}", (int(m.frames[r]), FEATURE_DIM), stored)
         if feats is None:
             return None
         labels = None
@@ -192,7 +198,7 @@ def _buffer(n: int) -> torch.Tensor:
 
 def packed_size(B: int, T: int, L: int, F: int = FEATURE_DIM) -> int:
     """Bytes of a packed batch (pack's layout): make_ring sizes its slots with it."""
-    return 3 * B * 8 + B * T * F * 2 + B * L
+    return 3 * B * _INT_BYTES + B * T * F * _FEATURE_BYTES + B * L
 
 
 def pack(rows: np.ndarray, samples: dict, labelled: bool,
@@ -200,19 +206,19 @@ def pack(rows: np.ndarray, samples: dict, labelled: bool,
     """A padded batch as ONE uint8 buffer plus its (B, T, L): handing a batch from a worker to
     the trainer costs a shared-memory segment per tensor, which on a 2-core machine cost more
     than reading the shard (5 tensors: 185 batches/s, one: 276). Layout: int64 [3, B] (lengths,
-    label lengths, manifest rows), float16 [B, T, 15] features, uint8 [B, L] labels; zero-padded.
-    Written into `out` (a ring slot) when given and large enough."""
+    label lengths, manifest rows), STORAGE_DTYPE [B, T, 15] features, uint8 [B, L] labels;
+    zero-padded. Written into `out` (a ring slot) when given and large enough."""
     feats = [samples[int(r)][0] for r in rows]
     labs = [samples[int(r)][1] for r in rows] if labelled else []
     B, F = len(feats), feats[0].shape[1]
     T = max(len(f) for f in feats)
     L = max(len(lab) for lab in labs) if labs else 0
-    n_int, n_feat = 3 * B * 8, B * T * F * 2
+    n_int, n_feat = 3 * B * _INT_BYTES, B * T * F * _FEATURE_BYTES
     n = packed_size(B, T, L, F)
     buf = out[:n] if out is not None and out.numel() >= n else _buffer(n)
     raw = buf.numpy()
     ints = raw[:n_int].view(np.int64).reshape(3, B)
-    x = raw[n_int:n_int + n_feat].view(np.float16).reshape(B, T, F)
+    x = raw[n_int:n_int + n_feat].view(STORAGE_DTYPE).reshape(B, T, F)
     for i, f in enumerate(feats):       # samples may be read-only views of a shard's bytes
         x[i, : len(f)] = f
         x[i, len(f):] = 0
@@ -232,9 +238,9 @@ def pack(rows: np.ndarray, samples: dict, labelled: bool,
 def unpack(buf: torch.Tensor, shape: tuple[int, int, int]) -> Batch:
     """The Batch views of a packed buffer (labels widened to int64 for the CTC loss)."""
     B, T, L = shape
-    n_int, n_feat = 3 * B * 8, B * T * FEATURE_DIM * 2
+    n_int, n_feat = 3 * B * _INT_BYTES, B * T * FEATURE_DIM * _FEATURE_BYTES
     ints = buf[:n_int].view(torch.int64).view(3, B)
-    feats = buf[n_int:n_int + n_feat].view(torch.float16).view(B, T, FEATURE_DIM)
+    feats = buf[n_int:n_int + n_feat].view(_TORCH_STORAGE_DTYPE).view(B, T, FEATURE_DIM)
     labels = buf[n_int + n_feat:].view(B, L).long()
     return Batch(feats, ints[0], labels, ints[1], ints[2])
 

@@ -21,16 +21,17 @@ from pipeline import manifest as mf
 from pipeline.manifest import Stats
 from pipeline.atomic import write_text
 from pipeline.errors import PhonerecError
+from pipeline.features import STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
 from pipeline.vocab import VOCAB, to_arpabet, to_codes
 
-from . import checkpoint as ckpt
 from . import distributed as D
+from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
 from .data import ShardReadError, damage_report, make_loader, repair_hint, shard_label
 from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig
-from .plan import BatchOptions, plan_epoch
+from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
 
 
 class CompatibilityError(PhonerecError):
@@ -40,21 +41,24 @@ class CompatibilityError(PhonerecError):
 @dataclass
 class Loaded:
     model: Model
-    state: dict
+    checkpoint: Checkpoint
     stats: Stats
     path: Path
 
 
-def load_model(weights: str | Path, device: torch.device, name: str = ckpt.BEST) -> Loaded:
-    path = ckpt.resolve(weights, name)
-    state = ckpt.load(path)
-    if list(state.get("vocab", [])) != list(VOCAB):
-        raise CompatibilityError(f"{path}: trained with a different vocabulary ({len(state.get('vocab', []))} "
+def load_model(weights: str | Path, device: torch.device, name: str = BEST) -> Loaded:
+    path = resolve(weights, name)
+    ck = Checkpoint.load(path)
+    if list(ck.vocab) != list(VOCAB):
+        raise CompatibilityError(f"{path}: trained with a different vocabulary ({len(ck.vocab)} "
                                  f"symbols); this version uses {len(VOCAB)}")
-    model = Model(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
+    if not ck.stats:
+        raise CheckpointError(f"checkpoint {path} holds no normalization statistics, so it is not a phonerec "
+                              "checkpoint; use another checkpoint (e.g. best.pt) or retrain")
+    model = Model(ModelConfig.from_dict(ck.model_config))
+    model.load_state_dict(ck.model)
     model.to(device).eval()
-    return Loaded(model=model, state=state, stats=Stats.from_json(state["stats"]), path=path)
+    return Loaded(model=model, checkpoint=ck, stats=Stats.from_json(ck.stats), path=path)
 
 
 def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
@@ -70,7 +74,7 @@ def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
 
 @torch.no_grad()
 def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: int = 10, threads: int = 1,
-                 greedy: bool = True, max_frames: int = 48000, workers: int = 2, progress: bool = True
+                 greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True
                  ) -> dict[int, dict]:
     """Manifest row -> {"greedy": [...], "beam": [...]} for every utterance, gathered on every rank."""
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
@@ -215,9 +219,9 @@ def audio_features(path: Path) -> np.ndarray:
 
 def features_for(loaded: Loaded, path: Path) -> np.ndarray:
     """A raw .npy feature file (or an audio file) normalized exactly as the shards are
-    (including float16 rounding)."""
+    (including the rounding to their storage dtype)."""
     x = audio_features(path) if path.suffix.lower() in AUDIO_SUFFIXES else load_features(path)
-    return loaded.stats.normalize(x).astype(np.float16).astype(np.float32)
+    return loaded.stats.normalize(x).astype(STORAGE_DTYPE).astype(np.float32)
 
 
 @torch.no_grad()

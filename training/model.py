@@ -309,14 +309,10 @@ class Model(nn.Module):
             lengths = block.output_length(lengths)
         return lengths
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, return_intermediates: bool = False):
-        """x [B, T, F], lengths [B] -> (log_probs [B, T', C] float32, out_lengths [B][, intermediates]).
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, F], lengths [B] -> (log_probs [B, T', C] float32, out_lengths [B]).
 
-        out_lengths lives on the same device as `lengths`.  Intermediates (tensors, for
-        tests and debugging): embeddings (list of [B, T_i, C_i]), packed (packed LSTM
-        input .data), lstm_packed (packed LSTM output .data), unpacked ([B, T', 2H]),
-        linear (list of each classifier Linear's output, [B, T', *]).
-        """
+        out_lengths lives on the same device as `lengths`."""
         if x.dim() != 3 or x.size(-1) != self.config.input_dim:
             raise ValueError(f"expected x of shape [B, T, {self.config.input_dim}], got {tuple(x.shape)}")
         if lengths.dim() != 1 or lengths.numel() != x.size(0):
@@ -324,10 +320,6 @@ class Model(nn.Module):
         lengths_cpu = lengths.detach().to("cpu", torch.int64)
         if lengths_cpu.numel() and (int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > x.size(1)):
             raise ValueError(f"lengths must lie in [1, T={x.size(1)}], got {lengths_cpu.tolist()}")
-        inter: dict[str, Any] | None = (
-            {"embeddings": [], "packed": None, "lstm_packed": None, "unpacked": None, "linear": []}
-            if return_intermediates else None
-        )
 
         cur = lengths_cpu.to(x.device)
         if self.config.input_norm == "utterance":
@@ -336,8 +328,6 @@ class Model(nn.Module):
         for block in self.conv:
             h = block(h, cur)
             cur = block.output_length(cur)
-            if inter is not None:
-                inter["embeddings"].append(h.transpose(1, 2))
         feats = h.transpose(1, 2)  # [B, T', C]
         t_out = feats.size(1)
         out_lengths_cpu = self.output_lengths(lengths_cpu)
@@ -346,33 +336,18 @@ class Model(nn.Module):
             packed = pack_padded_sequence(feats, out_lengths_cpu, batch_first=True, enforce_sorted=False)
             lstm_out, _ = self.lstm(packed)
             unpacked, _ = pad_packed_sequence(lstm_out, batch_first=True, total_length=t_out)
-            if inter is not None:
-                inter["packed"] = packed.data
-                inter["lstm_packed"] = lstm_out.data
         else:
             unpacked = self._lstm_masked(feats, out_lengths_cpu.to(feats.device))
-            if inter is not None:  # the same packed views, for inspection
-                inter["packed"] = pack_padded_sequence(feats, out_lengths_cpu, batch_first=True,
-                                                       enforce_sorted=False).data
-                inter["lstm_packed"] = pack_padded_sequence(unpacked, out_lengths_cpu, batch_first=True,
-                                                            enforce_sorted=False).data
-        if inter is not None:
-            inter["unpacked"] = unpacked
 
         y = unpacked
         last = len(self.linears) - 1
         for i, linear in enumerate(self.linears):
             y = linear(y)
-            if inter is not None:
-                inter["linear"].append(y)
             if i < last:
                 y = self.classifier_dropout(self.classifier_act(y))
         # CTC needs accurate log-probs: normalise in float32 even when autocast ran the matmuls in half.
         log_probs = F.log_softmax(y.float(), dim=-1)
-        out_lengths = out_lengths_cpu.to(lengths.device)
-        if inter is not None:
-            return log_probs, out_lengths, inter
-        return log_probs, out_lengths
+        return log_probs, out_lengths_cpu.to(lengths.device)
 
 
 PRESETS: dict[str, ModelConfig] = {

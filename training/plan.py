@@ -22,13 +22,17 @@ from pipeline.errors import PhonerecError
 from pipeline.manifest import Manifest
 
 
+# The default frame budget of a batch, (utterances) x (longest utterance): training and decoding.
+DEFAULT_MAX_FRAMES = 48000
+
+
 class PlanError(PhonerecError, ValueError):
     """The frame budget cannot hold some utterance, or similar planning problems."""
 
 
 @dataclass(frozen=True)
 class BatchOptions:
-    max_frames: int = 48000      # budget for (utterances in batch) x (longest utterance in batch)
+    max_frames: int = DEFAULT_MAX_FRAMES   # budget for (utterances in batch) x (longest utterance in batch)
     max_utts: int = 64
     noise: float = 0.05          # relative length noise of the within-shard sort
     mix: int = 2                 # shards whose batches are interleaved by one worker
