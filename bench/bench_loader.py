@@ -70,9 +70,10 @@ import numpy as np
 
 from bench import ROOT
 from pipeline import manifest as mf
-from pipeline.features import FEATURE_DIM, hours
+from pipeline.features import hours
 from pipeline.layout import transcript_dir
 from pipeline.validate import npy_frames
+from training.plan import DEFAULT_MAX_FRAMES
 
 SYSTEMS = ("ours", "baseline_lazy", "baseline_memory")
 EVENT = "@@BENCH "
@@ -91,7 +92,7 @@ class LoaderBenchConfig:
     warmup_steps: int = 1         # untimed steps before them
     threads: int = 2              # torch.set_num_threads for training
     preset: str = "default"
-    max_frames: int = 48000       # ours' BatchOptions (defaults); quick mode lowers it
+    max_frames: int = DEFAULT_MAX_FRAMES    # ours' BatchOptions (defaults); quick mode lowers it
     max_utts: int = 64
     seed: int = 0
     lr: float = 2e-3
@@ -546,7 +547,7 @@ def run(data: str | Path, shards: str | Path, *, quick: bool = False, config: Lo
     ours = ours_epoch(m, cfg)
     batch_size = max(1, round(ours["mean_batch_real_frames"] / float(lengths.mean())))
     base = baseline_epoch(lengths, batch_size, cfg.seed)
-    est_memory_mb = float(lengths.sum()) * FEATURE_DIM * np.dtype(np.float32).itemsize / 2**20   # normalized float32
+    est_memory_mb = float(lengths.sum()) * m.feature_dim * np.dtype(np.float32).itemsize / 2**20   # normalized float32
     log(f"loader benchmark: {m.num_utterances:,} utterances, {m.total_frames:,} frames, {len(m.shards)} shards; "
         f"baseline batch size {batch_size}")
     result: dict = {

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from . import atomic, manifest as mf, stats as st
 from .features import FEATURE_DIM, corpus_width, hours
-from .layout import LayoutError, SplitFiles, discover_splits, list_split, safe_text
+from .layout import LayoutError, SplitFiles, discover_splits, list_split, read_template, safe_text
 from .shards import ShardOptions, build_split
-from .store import CorpusStore, StrictError, ingest, store_fingerprint, store_path, store_state
+from .store import CorpusStore, StrictError, ingest, recorded_width, store_fingerprint, store_path, store_state
 from .validate import Rejection, npy_shape
+from .vocab import F22, Inventory, load_inventory
 
 REJECTED_TSV = "rejected.tsv"
 LOCK_NAME = ".lock"
@@ -154,13 +155,17 @@ def _list(data, name: str, role: str) -> SplitFiles:
 
 def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = "", test: str = "",
           options: ShardOptions = ShardOptions(), workers: int = 2, cmn: bool = False, strict: bool = False,
-          progress: bool = True, log=print, feature_dim: int | None = None) -> BuildSummary:
+          progress: bool = True, log=print, feature_dim: int | None = None,
+          inventory: Inventory | str = F22) -> BuildSummary:
     """Run stage 1. A full disk raises atomic.WriteError (a one-line `phonerec` error); every file
     already under its final name stays complete, and a rerun finishes the job. `feature_dim`: the
-    corpus's width (None: the width nearly all training files share)."""
+    corpus's width (None: the width nearly all training files share). `inventory`: the symbol
+    inventory transcripts are encoded with (an Inventory, a built-in's name or a TSV file)."""
+    inventory = load_inventory(inventory)
     try:
         return _build(data, shards_dir, train=train, dev=dev, test=test, options=options, workers=workers,
-                      cmn=cmn, strict=strict, progress=progress, log=log, feature_dim=feature_dim)
+                      cmn=cmn, strict=strict, progress=progress, log=log, feature_dim=feature_dim,
+                      inventory=inventory)
     except OSError as exc:
         if atomic.disk_full(exc):
             raise atomic.disk_full_error(exc, f"shards under {shards_dir}") from exc
@@ -168,7 +173,7 @@ def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = ""
 
 
 def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict, progress, log,
-           feature_dim) -> BuildSummary:
+           feature_dim, inventory) -> BuildSummary:
     t0 = time.perf_counter()
     shards_dir = Path(shards_dir)
     roles = [(n, "train") for n in _parse(train)] + [(n, "dev") for n in _parse(dev)] + \
@@ -183,7 +188,8 @@ def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict,
     check_output_folder(Path(data), shards_dir, names)
     with build_lock(shards_dir):
         return _build_locked(shards_dir, roles, listings, options=options, workers=workers, cmn=cmn,
-                             strict=strict, progress=progress, log=log, t0=t0, feature_dim=feature_dim)
+                             strict=strict, progress=progress, log=log, t0=t0, feature_dim=feature_dim,
+                             inventory=inventory)
 
 
 def _report_listing(files: SplitFiles, role: str, log) -> None:
@@ -194,6 +200,10 @@ def _report_listing(files: SplitFiles, role: str, log) -> None:
             "starting with '.' (macOS '._' files and the like) are not utterances")
     if role == "test" and any(p.name == "transcript" for p in files.ignored):
         log(f"{files.name}: its transcript/ folder is ignored: a --test split is never labelled")
+    if files.template is not None:
+        info, why = read_template(files.template)
+        log(f"{files.name}: submission template {safe_text(str(files.template))}: " +
+            (f"header {','.join(info['header'])}, {info['rows']} rows" if info else f"not used: {why}"))
     if role == "test" and not files.ids:
         log(f"warning: test split {files.name} has no utterances: a submission for it has 0 rows")
 
@@ -209,9 +219,27 @@ def _width(roles, listings, given: int | None, log) -> tuple[int, dict[str, list
     return dim, shapes
 
 
-def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log, feature_dim=None):
+def _reused_width(shards_dir, roles, listings, duplicates, given, inventory) -> int | None:
+    """The width the training stores were built with when every one of them is current for it, so a
+    rerun with unchanged inputs reads no header; else None (the width comes from the headers)."""
+    train = [n for n, role in roles if role == "train"]
+    dims = {recorded_width(store_path(shards_dir, n)) for n in train}
+    if len(dims) != 1 or None in dims or (given and dims != {given}):
+        return None
+    dim = dims.pop()
+    current = all(store_state(store_path(shards_dir, n), store_fingerprint(listings[n], duplicates.get(n, {}), dim,
+                                                                          inventory)) == "current" for n in train)
+    return dim if current else None
+
+
+def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log, feature_dim=None,
+                inventory: Inventory = F22):
     """Each split's corpus store, reused when its inputs are unchanged and it is complete."""
-    dim, shapes = _width(roles, listings, feature_dim, log)
+    duplicates, _ = duplicate_ids(listings, dict(roles))
+    reused_dim = _reused_width(shards_dir, roles, listings, duplicates, feature_dim, inventory)
+    dim, shapes = (reused_dim, {}) if reused_dim else _width(roles, listings, feature_dim, log)
+    if not inventory.matches(F22):
+        log(f"symbol inventory: {inventory.describe()}")
     duplicates, shared_test = duplicate_ids(listings, dict(roles))
     for name, ids in shared_test.items():
         log(f"warning: {name}: {len(ids)} test utterance id(s) also occur in another split, e.g. {ids[0]}; "
@@ -223,7 +251,7 @@ def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log, 
         _report_listing(files, role, log)
         path = store_path(shards_dir, name)
         exclude = duplicates.get(name, {})
-        state = store_state(path, store_fingerprint(files, exclude, dim))
+        state = store_state(path, store_fingerprint(files, exclude, dim, inventory))
         reused[name] = state == "current"
         if reused[name]:
             stores[name] = CorpusStore.open(path)
@@ -232,7 +260,7 @@ def _ingest_all(shards_dir, roles, listings, *, workers, strict, progress, log, 
             if state == "damaged":
                 log(f"{name}: the store {path} is incomplete or damaged: rebuilding it from the inputs")
             stores[name] = ingest(files, path, workers=workers, strict=strict, progress=progress, exclude=exclude,
-                                  dim=dim, shapes=shapes.get(name))
+                                  dim=dim, shapes=shapes.get(name), inventory=inventory)
         if strict and stores[name].rejections:     # a reused store may hold rejections from a lax run
             r = stores[name].rejections[0]
             raise StrictError(f"{r.path}: {r.reason} (split {r.split}, utterance {r.uid})")
@@ -254,10 +282,10 @@ def _statistics(shards_dir, train_stores, *, cmn, workers, progress, log) -> st.
 
 
 def _build_locked(shards_dir, roles, listings, *, options, workers, cmn, strict, progress, log, t0,
-                  feature_dim) -> BuildSummary:
+                  feature_dim, inventory) -> BuildSummary:
     remove_stale_temps(shards_dir)
     stores, reused = _ingest_all(shards_dir, roles, listings, workers=workers, strict=strict,
-                                 progress=progress, log=log, feature_dim=feature_dim)
+                                 progress=progress, log=log, feature_dim=feature_dim, inventory=inventory)
     summary = BuildSummary(rejections=[r for n, _ in roles for r in stores[n].rejections])
     tsv = write_rejections(shards_dir, summary.rejections)
     train_stores = [stores[n] for n, role in roles if role == "train"]

@@ -29,14 +29,19 @@ DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 @click.option("--feature-dim", default=0, show_default=True, type=click.IntRange(min=0),
               help="Features per frame (0 = the width nearly all training files share; files of another "
                    "width are rejected, naming both).")
+@click.option("--inventory", default="f22", show_default=True, metavar="NAME|FILE.tsv",
+              help="The symbol inventory transcripts are encoded with and models output: f22 (43 outputs, "
+                   "[SOS]/[EOS] among them), s23 or s24 (41: the same without [SOS]/[EOS]), or a TSV file of "
+                   "`symbol<TAB>code` lines (README: Raw layout). Recorded in the manifests: train, predict "
+                   "and transcribe follow it.")
 @click.option("--cmn", is_flag=True, help="Subtract each utterance's own mean before global normalization.")
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Reader/writer processes.")
 @click.option("--strict", is_flag=True, help="Fail on the first rejected utterance instead of reporting it.")
 @click.option("--verify", "verify_only", is_flag=True,
               help="Only verify existing shards: sha256, counts, members, every input accounted for.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, feature_dim, cmn, workers, strict,
-           verify_only, quiet):
+def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, feature_dim, inventory, cmn, workers,
+           strict, verify_only, quiet):
     """Raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards.
 
     Rebuilds only what changed since the last run and finishes an interrupted run.
@@ -64,10 +69,12 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
         return
 
     from .build import build
+    from .vocab import load_inventory
+    inventory = load_inventory(inventory)       # before any work: a bad TSV is one line
     summary = build(data, shards_dir, train=train, dev=dev, test=test,
                     options=ShardOptions(seed=seed, target_mb=shard_size_mb, min_shards=min_shards),
                     workers=workers, cmn=cmn, strict=strict, progress=not quiet,
-                    log=lambda m: click.echo(m, err=True), feature_dim=feature_dim or None)
+                    log=lambda m: click.echo(m, err=True), feature_dim=feature_dim or None, inventory=inventory)
     click.echo(summary.table())
     n_rej = len(summary.rejections)
     click.echo(f"{sum(s.kept for s in summary.splits)} utterances kept, {n_rej} rejected "

@@ -46,11 +46,20 @@ class SplitFiles:
     orphans: list[tuple[str, Path]] = field(default_factory=list)  # transcripts without features
     problems: dict[str, str] = field(default_factory=dict)         # id -> why it cannot be read
     ignored: list[Path] = field(default_factory=list)              # hidden names, test transcripts
+    template: Path | None = None         # a test split's submission template (random_submission.csv, ...)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        """Hash of names, sizes and mtimes: changes whenever an input file changes."""
+        """Hash of names, sizes and mtimes: changes whenever an input file changes (computed once:
+        it stats every file)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._hash_files()
+        return self._fingerprint
+
+    def _hash_files(self) -> str:
         h = hashlib.sha256(f"{self.name}|{int(self.labelled)}".encode())
-        for paths in (self.mfcc, self.transcripts, [p for _, p in self.orphans]):
+        extra = [self.template] if self.template is not None else []      # no template: as before templates
+        for paths in (self.mfcc, self.transcripts, [p for _, p in self.orphans], extra):
             for p in paths:
                 if p is None:
                     h.update(b"-\n")
@@ -118,6 +127,29 @@ def _npy_entries(folder: Path) -> _Listing:
 
 
 TRANSCRIPT_FOLDERS = ("transcript", "transcripts")     # editions name it either way
+TEMPLATE_NAMES = ("random_submission.csv", "sample_submission.csv")
+
+
+def find_template(split_dir: Path) -> Path | None:
+    """The submission template an edition ships anywhere under its test split (F22 keeps it in
+    `test-clean/transcript/`), or None."""
+    found = sorted(p for name in TEMPLATE_NAMES for p in split_dir.rglob(name) if p.is_file())
+    return found[0] if found else None
+
+
+def read_template(path: Path) -> tuple[dict | None, str | None]:
+    """({"file", "header", "rows"}, None) of a submission template, or (None, why it is unusable)."""
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = sum(1 for row in reader if row)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return None, f"unreadable ({exc})"
+    if not header or not all(h.strip() for h in header):
+        return None, "no header row"
+    return {"file": safe_text(str(path)), "header": [h.strip() for h in header], "rows": rows}, None
 
 
 def transcript_dir(split_dir: Path) -> Path | None:
@@ -151,5 +183,5 @@ def list_split(root: str | Path, name: str, *, labelled: bool) -> SplitFiles:
         name=name, ids=ids, mfcc=[feats.files[i] for i in ids],
         transcripts=[trans.files.get(i) for i in ids] if labelled else [None] * len(ids), labelled=labelled,
         orphans=sorted((i, p) for i, p in trans.files.items() if i not in feats.files),
-        problems=feats.problems, ignored=ignored,
+        problems=feats.problems, ignored=ignored, template=None if labelled else find_template(split_dir),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from . import atomic
 from .errors import PhonerecError
 from .features import FEATURE_DIM, STORAGE_DTYPE
-from .vocab import VOCAB
+from .vocab import F22, Inventory, InventoryError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -88,7 +88,7 @@ class Manifest:
     index: np.ndarray                # int64 [N]: position in sorted-file-name order of the raw split
     inputs: int = 0                  # raw utterances seen (kept + rejected)
     rejected: int = 0
-    vocab: list[str] = field(default_factory=lambda: list(VOCAB))
+    inventory: Inventory = F22       # the symbol inventory of its labels (manifests without one: F22's)
     fingerprint: str = ""            # hash of everything the shards depend on
     directory: Path | None = None    # folder holding the shards (set on load)
     # Where each utterance's members start inside its tar (shardformat.slice_member); None in
@@ -100,10 +100,16 @@ class Manifest:
     # to label_lens, a lower bound (it misses the repeats).
     ctc_lens: np.ndarray | None = None   # int64 [N]
     feature_dim: int = FEATURE_DIM       # features per frame (manifests without one are F22's 15)
+    template: dict | None = None         # a test split's submission template: {"file", "header", "rows"}
 
     @property
     def num_utterances(self) -> int:
         return len(self.ids)
+
+    @property
+    def vocab(self) -> list[str]:
+        """The model outputs' symbols (index 0 = the CTC blank)."""
+        return list(self.inventory.symbols)
 
     @property
     def total_frames(self) -> int:
@@ -131,7 +137,8 @@ class Manifest:
             "rejected": self.rejected,
             "feature_dtype": STORAGE_DTYPE.name,
             "feature_dim": int(self.feature_dim),
-            "vocab": self.vocab,
+            **({"template": self.template} if self.template else {}),
+            **self.inventory.to_json(),          # "inventory" (name), "vocab" (symbols), "codes", "framing"
             "stats": self.stats.to_json(),
             "shards": [asdict(s) for s in self.shards],
             "utterances": {
@@ -197,8 +204,9 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         frames=np.asarray(u["frames"], dtype=np.int64),
         label_lens=np.asarray(u["label_len"], dtype=np.int64),
         index=np.asarray(u["index"], dtype=np.int64),
-        feature_dim=int(raw.get("feature_dim", FEATURE_DIM)), inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0),
-        vocab=raw["vocab"], fingerprint=raw.get("fingerprint", ""), directory=path.parent,
+        feature_dim=int(raw.get("feature_dim", FEATURE_DIM)), template=raw.get("template"),
+        inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0), inventory=_inventory(raw, path),
+        fingerprint=raw.get("fingerprint", ""), directory=path.parent,
         feats_at=np.asarray(u["feats_at"], dtype=np.int64) if "feats_at" in u else None,
         labels_at=np.asarray(u["labels_at"], dtype=np.int64) if "labels_at" in u else None,
         ctc_lens=np.asarray(u["ctc_len"], dtype=np.int64) if "ctc_len" in u else None,   # None: see Manifest
@@ -212,6 +220,16 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
     return m
 
 
+def _inventory(raw: dict, path: Path) -> Inventory:
+    """The inventory a manifest records; one without "codes" is F22's."""
+    if "vocab" not in raw:
+        raise ManifestError(f"{path}: no vocabulary; rebuild with `phonerec shards`")
+    try:
+        return Inventory.from_json(raw)
+    except InventoryError as exc:
+        raise ManifestError(f"{path}: {exc}; rebuild with `phonerec shards`") from None
+
+
 def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
     """Several splits as one (e.g. train-clean-100 + train-clean-360); shard names become
     relative to the common shards root. Their statistics must be the same."""
@@ -219,8 +237,11 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         return manifests[0]
     first = manifests[0]
     for m in manifests[1:]:
-        if m.stats.fingerprint != first.stats.fingerprint or m.vocab != first.vocab or \
-                m.feature_dim != first.feature_dim:
+        if not m.inventory.matches(first.inventory):
+            raise ManifestError(f"splits {first.split} and {m.split} were built with different symbol inventories "
+                                f"({first.inventory.describe()} and {m.inventory.describe()}); build them in one "
+                                "`phonerec shards` run")
+        if m.stats.fingerprint != first.stats.fingerprint or m.feature_dim != first.feature_dim:
             raise ManifestError(f"splits {first.split} and {m.split} were normalized with different statistics; "
                                 "build them in one `phonerec shards` run")
     shards = [ShardInfo(**{**asdict(s), "name": f"{m.split}/{s.name}"}) for m in manifests for s in m.shards]
@@ -231,7 +252,7 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         stats=first.stats, shards=shards, ids=[i for m in manifests for i in m.ids],
         keys=[k for m in manifests for k in m.keys], frames=cat("frames"), label_lens=cat("label_lens"),
         index=cat("index"), inputs=sum(m.inputs for m in manifests),
-        rejected=sum(m.rejected for m in manifests), vocab=first.vocab,
+        rejected=sum(m.rejected for m in manifests), inventory=first.inventory,
         fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
         feats_at=cat("feats_at") if offsets else None, labels_at=cat("labels_at") if offsets else None,
         ctc_lens=cat("ctc_lens") if all(m.ctc_lens is not None for m in manifests) else None,

@@ -264,7 +264,7 @@ def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: 
         label_lens=store.label_lens[order].astype(np.int64), index=store.index[order].astype(np.int64),
         inputs=store.inputs, rejected=len(store.rejections), fingerprint=fp, directory=out_dir,
         feats_at=feats_at, labels_at=labels_at, ctc_lens=ctc[order].astype(np.int64),
-        feature_dim=store.feature_dim,
+        feature_dim=store.feature_dim, template=store.template, inventory=store.inventory,
     )
     mf.save(m, shards_dir)
     return m

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from .atomic import disk_full, disk_full_error
 from .errors import PhonerecError
-from .layout import SplitFiles, safe_text
+from .layout import SplitFiles, read_template, safe_text
 from .validate import Rejection, UtteranceError, load_utterance, npy_frames
 from .features import FEATURE_DIM
+from .vocab import F22, Inventory
 
 CHUNK_FRAMES = 32768          # 32768 x 15 x 4 B ~= 1.97 MB per chunk
 STORE_FORMAT = 1
@@ -71,8 +72,18 @@ class CorpusStore:
         )
 
     @property
+    def template(self) -> dict | None:
+        """The split's submission template: {"file", "header", "rows"} (see layout.read_template)."""
+        return self._group.attrs.get("template")
+
+    @property
     def feature_dim(self) -> int:
         return int(self._group["features"].shape[1])
+
+    @property
+    def inventory(self) -> Inventory:
+        """The symbol inventory its transcripts were encoded with (stores without one: F22's)."""
+        return Inventory.from_json(self._group.attrs.get("inventory") or {})
 
     @property
     def frames(self) -> np.ndarray:
@@ -121,27 +132,41 @@ def store_state(path: Path, fingerprint: str) -> str:
         return "damaged"
 
 
+def recorded_width(path: Path) -> int | None:
+    """The feature width a store records (stores from before widths were recorded: F22's), or None."""
+    try:
+        return int(zarr.open_group(str(path), mode="r").attrs.get("feature_dim", FEATURE_DIM))
+    except Exception:  # noqa: BLE001 - no store, or an unreadable one
+        return None
+
+
 def is_current(path: Path, fingerprint: str) -> bool:
     return store_state(path, fingerprint) == "current"
 
 
-def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None, dim: int = FEATURE_DIM) -> str:
-    """The inputs' fingerprint, plus the utterances excluded by other splits (duplicate ids) and the
-    corpus's width: a store is current only for the same files, exclusions and width (F22's 15
-    adds nothing, so stores written before the width was chosen stay current)."""
+def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None, dim: int = FEATURE_DIM,
+                      inventory: Inventory = F22) -> str:
+    """The inputs' fingerprint, plus the utterances excluded by other splits (duplicate ids), the
+    corpus's width and the symbol inventory: a store is current only for the same files, exclusions,
+    width and inventory (F22's 15 and F22's inventory add nothing, so stores written before either
+    was chosen stay current)."""
     base = files.fingerprint()
     if dim != FEATURE_DIM:
         base = hashlib.sha256(f"{base}|dim|{dim}".encode()).hexdigest()
+    if not inventory.matches(F22):
+        table = json.dumps(inventory.to_json(), ensure_ascii=True, sort_keys=True)
+        base = hashlib.sha256(f"{base}|inventory|{table}".encode()).hexdigest()
     if not exclude:
         return base
     extra = json.dumps(sorted(exclude.items()), ensure_ascii=True)
     return hashlib.sha256(f"{base}|exclude|{extra}".encode()).hexdigest()
 
 
-def _read_one(job: tuple[int, str, str | None, bool, int]):
-    i, mfcc, transcript, labelled, dim = job
+def _read_one(job: tuple[int, str, str | None, bool, int, Inventory]):
+    i, mfcc, transcript, labelled, dim, inventory = job
     try:
-        feats, labels = load_utterance(Path(mfcc), Path(transcript) if transcript else None, labelled, dim)
+        feats, labels = load_utterance(Path(mfcc), Path(transcript) if transcript else None, labelled, dim,
+                                       inventory)
         return i, feats, labels, None, None
     except UtteranceError as exc:
         return i, None, None, str(exc), str(exc.path or mfcc)
@@ -241,23 +266,24 @@ class _StoreWriter:
 def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: bool = False,
            progress: bool = True, on_reject: Callable[[Rejection], None] | None = None,
            exclude: dict[str, str] | None = None, dim: int = FEATURE_DIM,
-           shapes: list[tuple[int, ...] | None] | None = None) -> CorpusStore:
+           shapes: list[tuple[int, ...] | None] | None = None, inventory: Inventory = F22) -> CorpusStore:
     """Read, validate and consolidate one split of a corpus `dim` features wide into a zarr store,
-    atomically.
+    atomically; transcripts are encoded with `inventory` (in the reader processes).
 
     `exclude` maps utterance ids to a reason: those are rejected without being read (duplicate
     ids kept in another split). `shapes`: the files' header shapes when the caller read them
     already (parallel to files.mfcc)."""
     path = Path(path)
-    fingerprint = store_fingerprint(files, exclude, dim)
+    fingerprint = store_fingerprint(files, exclude, dim, inventory)
     exclude = {**files.problems, **(exclude or {})}     # names that are no readable file, duplicates
     n_in = len(files.ids)
     frames = (s[0] if s else 0 for s in shapes) if shapes is not None else map(npy_frames, files.mfcc)
     header_frames = np.fromiter(frames, dtype=np.int64, count=n_in)
     order = np.lexsort((np.arange(n_in), header_frames))        # by length, ties by file name
     jobs = [(int(i), str(files.mfcc[i]), str(files.transcripts[i]) if files.transcripts[i] else None,
-             files.labelled, dim) for i in order if files.ids[i] not in exclude]
+             files.labelled, dim, inventory) for i in order if files.ids[i] not in exclude]
     rejections = _Rejections(files.name, strict, on_reject)
+    template = read_template(files.template)[0] if files.template is not None else None
     for uid, tpath in files.orphans:
         rejections.add(uid, tpath, "transcript without features")
     for i, uid in enumerate(files.ids):
@@ -280,7 +306,8 @@ def ingest(files: SplitFiles, path: str | Path, *, workers: int = 2, strict: boo
         g.attrs.update({
             "format": STORE_FORMAT, "split": files.name, "labelled": files.labelled, "feature_dim": dim,
             "fingerprint": fingerprint, "num_utterances": n, "inputs": n_in + len(files.orphans),
-            "rejections": [list(r) for r in rejections], "files": store_files(tmp), "complete": True,
+            "rejections": [list(r) for r in rejections], "template": template,
+            "inventory": inventory.to_json(), "files": store_files(tmp), "complete": True,
         })
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .vocab import TranscriptError, ctc_min_frames, encode_transcript
+from .vocab import F22, Inventory, TranscriptError, ctc_min_frames
 from .errors import PhonerecError
 from .features import FEATURE_DIM
 
@@ -395,8 +395,8 @@ def _symbol_text(s) -> str:
     return s
 
 
-def load_transcript(path: Path) -> np.ndarray:
-    """Vocabulary indices (uint8) without the [SOS]/[EOS] frame.
+def load_transcript(path: Path, inventory: Inventory = F22) -> np.ndarray:
+    """The inventory's output indices (uint8), its framing ([SOS]/[EOS]) stripped.
 
     Accepts 1-D arrays of str (`<U`), of ASCII bytes (`|S`), and object arrays of either (as some
     releases store them; read without running the pickle, see `_StringArrayUnpickler`)."""
@@ -411,21 +411,22 @@ def load_transcript(path: Path) -> np.ndarray:
     if any(issubclass(k, bytes) for k in kinds):
         symbols = [_symbol_text(s) for s in symbols]
     try:
-        return encode_transcript(symbols)
+        return inventory.encode(symbols)
     except TranscriptError as exc:
         raise UtteranceError(f"transcript: {exc}") from exc
 
 
-def load_utterance(mfcc: Path, transcript: Path | None, labelled: bool,
-                   dim: int = FEATURE_DIM) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read and check one utterance of a corpus `dim` features wide; raises UtteranceError."""
+def load_utterance(mfcc: Path, transcript: Path | None, labelled: bool, dim: int = FEATURE_DIM,
+                   inventory: Inventory = F22) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read and check one utterance of a corpus `dim` features wide, its transcript encoded with
+    `inventory`; raises UtteranceError."""
     if labelled and transcript is None:
         raise UtteranceError("features without a transcript")
     feats = load_features(mfcc, dim)
     if not labelled:
         return feats, None
     try:
-        labels = load_transcript(transcript)
+        labels = load_transcript(transcript, inventory)
     except UtteranceError as exc:
         exc.path = transcript
         raise

@@ -32,6 +32,7 @@ import torch
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
+from pipeline.vocab import Inventory
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -60,13 +61,23 @@ class Checkpoint:
     config: dict = field(default_factory=dict)             # TrainConfig.to_dict()
     model_config: dict                                     # ModelConfig.to_dict()
     world: int = 1
-    vocab: list = field(default_factory=list)
+    vocab: list = field(default_factory=list)              # the outputs' symbols (index 0 = the CTC blank)
+    # The rest of the symbol inventory (pipeline.vocab.Inventory.to_json): the outputs' submission codes,
+    # the transcripts' framing tokens and the inventory's name; checkpoints without codes are F22's.
+    codes: list = field(default_factory=list)
+    framing: list = field(default_factory=list)
+    inventory: str = ""
     stats: dict = field(default_factory=dict)              # pipeline Stats.to_json()
     rank_steps: list = field(default_factory=list)
     rank_accumulators: list = field(default_factory=list)
     skipped_shards: list = field(default_factory=list)     # reports of the shards left out
     ctc_infeasible: int = 0
     ctc_infeasible_ids: list = field(default_factory=list)
+
+    def symbol_inventory(self) -> Inventory:
+        """The symbol inventory the model was trained with (InventoryError if its records disagree)."""
+        return Inventory.from_json({"vocab": self.vocab, "codes": self.codes, "framing": self.framing,
+                                    "inventory": self.inventory})
 
     def to_dict(self) -> dict:
         """The on-disk dict (not a deep copy: tensors are shared)."""

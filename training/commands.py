@@ -188,9 +188,13 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
 @click.command("predict")
 @_split_options(_DD.predict_split, "Split to decode.", _DD.predict_beam, "Where submission.csv goes.")
 @click.option("--output", default=_DD.output, show_default=True, help="File name inside --results.")
+@click.option("--header", default=None, metavar="A,B",
+              help="The submission's header. [default: the test split's template's (random_submission.csv or "
+                   "sample_submission.csv under the split), else index,label]")
 @click.option("--quiet", is_flag=True)
-def predict(shards, weights, results, split, beam_width, threads, workers, device, output, quiet):
-    """Beam-decode a split (the test split) into <results>/submission.csv (index,label).
+def predict(shards, weights, results, split, beam_width, threads, workers, device, output, header, quiet):
+    """Beam-decode a split (the test split) into <results>/submission.csv (index,label, or the
+    header of the template the test split ships).
 
     One row per input utterance in the original order (sorted file names), whatever the
     shard order; under torchrun (`make predict NGPU=N`) each rank decodes its share of the
@@ -200,11 +204,14 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
 
     from pipeline.atomic import ensure_writable
 
+    from pipeline import manifest as mf
+
     from . import distributed as D
-    from .inference import decode_checkpoint, submission_rows, write_submission
+    from .inference import decode_checkpoint, submission_header, submission_rows, write_submission
 
     def go():
         ensure_writable(results)        # before decoding the whole split, not after
+        columns = submission_header(mf.load(shards, split), header)
         ctx = D.init(device)
         try:
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
@@ -212,7 +219,7 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
             if ctx.is_main:
                 rows, missing = submission_rows(m, hyps)
                 out = Path(results) / output
-                write_submission(out, rows)
+                write_submission(out, rows, columns)
                 click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, beam width {beam_width})")
                 if m.num_utterances == 0:
                     click.echo(f"warning: split {m.split} has no utterances: the submission has {len(rows)} rows",
@@ -282,7 +289,6 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
     from pathlib import Path
 
     from pipeline.validate import UtteranceError
-    from pipeline.vocab import to_arpabet, to_codes
 
     from . import distributed as D
     from .inference import load_model, plot_posteriorgram, transcribe as run
@@ -302,10 +308,11 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
                 continue
             path, hyp, _, _ = out[0]
             first = first or out[0]
-            click.echo(f"{path.name}\t{' '.join(to_arpabet(hyp)) if arpabet else to_codes(hyp)}")
+            inv = loaded.inventory        # the checkpoint's: its outputs, symbols and codes
+            click.echo(f"{path.name}\t{' '.join(inv.to_arpabet(hyp)) if arpabet else inv.to_codes(hyp)}")
         if plot and first is not None:
             path, hyp, frames, lp = first
-            png = plot_posteriorgram(Path(plot), lp, hyp, frames, path.name)
+            png = plot_posteriorgram(Path(plot), lp, hyp, frames, path.name, loaded.inventory)
             click.echo(f"posteriorgram: {png}", err=True)
         if len(files) == 1 and failed:
             raise click.ClickException(failed[0])

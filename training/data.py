@@ -25,7 +25,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from pipeline.errors import PhonerecError
 from pipeline.manifest import Manifest
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
-from pipeline.features import FEATURE_DIM, STORAGE_DTYPE
+from pipeline.features import STORAGE_DTYPE
 
 from .plan import EpochPlan
 
@@ -113,7 +113,7 @@ def _samples(data: bytes, url: str):
 
 @dataclass
 class Batch:
-    feats: torch.Tensor          # STORAGE_DTYPE (float16) [B, T, FEATURE_DIM], zero-padded
+    feats: torch.Tensor          # STORAGE_DTYPE (float16) [B, T, D] (D: the manifest's feature_dim), zero-padded
     lengths: torch.Tensor        # int64 [B]
     labels: torch.Tensor         # int64 [B, L], zero-padded (empty for unlabelled splits)
     label_lengths: torch.Tensor  # int64 [B]
@@ -139,7 +139,7 @@ def _slice_shard(m: Manifest, s: int, data: bytes) -> dict[int, tuple[np.ndarray
     stored, u8 = STORAGE_DTYPE.newbyteorder("<"), np.dtype("|u1")
     for r in range(int(start[s]), int(start[s + 1])):
         key = m.keys[r]
-        feats = slice_member(data, int(m.feats_at[r]), f"{key}.{FEATS}", (int(m.frames[r]), FEATURE_DIM), stored)
+        feats = slice_member(data, int(m.feats_at[r]), f"{key}.{FEATS}", (int(m.frames[r]), m.feature_dim), stored)
         if feats is None:
             return None
         labels = None
@@ -161,7 +161,7 @@ def _parse_shard(m: Manifest, s: int, data: bytes, path: Path) -> dict[int, tupl
             r = expected.get(key)
             if r is None or r in out:
                 raise ShardReadError(f"{path}: unexpected or repeated sample {key!r}; {repair_hint(path)}")
-            if feats.ndim != 2 or feats.shape[0] != m.frames[r] or feats.shape[1] != FEATURE_DIM or \
+            if feats.ndim != 2 or feats.shape[0] != m.frames[r] or feats.shape[1] != m.feature_dim or \
                     (m.labelled and (labels is None or len(labels) != m.label_lens[r])):
                 raise ShardReadError(f"{path}: sample {key!r} does not match the manifest; {repair_hint(path)}")
             out[r] = (feats, labels)
@@ -196,17 +196,17 @@ def _buffer(n: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n), 0, (n,))
 
 
-def packed_size(B: int, T: int, L: int, F: int = FEATURE_DIM) -> int:
+def packed_size(B: int, T: int, L: int, F: int) -> int:
     """Bytes of a packed batch (pack's layout): make_ring sizes its slots with it."""
     return 3 * B * _INT_BYTES + B * T * F * _FEATURE_BYTES + B * L
 
 
 def pack(rows: np.ndarray, samples: dict, labelled: bool,
-         out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """A padded batch as ONE uint8 buffer plus its (B, T, L): handing a batch from a worker to
+         out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """A padded batch as ONE uint8 buffer plus its (B, T, L, F): handing a batch from a worker to
     the trainer costs a shared-memory segment per tensor, which on a 2-core machine cost more
     than reading the shard (5 tensors: 185 batches/s, one: 276). Layout: int64 [3, B] (lengths,
-    label lengths, manifest rows), STORAGE_DTYPE [B, T, 15] features, uint8 [B, L] labels;
+    label lengths, manifest rows), STORAGE_DTYPE [B, T, F] features, uint8 [B, L] labels;
     zero-padded. Written into `out` (a ring slot) when given and large enough."""
     feats = [samples[int(r)][0] for r in rows]
     labs = [samples[int(r)][1] for r in rows] if labelled else []
@@ -232,15 +232,15 @@ def pack(rows: np.ndarray, samples: dict, labelled: bool,
     else:
         ints[1] = 0
     ints[2] = np.asarray(rows, dtype=np.int64)
-    return buf, (B, T, L)
+    return buf, (B, T, L, F)
 
 
-def unpack(buf: torch.Tensor, shape: tuple[int, int, int]) -> Batch:
+def unpack(buf: torch.Tensor, shape: tuple[int, int, int, int]) -> Batch:
     """The Batch views of a packed buffer (labels widened to int64 for the CTC loss)."""
-    B, T, L = shape
-    n_int, n_feat = 3 * B * _INT_BYTES, B * T * FEATURE_DIM * _FEATURE_BYTES
+    B, T, L, F = shape
+    n_int, n_feat = 3 * B * _INT_BYTES, B * T * F * _FEATURE_BYTES
     ints = buf[:n_int].view(torch.int64).view(3, B)
-    feats = buf[n_int:n_int + n_feat].view(_TORCH_STORAGE_DTYPE).view(B, T, FEATURE_DIM)
+    feats = buf[n_int:n_int + n_feat].view(_TORCH_STORAGE_DTYPE).view(B, T, F)
     labels = buf[n_int + n_feat:].view(B, L).long()
     return Batch(feats, ints[0], labels, ints[1], ints[2])
 
@@ -359,7 +359,7 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
     for w in range(plan.workers):
         for b in plan.worker_batches(w):
             L = int(m.label_lens[b].max()) if m.labelled else 0
-            most = max(most, packed_size(len(b), int(m.frames[b].max()), L))
+            most = max(most, packed_size(len(b), int(m.frames[b].max()), L, m.feature_dim))
     return torch.zeros((plan.workers, prefetch * plan.workers + 2, max(most, 1)), dtype=torch.uint8).share_memory_()
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.vocab import BLANK, VOCAB, to_codes
+from pipeline.vocab import BLANK, F22, VOCAB, Inventory
 
 try:  # the classic C++ decoder; used when present (not installable in this project's env)
     import ctcdecode as _ctcdecode
@@ -306,16 +306,25 @@ def beam_decode(
     return [results[i, 0, : int(out_lens[i, 0])].tolist() for i in range(results.shape[0])]
 
 
-def hypotheses_to_codes(hypotheses: Sequence[Sequence[int]]) -> list[str]:
+def hypotheses_to_codes(hypotheses: Sequence[Sequence[int]], inventory: Inventory = F22) -> list[str]:
     """Index hypotheses -> submission strings (one code character per phoneme)."""
-    return [to_codes(h) for h in hypotheses]
+    return [inventory.to_codes(h) for h in hypotheses]
 
 
-def restrict_to_labels(log_probs: torch.Tensor) -> torch.Tensor:
-    """Make [SOS]/[EOS] impossible: they are model outputs (43 classes) but never targets,
-    and an undertrained model must not put them into a transcript."""
-    if log_probs.shape[-1] != len(VOCAB):
+def restrict_to_labels(log_probs: torch.Tensor, inventory: Inventory | None = None) -> torch.Tensor:
+    """Make the outputs that are never targets impossible: the framing tokens when they are outputs
+    (F22's [SOS]/[EOS]), so an undertrained model cannot put them into a transcript; an inventory
+    without such outputs (S24's) decodes over all of them. Without `inventory`: F22's when there
+    are 43 classes, else nothing is masked."""
+    classes = log_probs.shape[-1]
+    if inventory is None:
+        inventory = F22 if classes == F22.num_classes else None
+    elif classes != inventory.num_classes:
+        raise ValueError(f"{classes} classes in log_probs but {inventory.num_classes} outputs in inventory "
+                         f"{inventory.name}")
+    masked = list(inventory.masked) if inventory is not None else []
+    if not masked:
         return log_probs
     out = log_probs.clone()
-    out[..., len(VOCAB) - 2:] = float("-inf")
+    out[..., masked] = float("-inf")
     return out

@@ -24,7 +24,7 @@ from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
-from pipeline.vocab import VOCAB, to_arpabet, to_codes
+from pipeline.vocab import F22, Inventory, InventoryError
 
 from . import distributed as D
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
@@ -44,26 +44,45 @@ class Loaded:
     checkpoint: Checkpoint
     stats: Stats
     path: Path
+    inventory: Inventory = F22          # the symbol inventory it was trained with: its outputs and codes
+
+
+def checkpoint_inventory(ck: Checkpoint, path: Path) -> Inventory:
+    """The checkpoint's symbol inventory, which must describe its model's outputs."""
+    try:
+        inv = ck.symbol_inventory()
+    except InventoryError as exc:
+        raise CompatibilityError(f"{path}: trained with a different vocabulary than this version reads "
+                                 f"({len(ck.vocab)} symbols: {exc})") from None
+    classes = ck.model_config.get("num_classes", F22.num_classes)
+    if classes != inv.num_classes:
+        raise CompatibilityError(f"{path}: trained with a different vocabulary ({inv.describe()}) than its "
+                                 f"model's {classes} outputs; use another checkpoint or retrain")
+    return inv
 
 
 def load_model(weights: str | Path, device: torch.device, name: str = BEST) -> Loaded:
     path = resolve(weights, name)
     ck = Checkpoint.load(path)
-    if list(ck.vocab) != list(VOCAB):
-        raise CompatibilityError(f"{path}: trained with a different vocabulary ({len(ck.vocab)} "
-                                 f"symbols); this version uses {len(VOCAB)}")
+    inventory = checkpoint_inventory(ck, path)
     if not ck.stats:
         raise CheckpointError(f"checkpoint {path} holds no normalization statistics, so it is not a phonerec "
                               "checkpoint; use another checkpoint (e.g. best.pt) or retrain")
     model = Model(ModelConfig.from_dict(ck.model_config))
     model.load_state_dict(ck.model)
     model.to(device).eval()
-    return Loaded(model=model, checkpoint=ck, stats=Stats.from_json(ck.stats), path=path)
+    return Loaded(model=model, checkpoint=ck, stats=Stats.from_json(ck.stats), path=path, inventory=inventory)
 
 
 def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
-    if list(m.vocab) != list(VOCAB):
-        raise CompatibilityError(f"shards of {m.split} use a different vocabulary; rebuild them with `phonerec shards`")
+    width = loaded.model.config.input_dim
+    if width != m.feature_dim:
+        raise CompatibilityError(f"{loaded.path} was trained on {width} features per frame, the {m.split} shards in "
+                                 f"{m.directory} have {m.feature_dim}: use the model trained on this corpus")
+    if not loaded.inventory.matches(m.inventory):
+        raise CompatibilityError(f"{loaded.path} was trained with the symbol inventory {loaded.inventory.describe()}, "
+                                 f"the {m.split} shards in {m.directory} use {m.inventory.describe()}: use the model "
+                                 "trained on this corpus, or rebuild the shards with its --inventory")
     want, have = loaded.stats.fingerprint, m.stats.fingerprint
     if want != have:
         raise CompatibilityError(
@@ -88,7 +107,7 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
         for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
             b = batch.to(ctx.device)
             lp, out_lens = loaded.model(b.feats.float(), b.lengths)
-            lp, out_lens = restrict_to_labels(lp.float().cpu()), out_lens.cpu()
+            lp, out_lens = restrict_to_labels(lp.float().cpu(), m.inventory), out_lens.cpu()
             g = greedy_decode(lp, out_lens) if greedy or beam_width <= 0 else [None] * len(out_lens)
             bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
             for r, gh, bh in zip(batch.rows.tolist(), g, bm):
@@ -143,7 +162,7 @@ def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") ->
     indices (a manifest that does not match its split) raise instead of writing a wrong file."""
     if set(hyps) != set(range(m.num_utterances)):
         raise ShardReadError(f"{len(hyps)} hypotheses for the {m.num_utterances} utterances of {m.split}")
-    by_index = {int(m.index[r]): to_codes(h[key]) for r, h in hyps.items()}
+    by_index = {int(m.index[r]): m.inventory.to_codes(h[key]) for r, h in hyps.items()}
     if len(by_index) != len(hyps) or (by_index and min(by_index) < 0) or \
             (m.inputs and by_index and max(by_index) >= m.inputs):
         raise ShardReadError(f"the manifest of {m.split} has repeated or out-of-range original indices "
@@ -153,10 +172,25 @@ def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") ->
     return [(i, by_index.get(i, "")) for i in range(total)], missing
 
 
-def write_submission(path: str | Path, rows: list[tuple[int, str]]) -> None:
+DEFAULT_HEADER = ("index", "label")
+
+
+def submission_header(m: mf.Manifest, header: str | None = None) -> list[str]:
+    """The submission's header: `header` (comma-separated) if given, else the split's template's
+    (as the edition that shipped it wants), else index,label. With a template, its row count must
+    be the split's utterance count: checked before anything is decoded."""
+    if m.template and m.template.get("rows") != m.inputs:
+        raise CompatibilityError(f"the submission template {m.template.get('file')} has {m.template.get('rows')} "
+                                 f"rows, the {m.split} split has {m.inputs} utterances: is it this split's template?")
+    if header:
+        return [h.strip() for h in header.split(",")]
+    return list(m.template["header"]) if m.template else list(DEFAULT_HEADER)
+
+
+def write_submission(path: str | Path, rows: list[tuple[int, str]], header=DEFAULT_HEADER) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "label"])
+    w.writerow(list(header))
     w.writerows(rows)
     write_text(path, buf.getvalue())
 
@@ -178,7 +212,7 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
         raise CompatibilityError(f"split {m.split} has no transcripts to evaluate against")
     if m.num_utterances == 0:
         raise CompatibilityError(f"split {m.split} has no utterances: nothing to evaluate")
-    start = m.shard_start
+    start, inv = m.shard_start, m.inventory
     from .data import read_shards
     rows_out = ["id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance"]
     dg = db = 0
@@ -186,8 +220,8 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
     for s in range(len(m.shards)):           # references come from the shards, one shard at a time
         samples = read_shards(m, [s])
         for r in range(int(start[s]), int(start[s + 1])):
-            ref = to_codes(samples[r][1])
-            g, b = to_codes(hyps[r]["greedy"]), to_codes(hyps[r]["beam"])
+            ref = inv.to_codes(samples[r][1])
+            g, b = inv.to_codes(hyps[r]["greedy"]), inv.to_codes(hyps[r]["beam"])
             dgi, dbi = Levenshtein.distance(g, ref), Levenshtein.distance(b, ref)
             dg, db, refs = dg + dgi, db + dbi, refs + len(ref)
             rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
@@ -220,7 +254,11 @@ def audio_features(path: Path) -> np.ndarray:
 def features_for(loaded: Loaded, path: Path) -> np.ndarray:
     """A raw .npy feature file (or an audio file) normalized exactly as the shards are
     (including the rounding to their storage dtype)."""
-    x = audio_features(path) if path.suffix.lower() in AUDIO_SUFFIXES else load_features(path)
+    width = loaded.model.config.input_dim
+    x = audio_features(path) if path.suffix.lower() in AUDIO_SUFFIXES else load_features(path, width)
+    if x.shape[1] != width:
+        raise UtteranceError(f"audio gives {x.shape[1]} MFCCs per frame (this project's front-end), the model in "
+                             f"{loaded.path} takes {width}: transcribe audio with a model trained on such features")
     return loaded.stats.normalize(x).astype(STORAGE_DTYPE).astype(np.float32)
 
 
@@ -236,10 +274,11 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_wid
             raise UtteranceError(f"{p}: {exc}") from None
         x = torch.from_numpy(feats)[None].to(device)
         lp, ol = loaded.model(x, torch.tensor([x.shape[1]], device=device))
-        lp, ol = restrict_to_labels(lp.float().cpu()), ol.cpu()
+        lp, ol = restrict_to_labels(lp.float().cpu(), loaded.inventory), ol.cpu()
         if beam_width > 0:
-            res, _, steps, lens = CTCBeamDecoder(beam_width=beam_width, num_processes=threads,
-                                                 cutoff_top_n=len(VOCAB)).decode(lp, ol, compute_scores=False)
+            symbols = loaded.inventory.symbols
+            res, _, steps, lens = CTCBeamDecoder(labels=symbols, beam_width=beam_width, num_processes=threads,
+                                                 cutoff_top_n=len(symbols)).decode(lp, ol, compute_scores=False)
             n = int(lens[0, 0])
             hyp, frames = res[0, 0, :n].tolist(), steps[0, 0, :n].tolist()
         else:
@@ -251,7 +290,8 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_wid
     return out
 
 
-def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], frames: list[int], title: str) -> Path:
+def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], frames: list[int], title: str,
+                       inventory: Inventory = F22) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -260,10 +300,10 @@ def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], fram
     fig, ax = plt.subplots(figsize=(min(24, 4 + probs.shape[1] / 40), 7))
     ax.imshow(probs, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
     ax.plot(frames, hyp, "o", ms=3, mfc="none", color="cyan", label="decoded symbols")
-    ax.set_yticks(range(len(VOCAB)))
-    ax.set_yticklabels(["<b>" if s == "" else s for s in VOCAB], fontsize=6)
+    ax.set_yticks(range(inventory.num_classes))
+    ax.set_yticklabels(["<b>" if s == "" else s for s in inventory.symbols], fontsize=6)
     ax.set_xlabel("output frame")
-    ax.set_title(f"{title}\n{' '.join(to_arpabet(hyp))[:200]}", fontsize=8)
+    ax.set_title(f"{title}\n{' '.join(inventory.to_arpabet(hyp))[:200]}", fontsize=8)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

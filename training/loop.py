@@ -34,7 +34,6 @@ from tqdm import tqdm
 from pipeline import manifest as mf
 from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
-from pipeline.vocab import VOCAB, to_codes
 
 from . import distributed as D
 from . import metrics
@@ -191,7 +190,7 @@ def save_checkpoint(run: Run, st: TrainState, name: str, epoch: int, step: int) 
         scheduler=st.sched.state_dict() if st.sched is not None else None, scaler=st.scaler.state_dict(),
         rng=[g[0] for g in gathered], epoch=epoch, step=step, global_step=st.global_step, best=st.best,
         accumulators=dict(st.acc), config=run.cfg.to_dict(), model_config=st.model.config.to_dict(),
-        world=ctx.world, vocab=list(VOCAB), stats=run.train_m.stats.to_json(),
+        world=ctx.world, **run.train_m.inventory.to_json(), stats=run.train_m.stats.to_json(),
         rank_steps=[int(g[1]) for g in gathered], rank_accumulators=[g[2] for g in gathered],
         skipped_shards=run.skipped, ctc_infeasible=len(run.infeasible_ids),
         ctc_infeasible_ids=run.infeasible_ids,
@@ -407,16 +406,17 @@ def evaluate(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp
     loss = dist_sum = 0.0
     n = tokens = 0
     error = None
+    inv = m.inventory
     try:
         for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
             batch = batch.to(ctx.device)
             with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
                 lp, out_lens = model(batch.feats.float(), batch.lengths)
             loss += float(ctc_sum(lp.float(), out_lens, batch))
-            hyps = greedy_decode(restrict_to_labels(lp), out_lens)
+            hyps = greedy_decode(restrict_to_labels(lp, inv), out_lens)
             labels, llens = batch.labels.cpu(), batch.label_lengths.cpu()
             for i, h in enumerate(hyps):
-                dist_sum += Levenshtein.distance(to_codes(h), to_codes(labels[i, : llens[i]].tolist()))
+                dist_sum += Levenshtein.distance(inv.to_codes(h), inv.to_codes(labels[i, : llens[i]].tolist()))
             n += len(hyps)
             tokens += int(llens.sum())
     except ShardReadError as exc:      # voted on below, so every rank stops together (no DDP hang)

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import manifest as mf
+from pipeline.features import hours
 
 from . import metrics
 
 
 def _hours(frames: int) -> float:
-    return frames / 100 / 3600          # 10 ms frames
+    return hours(frames)
 
 
 def _fmt_seconds(s: float) -> str:

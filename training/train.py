@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import manifest as mf
 from pipeline.atomic import write_json
 from pipeline.verify import check_shards
+from pipeline.vocab import Inventory
 
 from . import distributed as D
 from . import metrics
@@ -56,7 +57,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> d
     ck = _resume_checkpoint(cfg, ctx, log)
     train_m, dev_m, skipped = _load_manifests(cfg, ctx, ck, log)
     opts = BatchOptions(max_frames=cfg.max_frames, max_utts=cfg.max_utts)
-    st = _build_state(cfg, ctx, ck, log)
+    st = _build_state(cfg, ctx, ck, log, train_m.feature_dim, train_m.inventory)
     exclude, infeasible_ids = _leave_out_infeasible(st.model, train_m, dev_m, log)
     run = Run(cfg=cfg, ctx=ctx, log=log, train_m=train_m, dev_m=dev_m, opts=opts,
               aug=AugmentConfig.from_train(cfg), steps_per_epoch=0, exclude=exclude,
@@ -159,6 +160,9 @@ def _load_manifests(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None,
     check_budget(train_m, opts)
     if dev_m is not None:
         check_budget(dev_m, opts)
+        if not dev_m.inventory.matches(train_m.inventory):
+            raise TrainingError(f"the dev shards use the symbol inventory {dev_m.inventory.describe()}, the training "
+                                f"shards {train_m.inventory.describe()}; rebuild them together")
         if dev_m.stats.fingerprint != train_m.stats.fingerprint:
             raise TrainingError("dev and train shards were normalized with different statistics; rebuild them together")
     return train_m, dev_m, skipped
@@ -284,12 +288,23 @@ def _steps_per_epoch(run: Run) -> int:
 
 # ------------------------------------------------------------------------------------- model
 
-def _build_state(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None, log) -> TrainState:
-    """Seeded model (the checkpoint's architecture on resume), its DDP wrapper, AdamW, GradScaler."""
+def _build_state(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None, log, feature_dim: int,
+                 inventory: Inventory) -> TrainState:
+    """Seeded model (the checkpoint's architecture on resume), its DDP wrapper, AdamW, GradScaler.
+    The model's input width is the shards' (`feature_dim`) and its outputs the shards' symbol
+    inventory's, whatever the preset."""
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
     np.random.seed(cfg.seed * 1000 + ctx.rank)
     random.seed(cfg.seed * 1000 + ctx.rank)
-    mcfg = ModelConfig.from_dict(ck.model_config) if ck is not None else preset_config(cfg.preset, **cfg.model)
+    mcfg = ModelConfig.from_dict(ck.model_config) if ck is not None else \
+        preset_config(cfg.preset, **{**cfg.model, "input_dim": feature_dim, "num_classes": inventory.num_classes})
+    if mcfg.input_dim != feature_dim:
+        raise TrainingError(f"{Path(cfg.weights) / LAST} was trained on {mcfg.input_dim} features per frame, the "
+                            f"shards in {cfg.shards} have {feature_dim}; train from scratch (drop --resume)")
+    if ck is not None and (not ck.symbol_inventory().matches(inventory) or mcfg.num_classes != inventory.num_classes):
+        raise TrainingError(f"{Path(cfg.weights) / LAST} was trained with the symbol inventory "
+                            f"{ck.symbol_inventory().describe()}, the shards in {cfg.shards} use "
+                            f"{inventory.describe()}; train from scratch (drop --resume)")
     model = Model(mcfg).to(ctx.device)
     log(f"model ({cfg.preset}): {describe(model)}")
     amp = cfg.amp and ctx.device.type == "cuda"
