@@ -20,22 +20,28 @@ import sys
 from pathlib import Path
 
 from bench import ROOT
-from pipeline.features import hours
+from pipeline.features import FEATURE_DIM, hours
 
 TRAIN = "train-clean-100"
 
 
-def ensure_corpus(work: Path, n: int, workers: int = 2, log=None) -> Path:
-    """work/corpus-<n>: n training utterances, dev and test a tenth each (at least 10), generated
-    only when its training split is missing."""
+def suffix(n: int, dim: int = FEATURE_DIM) -> str:
+    """'<n>' for F22's width, '<n>-d<dim>' for another: the names of a corpus's folders."""
+    return f"{n}" if dim == FEATURE_DIM else f"{n}-d{dim}"
+
+
+def ensure_corpus(work: Path, n: int, workers: int = 2, log=None, dim: int = FEATURE_DIM) -> Path:
+    """work/corpus-<n>[-d<dim>]: n training utterances `dim` features wide, dev and test a tenth
+    each (at least 10), generated only when its training split is missing."""
     from corpora.random import generate
 
-    data = work / f"corpus-{n}"
+    data = work / f"corpus-{suffix(n, dim)}"
     if not (data / TRAIN).is_dir():
         if log is not None:
-            log(f"generating corpus-{n}")
+            log(f"generating corpus-{suffix(n, dim)}")
         dev = test = max(n // 10, 10)
-        generate(data, {TRAIN: n, "dev-clean": dev, "test-clean": test}, workers=workers, progress=False)
+        generate(data, {TRAIN: n, "dev-clean": dev, "test-clean": test}, workers=workers, progress=False,
+                 feature_dim=dim)
     return data
 
 
@@ -53,10 +59,10 @@ def measure(cmd: list[str]) -> tuple[float, float]:
     return float(seconds), int(kb) / 1024
 
 
-def run(sizes: list[int], work: Path, workers: int, keep: bool = False) -> dict:
+def run(sizes: list[int], work: Path, workers: int, keep: bool = False, dim: int = FEATURE_DIM) -> dict:
     rows = []
     for n in sizes:
-        data, shards = ensure_corpus(work, n, workers), work / f"shards-{n}"
+        data, shards = ensure_corpus(work, n, workers, dim=dim), work / f"shards-{suffix(n, dim)}"
         shutil.rmtree(shards, ignore_errors=True)
         seconds, peak = measure(phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet",
                                          "--workers", str(workers)))
@@ -74,7 +80,7 @@ def run(sizes: list[int], work: Path, workers: int, keep: bool = False) -> dict:
                      "seconds": round(seconds, 1), "utts_per_s": round(utts / seconds, 1),
                      "frames_per_s": round(frames / seconds), "peak_rss_mb": round(peak),
                      "rerun_seconds": round(rerun_s, 1), "raw_mb": round(raw_mb), "shard_mb": round(shard_mb),
-                     "train_shards": total[TRAIN][2], "workers": workers})
+                     "train_shards": total[TRAIN][2], "workers": workers, "feature_dim": dim})
         print(json.dumps(rows[-1]), flush=True)
         if not keep:
             shutil.rmtree(shards, ignore_errors=True)

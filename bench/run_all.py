@@ -271,6 +271,42 @@ def _loader_section(res: dict, title: str) -> list[str]:
     return lines
 
 
+WIDE = 28          # the later editions' width, compared with F22's 15
+
+
+def widths(work: Path, n: int, pre: dict | None, main: dict, quick: bool, log=print) -> dict:
+    """The cost of a wider frame: a corpus of the same utterances at WIDE features per frame,
+    preprocessed and streamed as the 15-wide one was (preprocessing row and loader run reused)."""
+    log(f"== feature width: {n:,} training utterances at {WIDE} features per frame")
+    wide_pre = bench_shards.run([n], work, workers=2, keep=True, dim=WIDE)["runs"][0]
+    narrow_pre = next((r for r in (pre or {}).get("runs", []) if r["train_utterances"] == n), None)
+    data = bench_shards.ensure_corpus(work, n, dim=WIDE)
+    wide = bench_loader.run(data, work / f"shards-{bench_shards.suffix(n, WIDE)}", quick=quick, log=log,
+                            train_steps=0, loader_cold=False, systems=("ours",))
+    rows = []
+    for dim, p, ld in ((15, narrow_pre, main), (WIDE, wide_pre, wide)):
+        ours = ld.get("ours", {})
+        rows.append({"feature_dim": dim, "shard_mb": p and p["shard_mb"], "preprocessing_utts_per_s": p and p["utts_per_s"],
+                     "loader_frames_per_s": ours.get("loader_frames_per_s"),
+                     "loader_frames_per_s_w0": ours.get("loader_frames_per_s_w0")})
+    return {"train_utterances": n, "rows": rows}
+
+
+def _widths_section(res: dict) -> list[str]:
+    a, b = res["rows"]
+    ratio = lambda k: f"{b[k] / a[k]:.2f}" if a.get(k) and b.get(k) else "–"   # noqa: E731
+    fmt = lambda v, f: "–" if v is None else f.format(v)                      # noqa: E731
+    lines = [f"## Feature width: {a['feature_dim']} vs {b['feature_dim']} per frame "
+             f"({res['train_utterances']:,} training utterances, the same lengths)", "",
+             f"| figure | {a['feature_dim']} | {b['feature_dim']} | ratio |", "|---|---:|---:|---:|"]
+    for key, label, f in (("shard_mb", "shard MB", "{:,}"), ("preprocessing_utts_per_s", "preprocessing utterances/s",
+                                                                 "{:,.1f}"),
+                          ("loader_frames_per_s", "loader frames/s, 2 workers", "{:,.0f}"),
+                          ("loader_frames_per_s_w0", "loader frames/s, 0 workers", "{:,.0f}")):
+        lines.append(f"| {label} | {fmt(a.get(key), f)} | {fmt(b.get(key), f)} | {ratio(key)} |")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     mach = report["machine"]
     lines = ["# phonerec benchmarks", "",
@@ -290,6 +326,8 @@ def markdown(report: dict) -> str:
     if report.get("scale"):
         lines += _loader_section(report["scale"],
                                  f"Scale run: {report['scale']['corpus']['utterances']:,} training utterances")
+    if report.get("widths"):
+        lines += _widths_section(report["widths"])
     pre = report.get("preprocessing")
     if pre:
         lines += ["## Preprocessing (`phonerec shards`, bench/bench_shards.py, 2 workers)", "",
@@ -320,6 +358,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "results", help="results folder")
     ap.add_argument("--decode", choices=("auto", "run", "skip"), default="auto",
                     help="auto: reuse a full OUT/bench_decode.json if present, else run it (about 15 min)")
+    ap.add_argument("--no-widths", action="store_true",
+                    help=f"skip the {WIDE}-features-per-frame corpus (its preprocessing and loader run)")
     ap.add_argument("--no-preprocessing", action="store_true",
                     help="skip bench_shards (reuse OUT/bench_shards.json and existing shards)")
     a = ap.parse_args(argv)
@@ -336,6 +376,8 @@ def main(argv=None) -> dict:
     pre = preprocessing(sizes, a.work, a.out, a.no_preprocessing, a.quick)
     loaders = loader_runs(a.work, main_n, small, scale, a.quick)
     dec = decoding(a.decode, a.quick, a.out)
+    if not a.no_widths:
+        report["widths"] = widths(a.work, main_n, pre, loaders["main"], a.quick)
 
     main_res = loaders["main"]
     report.update({k: main_res[k] for k in ("corpus", "config", *bench_loader.SYSTEMS, "notes") if k in main_res})
