@@ -21,14 +21,20 @@ def _split_counts(values: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+def _corpus_options(data_help: str, split_help: str):
+    """--data, --split and --unlabelled, which both corpus writers take."""
+    def wrap(fn):
+        fn = click.option("--unlabelled", default="test-clean", show_default=True,
+                          help="Comma-separated splits written without transcripts.")(fn)
+        fn = click.option("--split", "splits", multiple=True, metavar="NAME=COUNT",
+                          help=f"A split and its utterance count; repeat.{split_help}")(fn)
+        return click.option("--data", "out", type=click.Path(file_okay=False, path_type=Path), default="data",
+                            show_default=True, help=f"Root folder to write the corpus into {data_help}.")(fn)
+    return wrap
+
+
 @click.command("synth-corpus")
-@click.option("--data", "out", type=click.Path(file_okay=False, path_type=Path), default="data", show_default=True,
-              help="Root folder to write the corpus into (standard layout).")
-@click.option("--split", "splits", multiple=True, metavar="NAME=COUNT",
-              help="A split and its utterance count; repeat. [default: train-clean-100=1000, "
-                   "dev-clean=100, test-clean=100]")
-@click.option("--unlabelled", default="test-clean", show_default=True,
-              help="Comma-separated splits written without transcripts.")
+@_corpus_options("(standard layout)", " [default: train-clean-100=1000, dev-clean=100, test-clean=100]")
 @click.option("--nested-transcripts", is_flag=True,
               help="Write transcripts to transcript/raw/ as the published archive does.")
 @click.option("--seed", default=0, show_default=True, help="Seed: same seed, same corpus.")
@@ -51,13 +57,9 @@ def synth_corpus(out, splits, unlabelled, nested_transcripts, seed, workers, fea
 
 
 @click.command("synth-speech")
-@click.option("--data", "out", type=click.Path(file_okay=False, path_type=Path), default="data", show_default=True,
-              help="Root folder to write the corpus into (standard layout, plus <split>/metadata.tsv).")
-@click.option("--split", "splits", multiple=True, metavar="NAME=COUNT",
-              help="A split and its utterance count; repeat. The name must contain train, dev or test "
-                   "(that picks its voice set). [default: train-clean-100=3000, dev-clean=200, test-clean=200]")
-@click.option("--unlabelled", default="test-clean", show_default=True,
-              help="Comma-separated splits written without transcripts.")
+@_corpus_options("(standard layout, plus <split>/metadata.tsv)",
+                 " The name must contain train, dev or test (that picks its voice set). "
+                 "[default: train-clean-100=3000, dev-clean=200, test-clean=200]")
 @click.option("--seed", default=0, show_default=True, help="Seed: same seed, same corpus (any --workers).")
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Synthesis processes.")
 @click.option("--engines", default="flite,festival,espeak-ng", show_default=True,
