@@ -42,9 +42,8 @@ def peaked_log_probs(batch: int, frames: int, classes: int, seed: int,
     for b in range(batch):
         t = int(torch.randint(0, 4, (1,), generator=g))
         while t < frames:
-            lab = int(torch.randint(1, classes, (1,), generator=g))
             run = int(torch.randint(1, 4, (1,), generator=g))
-            target[b, t:t + run] = lab
+            target[b, t:t + run] = int(torch.randint(1, classes, (1,), generator=g))
             t += run + int(torch.randint(0, 5, (1,), generator=g))
     logits.scatter_add_(-1, target[..., None], torch.full((batch, frames, 1), float(peak)))
     return logits.log_softmax(-1)

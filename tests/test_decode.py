@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.bench_decode import peaked_log_probs
 from pipeline.vocab import CODES, VOCAB
 from training.decode import (
     CTCBeamDecoder,
@@ -30,19 +31,7 @@ def random_log_probs(batch, frames, classes, seed, scale=2.0):
     return (torch.randn(batch, frames, classes, generator=g) * scale).log_softmax(-1)
 
 
-def peaked(batch, frames, classes, seed, noise=1.5, peak=4.0):
-    """Label runs separated by blanks, blurred by logit noise so the argmax is sometimes wrong."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, frames, classes, generator=g) * noise
-    target = torch.zeros(batch, frames, dtype=torch.long)
-    for b in range(batch):
-        t = int(torch.randint(0, 4, (1,), generator=g))
-        while t < frames:
-            run = int(torch.randint(1, 4, (1,), generator=g))
-            target[b, t:t + run] = int(torch.randint(1, classes, (1,), generator=g))
-            t += run + int(torch.randint(0, 5, (1,), generator=g))
-    logits.scatter_add_(-1, target[..., None], torch.full((batch, frames, 1), float(peak)))
-    return logits.log_softmax(-1)
+peaked = peaked_log_probs      # spiky CTC-like posteriors: the decoding benchmark's inputs too
 
 
 def random_lengths(batch, frames, seed, low=0):
