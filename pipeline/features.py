@@ -18,7 +18,6 @@ FRAME_RATE = 100                 # frames per second (10 ms hop)
 FRAMES_PER_HOUR = FRAME_RATE * 3600
 STORAGE_DTYPE = np.dtype(np.float16)          # normalized features inside the shards
 STORAGE_MAX = float(np.finfo(STORAGE_DTYPE).max)
-BYTES_PER_FRAME = FEATURE_DIM * STORAGE_DTYPE.itemsize     # one stored frame in a shard
 
 
 def hours(frames) -> float:

@@ -140,10 +140,6 @@ def recorded_width(path: Path) -> int | None:
         return None
 
 
-def is_current(path: Path, fingerprint: str) -> bool:
-    return store_state(path, fingerprint) == "current"
-
-
 def store_fingerprint(files: SplitFiles, exclude: dict[str, str] | None = None, dim: int = FEATURE_DIM,
                       inventory: Inventory = F22) -> str:
     """The inputs' fingerprint, plus the utterances excluded by other splits (duplicate ids), the

@@ -108,12 +108,6 @@ def npy_frames(path: Path) -> int:
     return shape[0] if shape else 0
 
 
-def npy_width(path: Path) -> int | None:
-    """Features per frame from the .npy header alone (None unless it is a readable [T, D] header)."""
-    shape = npy_shape(path)
-    return shape[1] if shape is not None and len(shape) == 2 else None
-
-
 # ------------------------------------------------------------------ object arrays, without pickle's risks
 #
 # Some releases store transcripts as object arrays of str, which NumPy writes as a pickle. Loading
