@@ -59,20 +59,26 @@ bench: setup
 	$(BIN)/python -m bench.run_all --out "$(RESULTS)" $(BENCH_ARGS)
 
 # The whole job on synthesized English speech: corpus -> shards -> train -> evaluate -> predict.
-# The recipe is configs/demo.yaml (ARGS add to or override it); synth-speech returns at once
-# when the corpus is already there with these sizes.
+# The recipe is configs/demo.yaml on a CPU and configs/demo-gpu.yaml where CUDA is available
+# (DEMO_CONFIG=FILE chooses; ARGS add to or override it, DEMO_EPOCHS overrides its epochs);
+# synth-speech returns at once when the corpus is already there with these sizes.
 DEMO_DATA ?= data/demo
 DEMO_SHARDS ?= shards/demo
-DEMO_TRAIN ?= 5000
-DEMO_DEV ?= 200
-DEMO_TEST ?= 200
-DEMO_EPOCHS ?= 7
+DEMO_TRAIN ?= 6000
+DEMO_DEV ?= 300
+DEMO_TEST ?= 300
+DEMO_EPOCHS ?=
+DEMO_CONFIG ?= auto
 demo: setup
 	$(BIN)/phonerec synth-speech --data "$(DEMO_DATA)" --quiet \
 	  --split "train-clean-100=$(DEMO_TRAIN)" --split "dev-clean=$(DEMO_DEV)" --split "test-clean=$(DEMO_TEST)"
 	$(BIN)/phonerec shards --data "$(DEMO_DATA)" --shards "$(DEMO_SHARDS)" --quiet
-	$(TORCHRUN) -m phonerec train --config configs/demo.yaml --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
-	  --results "$(RESULTS)" --epochs "$(DEMO_EPOCHS)" --quiet $(ARGS)
+	@cfg="$(DEMO_CONFIG)"; if [ "$$cfg" = auto ]; then cfg=configs/demo.yaml; \
+	  if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
+	    cfg=configs/demo-gpu.yaml; fi; fi; \
+	echo "demo recipe: $$cfg"; set -x; \
+	$(TORCHRUN) -m phonerec train --config "$$cfg" --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
+	  --results "$(RESULTS)" $(if $(DEMO_EPOCHS),--epochs "$(DEMO_EPOCHS)") --quiet $(ARGS)
 	$(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	$(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	@$(BIN)/phonerec summary --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --data "$(DEMO_DATA)"

@@ -43,12 +43,14 @@ from pipeline.features import HOP_LENGTH, MFCC_OPTIONS, SAMPLE_RATE, WIN_LENGTH,
 from .degrade import colored_noise, degrade  # noqa: F401
 from .engines import (  # noqa: F401
     ENGINES, ESPEAK_DEV, ESPEAK_TEST, ESPEAK_TRAIN, FESTIVAL_VOICES, FLITE_PITCH_FIXED, FLITE_VOICES, SPEAKERS,
-    VOICE_SPLIT, Rendered, check_tools, espeak_input, render, speaker_of, split_engines, tool_versions, voice_group,
+    KIND_OTHER_ENGINE, KIND_UNSEEN_SPEAKER, KIND_VARIANTS, KINDS, TARGET_KINDS, TARGET_PER, VOICE_SPLIT, Pool,
+    Rendered, check_tools, engine_of, espeak_input, render, speaker_of, split_pools, split_voices, tool_versions,
+    voice_group, voice_kind,
 )
 from .generate import (  # noqa: F401
-    CORPUS_INFO, DEFAULT_SPLITS, LEVEL_RANGE, MAX_ATTEMPTS, MAX_MISMATCH, METADATA_COLUMNS, PAD_RANGE, PITCH_RANGE,
+    ANSWERS, ANSWERS_COLUMNS, CORPUS_INFO, DEFAULT_SPLITS, LEVEL_RANGE, MAX_ATTEMPTS, MAX_MISMATCH, METADATA_COLUMNS, PAD_RANGE, PITCH_RANGE,
     RATE_RANGE, SNR_RANGE, SPEECH_SECONDS, WARP_RANGE, Utterance, _choose_prons, _dictionary_phones, generate,
-    partition_sentences, read_metadata, split_code, synthesize_utterance,
+    partition_sentences, read_answers, read_metadata, split_code, synthesize_utterance, write_answers,
 )
 from .phonemes import (  # noqa: F401
     ESPEAK_MAP, FESTIVAL_MAP, FLITE_MAP, MIN_PAUSE_S, PAUSE, UnmappablePhone, espeak_word, phones_to_labels,

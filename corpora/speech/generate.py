@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.features import MFCC_OPTIONS, SAMPLE_RATE, mfcc
 from pipeline.vocab import EOS, SOS, SYMBOL_INDEX, ctc_min_frames
 
 from .degrade import degrade
-from .engines import (ENGINES, FLITE_PITCH_FIXED, VOICE_SPLIT, check_tools, render, split_engines, tool_versions,
-                      voice_group)
+from .engines import (ENGINES, FLITE_PITCH_FIXED, Pool, check_tools, render, split_pools, split_voices, tool_versions,
+                      voice_group, voice_kind)
 from .phonemes import PAUSE, UnmappablePhone
 from .sentences import FORTUNE_FILES, Clause, _word_key, parse_sentence, pronunciations, sentence_pool
 
@@ -80,14 +80,20 @@ def _dictionary_phones(clauses: list[Clause], prons: dict[str, list[str]]) -> li
     return [p.rstrip("012") for c in clauses for w in c.words for p in prons[_word_key(w)]]
 
 
+def _draw_voice(rng: np.random.Generator, pools: tuple[Pool, ...]) -> str:
+    """A pool by its share, then one of its voices uniformly."""
+    shares = np.cumsum([p.share for p in pools])
+    pool = pools[min(int(np.searchsorted(shares, rng.random() * shares[-1], side="right")), len(pools) - 1)]
+    return pool.voices[int(rng.integers(len(pool.voices)))]
+
+
 def synthesize_utterance(seed: int, split: str, index: int, uid: str, sentences: list[str],
                          engines: tuple[str, ...] = ENGINES, tmp: Path | None = None,
                          keep_audio: bool = False) -> Utterance:
     """Utterance `index` of `split`: drawn, rendered and checked; regenerated until it passes."""
     import Levenshtein
 
-    group = VOICE_SPLIT[voice_group(split)]
-    engines = split_engines(split, engines)
+    pools = split_pools(split, engines)
     rejected: dict[str, int] = {}
     own_tmp = tmp is None
     tmpdir = Path(tempfile.mkdtemp(prefix="phonerec-speech-")) if own_tmp else Path(tmp)
@@ -95,8 +101,7 @@ def synthesize_utterance(seed: int, split: str, index: int, uid: str, sentences:
         for attempt in range(MAX_ATTEMPTS):
             rng = np.random.default_rng([seed, split_code(split), index, attempt])
             text = sentences[int(rng.integers(len(sentences)))] if attempt else sentences[index % len(sentences)]
-            engine = engines[int(rng.integers(len(engines)))]
-            voice = group[engine][int(rng.integers(len(group[engine])))]
+            voice = _draw_voice(rng, pools)
             rate = float(np.exp(rng.uniform(np.log(RATE_RANGE[0]), np.log(RATE_RANGE[1]))))
             pitch = float(rng.uniform(*PITCH_RANGE))
             if voice.startswith("flite:") and voice.partition(":")[2] in FLITE_PITCH_FIXED:
@@ -167,7 +172,7 @@ def _job(job) -> tuple[dict, dict]:
     if keep_wav:
         import soundfile as sf
         sf.write(str(sdir / "wav" / f"{uid}.wav"), u.audio, SAMPLE_RATE, subtype="FLOAT")
-    return u.meta, u.rejected
+    return u.meta, u.rejected, (None if labelled else u.labels)
 
 
 def partition_sentences(pool: list[str], splits: dict[str, int], seed: int) -> dict[str, list[str]]:
@@ -195,6 +200,28 @@ def _write_metadata(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+# The transcripts of an unlabelled (test) split, kept aside where the pipeline never looks (it reads
+# only <split>/mfcc and <split>/transcript): a Kaggle-style solution file that the demo's summary
+# scores the submission against. `index` is the submission row: the rank of the id among the
+# split's sorted file names, the original order of every split.
+ANSWERS = "answers.tsv"
+ANSWERS_COLUMNS = ("index", "id", "voice", "kind", "phonemes")
+
+
+def write_answers(path: Path, split: str, answers: dict[str, tuple[str, list[str]]]) -> None:
+    """One row per utterance: index, id, voice, kind of voice, the ARPAbet labels without the frame."""
+    lines = ["\t".join(ANSWERS_COLUMNS)]
+    for i, uid in enumerate(sorted(answers)):
+        voice, labels = answers[uid]
+        body = [s for s in labels if s not in (SOS, EOS)]
+        lines.append(f"{i}\t{uid}\t{voice}\t{voice_kind(split, voice) or ''}\t{' '.join(body)}")
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_answers(path: str | os.PathLike) -> list[dict]:
+    return read_metadata(path)
+
+
 def read_metadata(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
@@ -219,7 +246,7 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
     check_tools(engines, fortune_dir)
     groups = {name: voice_group(name) for name in splits}
     for name in splits:
-        split_engines(name, engines)          # fails now, not in a worker, if a split has no voice
+        split_pools(name, engines)            # fails now, not in a worker, if a split has no voice
     pool = sentence_pool(fortune_dir)
     partitions = partition_sentences(pool, splits, seed)
     jobs_by_split = {name: _split_jobs(out / name, seed, name, n, name not in unlabelled, keep_wav)
@@ -266,13 +293,18 @@ def _run_jobs(out: Path, jobs_by_split: dict[str, list[tuple]], partitions: dict
             rows, rejected = [], {}
             bar = tqdm(total=len(jobs), desc=f"synth-speech {name}", unit="utt", disable=not progress, leave=False)
             results = (pool_ctx.imap_unordered(_job, jobs, chunksize=2) if pool_ctx else map(_job, jobs))
-            for meta, rej in results:
+            answers = {}
+            for meta, rej, labels in results:
                 rows.append(meta)
+                if labels is not None:
+                    answers[meta["id"]] = (meta["voice"], labels)
                 for k, v in rej.items():
                     rejected[k] = rejected.get(k, 0) + v
                 bar.update()
             bar.close()
             _write_metadata(out / name / "metadata.tsv", rows)
+            if name in unlabelled:
+                write_answers(out / name / ANSWERS, name, answers)
             summary[name] = {"utterances": len(rows), "frames": int(sum(r["frames"] for r in rows)),
                              "labelled": name not in unlabelled, "voice_group": groups[name],
                              "rejected": dict(sorted(rejected.items()))}
@@ -292,7 +324,7 @@ def _corpus_info(seed: int, engines: tuple[str, ...], summary: dict[str, dict], 
         "generator": "phonerec synth-speech", "seed": seed, "engines": list(engines),
         "splits": {n: {"utterances": s["utterances"], "voice_group": s["voice_group"],
                        "labelled": s["labelled"], "sentences": len(partitions[n]),
-                       "voices": [v for e in engines for v in VOICE_SPLIT[s["voice_group"]].get(e, ())]}
+                       "voices": split_voices(n, engines), "pools": _pools(n, engines)}
                    for n, s in summary.items()},
         "sentence_pool": {"sentences": len(pool), "files": list(FORTUNE_FILES),
                           "sha256": hashlib.sha256("\n".join(pool).encode()).hexdigest()},
@@ -305,6 +337,11 @@ def _corpus_info(seed: int, engines: tuple[str, ...], summary: dict[str, dict], 
 
 
 CORPUS_INFO = "speech-corpus.json"
+
+
+def _pools(split: str, engines: tuple[str, ...]) -> list[list]:
+    """The split's pools as speech-corpus.json records them: [name, share, voices]."""
+    return [[p.name, p.share, list(p.voices)] for p in split_pools(split, engines)]
 
 
 def _ranges() -> dict:
@@ -331,9 +368,11 @@ def _up_to_date(out: Path, splits: dict[str, int], *, seed: int, unlabelled: tup
         labelled = name not in unlabelled
         if s.get("utterances") != n or s.get("labelled") != labelled:
             return None
-        voices = [v for e in engines for v in VOICE_SPLIT[voice_group(name)].get(e, ())]
-        if info.get("splits", {}).get(name, {}).get("voices") != voices:
+        recorded = info.get("splits", {}).get(name, {})
+        if recorded.get("voices") != split_voices(name, engines) or recorded.get("pools") != _pools(name, engines):
             return None                           # another voice split
+        if not labelled and not (out / name / ANSWERS).is_file():
+            return None
         folders = ["mfcc"] + (["transcript"] if labelled else [])
         if any(len(list((out / name / f).glob("*.npy"))) != n for f in folders):
             return None
