@@ -1,34 +1,144 @@
-"""Stage 0's part of a run's report: an evaluated split's PER per voice of a synth-speech corpus.
+"""Stage 0's part of a run's report: a synth-speech corpus's PER per kind of voice, on dev and test.
 
-Only the corpus knows what its metadata.tsv means (which voice spoke an utterance, which voices are
-variants of one), so this lives here; `phonerec` registers it with training's summary, which never
-names a voice and does not import corpora.
+Only the corpus knows what its files mean (which voice spoke an utterance, which kind of voice that
+is, the test transcripts kept aside in answers.tsv), so this lives here; `phonerec` registers
+`per_kind` with training's summary, which never names a voice and does not import corpora.
+
+* A labelled split is scored from ``<results>/evaluate-<split>.tsv`` (what `phonerec evaluate` wrote).
+* The test split is scored as a user scores a Kaggle submission: ``<results>/submission.csv`` row by
+  row against the kept-aside ``<data>/<split>/answers.tsv`` (beam), and the greedy hypotheses of
+  ``<results>/predict-<split>.tsv`` when `predict` wrote them.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
+import Levenshtein
 
-def per_voice(metadata: Path, scored: Path) -> dict[str, dict] | None:
-    """Greedy and beam PER per voice (espeak-ng variants pooled) of an evaluated synth-speech split."""
-    if not (metadata.is_file() and scored.is_file()):
+from pipeline.vocab import EOS, SOS, encode_transcript, to_codes
+
+from .speech.engines import KINDS, TARGET_KINDS, TARGET_PER, voice_kind
+from .speech.generate import ANSWERS
+
+
+@dataclass
+class Scored:
+    """One utterance: who spoke it, its reference length and the two decodes' distances."""
+    voice: str
+    kind: str
+    phonemes: int
+    greedy: int | None
+    beam: int
+
+
+class NotScored(Exception):
+    """Files that do not belong together (another corpus, another submission): said, not guessed."""
+
+
+def per_kind(data: Path, results: Path, submission: str = "submission.csv") -> dict[str, dict] | None:
+    """{split: {source, kinds, voices, target}} for each split of `data` that has a metadata.tsv
+    and a scored result under `results`; a split whose files do not match gets {"problem": ...}."""
+    data, results = Path(data), Path(results)
+    if not data.is_dir():
         return None
-    with open(metadata, newline="") as fh:
-        voice = {r["id"]: r["voice"] for r in csv.DictReader(fh, delimiter="\t")}
     out: dict[str, dict] = {}
-    with open(scored, newline="") as fh:
-        for r in csv.DictReader(fh, delimiter="\t"):
-            if r["id"] not in voice:
-                return None                       # metadata of another corpus
-            key = voice[r["id"]].split("+")[0]
-            if key == "espeak-ng:en-us":
-                key = "espeak-ng (all variants)"
-            g = out.setdefault(key, {"utterances": 0, "phonemes": 0, "greedy": 0.0, "beam": 0.0})
-            g["utterances"] += 1
-            g["phonemes"] += len(r["reference"])
-            g["greedy"] += float(r["greedy_distance"])
-            g["beam"] += float(r["beam_distance"])
-    return {k: {"utterances": g["utterances"], "greedy_per": round(g["greedy"] / max(g["phonemes"], 1), 4),
-                "beam_per": round(g["beam"] / max(g["phonemes"], 1), 4)} for k, g in sorted(out.items())}
+    for sdir in sorted(p for p in data.iterdir() if (p / "metadata.tsv").is_file()):
+        try:
+            if (results / f"evaluate-{sdir.name}.tsv").is_file():
+                source = results / f"evaluate-{sdir.name}.tsv"
+                rows = _from_evaluation(sdir, source)
+            elif (sdir / ANSWERS).is_file() and (results / submission).is_file():
+                source = results / submission
+                rows = _from_submission(sdir, source, results / f"predict-{sdir.name}.tsv")
+            else:
+                continue
+        except NotScored as exc:
+            out[sdir.name] = {"problem": str(exc)}
+            continue
+        out[sdir.name] = {"source": source.name, **figures(rows)}
+    return out or None
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _from_evaluation(sdir: Path, scored: Path) -> list[Scored]:
+    voice = {r["id"]: r["voice"] for r in _read_tsv(sdir / "metadata.tsv")}
+    rows = []
+    for r in _read_tsv(scored):
+        if r["id"] not in voice:
+            raise NotScored(f"{scored} scores utterance {r['id']}, which {sdir / 'metadata.tsv'} does not "
+                            "hold: metadata of another corpus")
+        v = voice[r["id"]]
+        rows.append(Scored(v, voice_kind(sdir.name, v) or v, len(r["reference"]), int(float(r["greedy_distance"])),
+                           int(float(r["beam_distance"]))))
+    return rows
+
+
+def _submission_labels(path: Path) -> dict[int, str]:
+    """index -> label of a submission CSV (first column the row index, second the code string)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        try:
+            return {int(r[0]): (r[1] if len(r) > 1 else "") for r in reader if r}
+        except ValueError as exc:
+            raise NotScored(f"{path}: a row's first column is not an index ({exc})") from None
+
+
+def _from_submission(sdir: Path, submission: Path, predictions: Path) -> list[Scored]:
+    answers = _read_tsv(sdir / ANSWERS)
+    labels = _submission_labels(submission)
+    if sorted(labels) != list(range(len(answers))):
+        raise NotScored(f"{submission} has {len(labels)} rows, {sdir / ANSWERS} {len(answers)}: "
+                        "not this split's submission")
+    greedy = {}
+    if predictions.is_file():
+        greedy = {int(r["index"]): (r["id"], r["greedy"], r["beam"]) for r in _read_tsv(predictions)}
+    rows = []
+    for a in answers:
+        i = int(a["index"])
+        ref = to_codes(encode_transcript([SOS, *a["phonemes"].split(), EOS]))
+        g = greedy.get(i)
+        if g is not None and (g[0] != a["id"] or g[2] != labels[i]):
+            raise NotScored(f"{predictions} row {i} is utterance {g[0]}, answers.tsv says {a['id']}, or its beam "
+                            "differs from the submission's: files of different runs")
+        rows.append(Scored(a["voice"], a["kind"] or a["voice"], len(ref),
+                           None if g is None else Levenshtein.distance(g[1], ref), Levenshtein.distance(labels[i], ref)))
+    return rows
+
+
+def _group(rows: list[Scored]) -> dict:
+    n = sum(r.phonemes for r in rows)
+    greedy = None if any(r.greedy is None for r in rows) else round(sum(r.greedy for r in rows) / max(n, 1), 4)
+    return {"utterances": len(rows), "phonemes": n, "greedy_per": greedy,
+            "beam_per": round(sum(r.beam for r in rows) / max(n, 1), 4)}
+
+
+def _voice_key(voice: str) -> str:
+    key = voice.split("+")[0]
+    return "espeak-ng (all variants)" if key == "espeak-ng:en-us" else key
+
+
+def figures(rows: list[Scored]) -> dict:
+    """PER per kind of voice, per voice (espeak-ng variants pooled) and the target (TARGET_KINDS together)."""
+    kinds = {k: _group([r for r in rows if r.kind == k]) for k in dict.fromkeys(r.kind for r in rows)}
+    voices = {v: _group([r for r in rows if _voice_key(r.voice) == v])
+              for v in sorted({_voice_key(r.voice) for r in rows})}
+    target_rows = [r for r in rows if r.kind in TARGET_KINDS]
+    target = None
+    if target_rows:
+        t = _group(target_rows)
+        target = {"kinds": [k for k in TARGET_KINDS if k in kinds], "goal_per": TARGET_PER, **t,
+                  "met": t["beam_per"] <= TARGET_PER}
+    return {"kinds": dict(sorted(kinds.items(), key=lambda kv: _kind_order(kv[0]))), "voices": voices,
+            "target": target}
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    return (KINDS.index(kind), "") if kind in KINDS else (len(KINDS), kind)

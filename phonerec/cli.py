@@ -47,8 +47,8 @@ def _register() -> None:
             raise
         TRAINING = []
     else:
-        from corpora.report import per_voice
-        register_voice_report(per_voice)        # `summary --data`: the corpus's PER per voice
+        from corpora.report import per_kind
+        register_voice_report(per_kind)         # `summary --data`: the corpus's PER per kind of voice
     for cmd in [*commands, *TRAINING]:
         main.add_command(cmd)
 

@@ -28,51 +28,79 @@ except sp.MissingToolError as exc:
     _MISSING = str(exc)
 
 
-def test_summary_per_voice_figures(tmp_path):
-    """`phonerec summary --data`: PER per voice from a hand-made metadata.tsv and evaluate TSV
-    (espeak-ng variants pooled, one line per other voice), in the text and the JSON."""
+def _write_tsv(path: Path, header, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+def _kinds_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    """dev: metadata + evaluate TSV; test: metadata + kept-aside answers + submission + predict TSV."""
+    data, res = tmp_path / "data", tmp_path / "results"
+    # dev: id, voice, reference length, greedy and beam distance
+    dev = [("a1", "espeak-ng:en-us+f3", 10, 1, 0), ("a2", "espeak-ng:en-us+m3", 6, 2, 1),
+           ("b1", "festival:kal_diphone", 9, 1, 1), ("b2", "flite:slt", 5, 1, 0), ("c1", "festival:ked_diphone", 12, 4, 3)]
+    _write_tsv(data / "dev-clean" / "metadata.tsv", ["id", "voice", "text"], [(u, v, "Text.") for u, v, *_ in dev])
+    _write_tsv(res / "evaluate-dev-clean.tsv", ["id", "reference", "greedy", "beam", "greedy_distance", "beam_distance"],
+               [(u, "x" * n, "x", "x", g, b) for u, _, n, g, b in dev])
+    # test: the references are ARPAbet in answers.tsv ("[SIL] AA B [SIL]" is "-ab-" in codes)
+    test = [("t0", "espeak-ng:en-us+f4", "[SIL] AA B [SIL]", "-ab-", "-a-"),           # beam 0, greedy 1 (b)
+            ("t1", "flite:slt", "[SIL] AA [SIL]", "-b-", "-a-"),                    # beam 1 (a->b), greedy 0
+            ("t2", "festival:ked_diphone", "[SIL] B [SIL]", "", "-b-")]               # beam 3, greedy 0
+    _write_tsv(data / "test-clean" / "metadata.tsv", ["id", "voice", "text"], [(u, v, "Text.") for u, v, *_ in test])
+    _write_tsv(data / "test-clean" / sp.ANSWERS, sp.ANSWERS_COLUMNS,
+               [(i, u, v, sp.voice_kind("test-clean", v), p) for i, (u, v, p, *_) in enumerate(test)])
+    (res / "submission.csv").write_text("id,predictions\n" + "".join(f"{i},{b}\n" for i, (*_, b, _) in enumerate(test)))
+    _write_tsv(res / "predict-test-clean.tsv", ["index", "id", "greedy", "beam"],
+               [(i, u, g, b) for i, (u, _, _, b, g) in enumerate(test)])
+    return data, res
+
+
+def test_summary_per_kind_figures(tmp_path):
+    """`phonerec summary --data`: PER per kind of voice on dev (from the evaluate TSV) and on test
+    (the submission scored against the kept-aside answers, greedy from predict-<split>.tsv), and the
+    target over kinds 1 + 2, in the text and the JSON."""
     pytest.importorskip("torch", reason="the summary command is registered with the training commands")
     from phonerec.cli import main as cli_main
 
-    # id, voice, reference (one character per phoneme), greedy and beam distance
-    scored = [("a1", "espeak-ng:en-us", 10, 1, 0), ("a2", "espeak-ng:en-us+m3", 6, 2, 1),
-              ("a3", "espeak-ng:en-us+iven2", 13, 0, 0), ("b1", "festival:ked_diphone", 9, 3, 3),
-              ("b2", "festival:ked_diphone", 5, 1, 2), ("c1", "flite:kal16", 12, 4, 3)]
-    split = tmp_path / "data" / "dev-clean"
-    split.mkdir(parents=True)
-    rows = [{"id": u, "voice": v, "text": "Some text."} for u, v, *_ in scored]
-    with open(split / "metadata.tsv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, sp.METADATA_COLUMNS, delimiter="\t", lineterminator="\n", restval="0")
-        w.writeheader()
-        w.writerows(rows)
-    res = tmp_path / "results"
-    res.mkdir()
-    (res / "evaluate-dev-clean.tsv").write_text(
-        "id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance\n"
-        + "".join(f"{u}\t{'x' * n}\tx\tx\t{g}\t{b}\n" for u, _, n, g, b in scored))
+    data, res = _kinds_corpus(tmp_path)
     args = ["summary", "--shards", str(tmp_path / "shards"), "--weights", str(tmp_path / "weights"),
-            "--results", str(res), "--data", str(tmp_path / "data")]
-
+            "--results", str(res), "--data", str(data)]
     out = CliRunner().invoke(cli_main, args)
     assert out.exit_code == 0, out.output
-    assert [ln for ln in out.output.splitlines() if "utts:" in ln] == [
-        "      espeak-ng (all variants)      3 utts: greedy PER 10.34%, beam PER 3.45%",
-        "      festival:ked_diphone          2 utts: greedy PER 28.57%, beam PER 35.71%",
-        "      flite:kal16                   1 utts: greedy PER 33.33%, beam PER 25.00%"]
-    out = CliRunner().invoke(cli_main, [*args, "--json"])
-    assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["voices"] == {
-        "espeak-ng (all variants)": {"utterances": 3, "greedy_per": 0.1034, "beam_per": 0.0345},
-        "festival:ked_diphone": {"utterances": 2, "greedy_per": 0.2857, "beam_per": 0.3571},
-        "flite:kal16": {"utterances": 1, "greedy_per": 0.3333, "beam_per": 0.25}}
-    assert json.loads((res / "summary.json").read_text())["voices"]["flite:kal16"]["utterances"] == 1
+    lines = out.output.splitlines()
+    at = lines.index("  dev-clean by kind of voice (scored from evaluate-dev-clean.tsv):")
+    assert lines[at + 1:at + 5] == [
+        "    * unseen synthesizer variants       2 utts     16 phonemes: greedy PER 18.75%  beam PER  6.25%",
+        "    * known speaker, other engine       2 utts     14 phonemes: greedy PER 14.29%  beam PER  7.14%",
+        "      unseen human speaker              1 utts     12 phonemes: greedy PER 33.33%  beam PER 25.00%",
+        "      target: beam PER of the kinds marked * <= 8%: 6.67%, met"]
+    at = lines.index("  test-clean by kind of voice (scored from submission.csv):")
+    assert lines[at + 1:at + 5] == [
+        "    * unseen synthesizer variants       1 utts      4 phonemes: greedy PER 25.00%  beam PER  0.00%",
+        "    * known speaker, other engine       1 utts      3 phonemes: greedy PER  0.00%  beam PER 33.33%",
+        "      unseen human speaker              1 utts      3 phonemes: greedy PER  0.00%  beam PER 100.00%",
+        "      target: beam PER of the kinds marked * <= 8%: 14.29%, NOT met"]
+    info = json.loads(CliRunner().invoke(cli_main, [*args, "--json"]).output)
+    test = info["voices"]["test-clean"]
+    assert test["target"] == {"kinds": list(sp.TARGET_KINDS), "goal_per": 0.08, "utterances": 2, "phonemes": 7,
+                              "greedy_per": 0.1429, "beam_per": 0.1429, "met": False}
+    assert test["voices"]["espeak-ng (all variants)"]["beam_per"] == 0.0 and test["voices"]["flite:slt"]["utterances"] == 1
+    assert json.loads((res / "summary.json").read_text())["voices"] == info["voices"]
 
-    # no --data, or metadata of another corpus (an evaluated id it does not hold): no per-voice lines
-    out = CliRunner().invoke(cli_main, [*args[:-2], "--json"])
-    assert json.loads(out.output)["voices"] is None
-    (split / "metadata.tsv").write_text((split / "metadata.tsv").read_text().rsplit("c1\t", 1)[0])
-    out = CliRunner().invoke(cli_main, [*args, "--json"])
-    assert out.exit_code == 0 and json.loads(out.output)["voices"] is None
+    # without predict-<split>.tsv the test's greedy PER is unknown (shown as -); the beam is still scored
+    (res / "predict-test-clean.tsv").unlink()
+    info = json.loads(CliRunner().invoke(cli_main, [*args, "--json"]).output)
+    assert info["voices"]["test-clean"]["kinds"][sp.KIND_VARIANTS] == {
+        "utterances": 1, "phonemes": 4, "greedy_per": None, "beam_per": 0.0}
+    # files that do not belong together are said, not scored: a short submission, another corpus
+    (res / "submission.csv").write_text("index,label\n0,-a-\n1,-a-\n")
+    (data / "dev-clean" / "metadata.tsv").write_text("id\tvoice\ttext\na1\tespeak-ng:en-us+f3\tText.\n")
+    out = CliRunner().invoke(cli_main, args)
+    assert out.exit_code == 0, out.output
+    assert "  test-clean by kind of voice: not scored: " in out.output and "has 2 rows" in out.output
+    assert "dev-clean by kind of voice: not scored: " in out.output and "metadata of another corpus" in out.output
+    # no --data: no per-kind lines
+    assert json.loads(CliRunner().invoke(cli_main, [*args[:-2], "--json"]).output)["voices"] is None
 
 
 @pytest.mark.slow                    # minutes: `make demo` twice, every stage for real
@@ -102,9 +130,11 @@ def test_make_demo_tiny(tmp_path):
     assert summary["corpus"]["train-clean-100"]["utterances"] == 16
     assert summary["train"]["epochs"] == 1 and summary["submission"]["rows"] == 4
     assert summary["evaluate"]["beam_per"] >= 0
-    voices = summary["voices"]                          # PER per dev voice, from the corpus metadata
-    assert sum(v["utterances"] for v in voices.values()) == 4
-    assert set(voices) <= {"festival:ked_diphone", "espeak-ng (all variants)"}
+    for split in ("dev-clean", "test-clean"):           # PER per kind of voice, dev and test
+        kinds = summary["voices"][split]["kinds"]
+        assert sum(k["utterances"] for k in kinds.values()) == 4 and set(kinds) <= set(sp.KINDS)
+    assert summary["voices"]["test-clean"]["source"] == "submission.csv"
+    assert "test-clean by kind of voice (scored from submission.csv):" in out and "target: beam PER" in out
 
     # a second run reuses the corpus (nothing synthesized again) and the unchanged shards
     info = dirs["DEMO_DATA"] / "speech-corpus.json"

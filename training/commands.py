@@ -207,7 +207,7 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
     from pipeline import manifest as mf
 
     from . import distributed as D
-    from .inference import decode_checkpoint, submission_header, submission_rows, write_submission
+    from .inference import decode_checkpoint, submission_header, submission_rows, write_predictions, write_submission
 
     def go():
         ensure_writable(results)        # before decoding the whole split, not after
@@ -215,12 +215,14 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
         ctx = D.init(device)
         try:
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
-                                        greedy=False, workers=workers, progress=not quiet)
+                                        workers=workers, progress=not quiet)
             if ctx.is_main:
                 rows, missing = submission_rows(m, hyps)
                 out = Path(results) / output
                 write_submission(out, rows, columns)
-                click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, beam width {beam_width})")
+                write_predictions(Path(results) / f"predict-{split}.tsv", m, hyps)
+                click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, beam width {beam_width}); "
+                           f"ids and greedy decodes beside it in predict-{split}.tsv")
                 if m.num_utterances == 0:
                     click.echo(f"warning: split {m.split} has no utterances: the submission has {len(rows)} rows",
                                err=True)
@@ -328,8 +330,8 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
 @click.option("--results", default=_DD.results, show_default=True,
               help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
 @click.option("--split", default=_DD.evaluate_split, show_default=True, help="The evaluated split to report.")
-@click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus's metadata.tsv, "
-              "also the PER per voice.")
+@click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus (metadata.tsv, the "
+              "test split's kept-aside answers.tsv), also the PER per kind of voice on dev and test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
 def summary(shards, weights, results, split, data, as_json):
     """A short report of a run: corpus size, padding efficiency, training time, dev distance

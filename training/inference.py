@@ -195,6 +195,18 @@ def write_submission(path: str | Path, rows: list[tuple[int, str]], header=DEFAU
     write_text(path, buf.getvalue())
 
 
+def write_predictions(path: str | Path, m: mf.Manifest, hyps: dict[int, dict]) -> None:
+    """index, id, greedy and beam code strings of every decoded utterance, in submission order: the
+    submission's rows with their ids (and the greedy decode, which costs nothing beside the beam)."""
+    inv = m.inventory
+    lines = ["index\tid\tgreedy\tbeam"]
+    for r in sorted(hyps, key=lambda r: int(m.index[r])):
+        g = hyps[r]["greedy"]
+        lines.append(f"{int(m.index[r])}\t{m.ids[r]}\t{'' if g is None else inv.to_codes(g)}\t"
+                     f"{inv.to_codes(hyps[r]['beam'])}")
+    write_text(path, "\n".join(lines) + "\n")
+
+
 @dataclass
 class Evaluation:
     split: str

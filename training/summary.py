@@ -27,9 +27,10 @@ def _fmt_seconds(s: float) -> str:
 
 
 VoiceReport = Callable[[Path, Path], "dict[str, dict] | None"]
-# The PER per voice of an evaluated split is the corpus's knowledge (its metadata says who spoke
-# what), and training does not import corpora: phonerec/cli.py registers corpora.report.per_voice
-# here. Called with (<data>/<split>/metadata.tsv, <results>/evaluate-<split>.tsv); None: not shown.
+# The PER per kind of voice is the corpus's knowledge (its metadata says who spoke what, and it keeps
+# the test transcripts aside), and training does not import corpora: phonerec/cli.py registers
+# corpora.report.per_kind here. Called with (<data>, <results>); returns {split: figures} (see
+# render) or None: not shown.
 _voice_report: VoiceReport | None = None
 
 
@@ -75,8 +76,7 @@ def collect(shards: str | Path, weights: str | Path, results: str | Path, split:
         with open(sub, newline="") as fh:
             submission = {"path": str(sub), "rows": sum(1 for _ in csv.DictReader(fh))}
     plots = [str(p) for p in (results / metrics.CURVES,) if p.is_file()]
-    voices = (_voice_report(Path(data) / split / "metadata.tsv", results / f"evaluate-{split}.tsv")
-              if data and _voice_report is not None else None)
+    voices = _voice_report(Path(data), results) if data and _voice_report is not None else None
     return {"corpus": corpus, "train": train, "model": config, "evaluate": ev, "split": split,
             "voices": voices, "submission": submission, "plots": plots}
 
@@ -104,10 +104,30 @@ def render(info: dict) -> str:
                      f"beam {ev.get('beam_width', '?')} distance {ev['beam_distance']:.2f} "
                      f"(PER {100 * ev['beam_per']:.2f}%)")
     for name, v in (info.get("voices") or {}).items():
-        lines.append(f"      {name:<26} {v['utterances']:>4} utts: greedy PER {100 * v['greedy_per']:.2f}%, "
-                     f"beam PER {100 * v['beam_per']:.2f}%")
+        lines.extend(_voice_lines(name, v))
     if info["submission"]:
         lines.append(f"  submission {info['submission']['path']} ({info['submission']['rows']} rows)")
     if info["plots"]:
         lines.append(f"  plots     {', '.join(info['plots'])}")
     return "\n".join(lines)
+
+
+def _per(x: float | None) -> str:
+    return "    -  " if x is None else f"{100 * x:5.2f}%"
+
+
+def _voice_lines(split: str, v: dict) -> list[str]:
+    """A split's lines per kind of voice (* marks those its target pools) and its target line, or
+    why its files could not be scored."""
+    if "problem" in v:
+        return [f"  {split} by kind of voice: not scored: {v['problem']}"]
+    out = [f"  {split} by kind of voice (scored from {v['source']}):"]
+    t = v.get("target") or {"kinds": []}
+    for kind, k in v["kinds"].items():
+        mark = "*" if kind in t["kinds"] else " "
+        out.append(f"    {mark} {kind:<30} {k['utterances']:>4} utts {k['phonemes']:>6,} phonemes: "
+                   f"greedy PER {_per(k['greedy_per'])}  beam PER {_per(k['beam_per'])}")
+    if t["kinds"]:
+        out.append(f"      target: beam PER of the kinds marked * <= {100 * t['goal_per']:.0f}%: "
+                   f"{100 * t['beam_per']:.2f}%, {'met' if t['met'] else 'NOT met'}")
+    return out
