@@ -126,6 +126,7 @@ def test_make_demo_tiny(tmp_path):
     assert (res / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the summary the demo prints, and its JSON twin
     assert "phonerec run summary" in out and "padding efficiency" in out and "greedy distance" in out
+    assert "demo recipe: configs/demo.yaml" in out          # no CUDA here: the CPU recipe, said
     summary = json.loads((res / "summary.json").read_text())
     assert summary["corpus"]["train-clean-100"]["utterances"] == 16
     assert summary["train"]["epochs"] == 1 and summary["submission"]["rows"] == 4

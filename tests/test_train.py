@@ -86,15 +86,18 @@ def test_train_three_epochs(fast_shards, tmp_path):
     assert [r["epoch"] for r in metrics(tmp_path)] == [0]
 
 
-def test_demo_recipe_is_a_valid_config():
+@pytest.mark.parametrize("recipe, downsampling", [("demo.yaml", 2), ("demo-gpu.yaml", 4)])
+def test_demo_recipes_are_valid_configs(recipe, downsampling):
+    """Both recipes `make demo` chooses between (CPU; CUDA) parse, name their epochs and build."""
     from tests.helpers import ROOT
     from training.config import TrainConfig, read_config_file
     from training.model import build_model
-    values = read_config_file(ROOT / "configs" / "demo.yaml")
+    values = read_config_file(ROOT / "configs" / recipe)
     cfg = TrainConfig.from_dict(values)
+    assert "epochs" in values and cfg.model.get("input_norm") == "utterance"
     model = build_model(cfg.preset, **cfg.model)
-    lp, lens = model(torch.zeros(2, 50, 15), torch.tensor([50, 30]))
-    assert lp.shape[-1] == 43 and lens.tolist() == [25, 15]       # x2 downsampling
+    lp, lens = model(torch.zeros(2, 48, 15), torch.tensor([48, 30]))
+    assert lp.shape[-1] == 43 and lens.tolist() == [48 // downsampling, -(-30 // downsampling)]
 
 
 def test_train_budget_error_is_one_line(fast_shards, tmp_path):

@@ -27,8 +27,10 @@ Each utterance then gets a small resampling warp (speaker-like, +-15 %), padding
 colored background noise at a random SNR, and becomes 15 MFCCs per 10 ms frame (``mfcc``;
 ``mfcc_from_wav`` applies the same extraction to a .wav file). Every random choice comes from a
 generator seeded by (seed, split, index, attempt), so the corpus does not depend on the number
-of worker processes. Train, dev and test splits use disjoint speakers (``VOICE_SPLIT``,
-``SPEAKERS``) and disjoint sentences.
+of worker processes. Splits use disjoint sentences; dev and test hold three kinds of voice that
+training never heard (``VOICE_SPLIT``: unseen espeak-ng variants, a training speaker through the
+other engine, an unseen human speaker), and an unlabelled split's transcripts are kept aside in
+``answers.tsv``, which the pipeline never reads.
 
 The package is split by concern: ``sentences`` (what is said), ``engines`` (the synthesizers, their
 voices and the tool checks), ``phonemes`` (phone maps and read-back to labels), ``degrade`` (the
