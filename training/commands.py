@@ -50,7 +50,10 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--dev", default=_D.dev, show_default=True, help="Dev split for per-epoch validation ('' for none).")
 @click.option("--epochs", default=_D.epochs, show_default=True)
 @click.option("--preset", default=_D.preset, show_default=True,
-              type=_PresetChoice(), help="Model architecture.")
+              type=_PresetChoice(),
+              help="Model architecture; parameters at 15 features and 43 classes (time downsampling): "
+                   "model1 0.16 M, model2 0.32 M, model3 1.33 M (x1); default 4.84 M (x2); large 22.33 M, "
+                   "f22-best 19.76 M, s24-pblstm 19.04 M, f22-best-cpu 2.54 M, s24-pblstm-cpu 2.82 M (x4).")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override a model setting, e.g. --set lstm_layers=2 --set conv_channels=[128,128].")
 @click.option("--seed", default=_D.seed, show_default=True, help="Fixes data order, initialisation and augmentation.")

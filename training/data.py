@@ -370,5 +370,7 @@ def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory
     which the DataLoader's pinning thread copies into page-locked memory."""
     kwargs = {"prefetch_factor": prefetch, "persistent_workers": False} if plan.workers else {}
     ring = make_ring(m, plan, prefetch) if plan.workers and not pin_memory else None
+    # Its own generator: making an iterator draws a base seed, which from torch's global generator
+    # would shift every dropout mask after a resume (the draw lands after the restored RNG state).
     return ShardLoader(PlannedShards(m, plan, start_step, ring), batch_size=None, num_workers=plan.workers,
-                       pin_memory=pin_memory, **kwargs)
+                       pin_memory=pin_memory, generator=torch.Generator(), **kwargs)

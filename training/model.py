@@ -1,10 +1,13 @@
-"""Acoustic model: CNN embedding -> BiLSTM (packed) -> classifier -> CTC log-probabilities.
+"""Acoustic model: CNN stem -> embedding blocks -> BiLSTM (packed) -> classifier -> CTC log-probabilities.
 
 Padding is treated as absent everywhere: padded frames are zeroed before every
 convolution, BatchNorm statistics are taken over real frames only, and the LSTM
-only ever sees packed sequences.  So (in eval mode) an utterance's outputs do not
-depend on what it was batched with, and in train mode the amount of padding does
-not change the result.
+only ever sees an utterance's real frames (packed, or padded with the padding last).
+So (in eval mode) an utterance's outputs do not depend on what it was batched with,
+and in train mode the amount of padding does not change the result.
+
+The pieces live in training/blocks.py (convolutions) and training/recurrent.py (BiLSTMs, locked
+dropout, pyramidal layers); this module assembles them from a ModelConfig and holds the presets.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pipeline.vocab import NUM_CLASSES
 from pipeline.features import FEATURE_DIM
+
+from .blocks import EMBED_BLOCKS, ConvBlock, MaskedBatchNorm1d, conv_output_length, frame_mask
+from .recurrent import BiLSTMStack, run_lstm
 
 __all__ = [
     "ModelConfig",
@@ -29,7 +34,9 @@ __all__ = [
     "MaskedBatchNorm1d",
     "ConvBlock",
     "PRESETS",
+    "PRESET_PARAMETERS",
     "build_model",
+    "preset_config",
     "count_parameters",
     "describe",
     "conv_output_length",
@@ -38,27 +45,41 @@ __all__ = [
 _NORMS = ("batch", "layer", "none")
 _ACTIVATIONS = ("gelu", "relu")
 _INPUT_NORMS = ("none", "utterance")
+_EMBED_BLOCKS = ("none", *EMBED_BLOCKS)
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a Model; plain types so checkpoints can store it as JSON."""
+    """Everything needed to rebuild a Model; plain types so checkpoints can store it as JSON.
+
+    Every field added after the first checkpoints defaults to "absent", so an old checkpoint's
+    config (which lacks it) rebuilds the same model with the same state_dict keys."""
 
     input_dim: int = FEATURE_DIM
     # "utterance": each utterance's features get zero mean and unit variance over its own frames
     # (cepstral mean and variance normalization), which removes a channel's and part of a
     # speaker's constant spectral colouring; "none" keeps the shards' corpus-wide normalization.
     input_norm: str = "none"
-    conv_channels: list[int] = field(default_factory=list)
+    conv_channels: list[int] = field(default_factory=list)        # the stem: strided ConvBlocks
     conv_kernels: list[int] = field(default_factory=list)
     conv_strides: list[int] = field(default_factory=list)
     conv_residual: bool = False
-    conv_dropout: float = 0.0
+    conv_dropout: float = 0.0                                      # stem and embedding blocks
+    # Embedding blocks after the stem, at its output width and frame rate: "convnext" (depthwise
+    # k7, norm, pointwise x4, activation, pointwise, residual) or "resnet" (two k3 convs, residual).
+    embed_block: str = "none"
+    embed_blocks: int = 0
     norm: str = "batch"
     activation: str = "gelu"
     lstm_hidden: int = 128
     lstm_layers: int = 1
-    lstm_dropout: float = 0.0
+    lstm_dropout: float = 0.0                # a fresh mask per time step, between BiLSTM layers
+    # One mask per utterance and channel, the same at every time step, between BiLSTM layers
+    # (then the layers run as one nn.LSTM each).
+    locked_dropout: float = 0.0
+    # How many of the lstm_layers (the last ones) are pyramidal: each first merges adjacent
+    # frames (time / 2, rounded up), so the model downsamples by 2**pblstm_layers more.
+    pblstm_layers: int = 0
     classifier_hidden: list[int] = field(default_factory=list)
     classifier_dropout: float = 0.0
     num_classes: int = NUM_CLASSES
@@ -96,17 +117,35 @@ class ModelConfig:
             raise ValueError("input_dim, lstm_hidden, lstm_layers must be >= 1 and num_classes >= 2")
         if any(h < 1 for h in self.classifier_hidden):
             raise ValueError(f"classifier_hidden must be positive, got {self.classifier_hidden}")
-        for name in ("conv_dropout", "lstm_dropout", "classifier_dropout"):
+        for name in ("conv_dropout", "lstm_dropout", "locked_dropout", "classifier_dropout"):
             p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+            if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        self._validate_additions()
+
+    def _validate_additions(self) -> None:
+        """The embedding blocks, locked dropout and pyramidal layers."""
+        if self.embed_block not in _EMBED_BLOCKS:
+            raise ValueError(f"embed_block must be one of {_EMBED_BLOCKS}, got {self.embed_block!r}")
+        if not isinstance(self.embed_blocks, int) or self.embed_blocks < 0:
+            raise ValueError(f"embed_blocks must be a whole number >= 0, got {self.embed_blocks!r}")
+        if (self.embed_block == "none") != (self.embed_blocks == 0):
+            raise ValueError(f"embed_block={self.embed_block!r} with embed_blocks={self.embed_blocks}: set both "
+                             "(e.g. embed_block=convnext embed_blocks=2) or neither")
+        if not isinstance(self.pblstm_layers, int) or not 0 <= self.pblstm_layers <= self.lstm_layers:
+            raise ValueError(f"pblstm_layers must be a whole number in [0, lstm_layers={self.lstm_layers}] (the last "
+                             f"pblstm_layers BiLSTM layers are pyramidal), got {self.pblstm_layers!r}")
+        if self.locked_dropout > 0 and self.lstm_layers < 2:
+            raise ValueError(f"locked_dropout acts between BiLSTM layers: it needs lstm_layers >= 2, "
+                             f"got {self.lstm_layers}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Strict: an unknown key means the checkpoint came from a different model version."""
+        """Strict: an unknown key means the checkpoint came from a different model version.
+        Missing keys take their defaults (older checkpoints lack the later fields)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -114,14 +153,22 @@ class ModelConfig:
         return cls(**data)
 
     @property
+    def split_lstm(self) -> bool:
+        """Whether the BiLSTM runs as one nn.LSTM per layer (BiLSTMStack): something sits between
+        the layers. Otherwise one multi-layer nn.LSTM, whose state_dict keys old checkpoints hold."""
+        return self.locked_dropout > 0 or self.pblstm_layers > 0
+
+    @property
     def downsampling(self) -> int:
-        return math.prod(self.conv_strides) if self.conv_strides else 1
+        """Time downsampling: the stem's strides times 2 per pyramidal BiLSTM layer."""
+        strides = math.prod(self.conv_strides) if self.conv_strides else 1
+        return strides * 2 ** self.pblstm_layers
 
 
 def utterance_normalize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """x [B, T, F] with each utterance's real frames at zero mean and unit variance per feature
     (statistics in float32, padding left at zero)."""
-    mask = _frame_mask(lengths, x.size(1)).unsqueeze(-1).to(torch.float32)        # [B, T, 1]
+    mask = frame_mask(lengths, x.size(1)).unsqueeze(-1).to(torch.float32)        # [B, T, 1]
     xf = x.float() * mask
     n = lengths.to(torch.float32).view(-1, 1, 1)
     mean = xf.sum(1, keepdim=True) / n
@@ -129,117 +176,23 @@ def utterance_normalize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-
     return ((xf - mean) * torch.rsqrt(var + eps) * mask).to(x.dtype)
 
 
-def conv_output_length(length, kernel: int, stride: int, padding: int):
-    """Conv1d length rule floor((L + 2p - k) / s) + 1, for ints or integer tensors."""
-    if isinstance(length, torch.Tensor):
-        return torch.div(length + 2 * padding - kernel, stride, rounding_mode="floor") + 1
-    return (int(length) + 2 * padding - kernel) // stride + 1
-
-
-def _frame_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
-    """[B, total] bool, True on real frames."""
-    return torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]
-
-
-class MaskedBatchNorm1d(nn.Module):
-    """BatchNorm over [B, C, T] whose batch statistics ignore padded frames.
-
-    Plain BatchNorm1d would fold padding (and the conv's response to it) into the
-    mean/variance, so results would depend on how much padding a batch carries.
-    Deliberately not an nn.BatchNorm subclass: SyncBatchNorm conversion would drop
-    the mask, so under DDP each rank keeps its own statistics.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 even under autocast: half-precision sums over ~1e5 frames drift.
-        xf = x.float()
-        if self.training:
-            m = mask.to(xf.dtype).unsqueeze(1)  # [B, 1, T]
-            n = m.sum().clamp(min=1.0)
-            mean = (xf * m).sum(dim=(0, 2)) / n
-            centred = (xf - mean[None, :, None]) * m
-            var = centred.square().sum(dim=(0, 2)) / n
-            with torch.no_grad():
-                unbiased = var * (n / (n - 1.0).clamp(min=1.0))
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(unbiased.detach(), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        shift = self.bias - mean * scale
-        y = xf * scale[None, :, None] + shift[None, :, None]
-        return y.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
-
-
-class ConvBlock(nn.Module):
-    """Conv1d -> norm -> activation -> dropout, optionally with a (projected) residual skip."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, norm: str,
-                 activation: str, dropout: float, residual: bool):
-        super().__init__()
-        self.kernel, self.stride, self.padding = kernel, stride, kernel // 2
-        # A bias before BatchNorm is cancelled by the mean subtraction.
-        self.conv = nn.Conv1d(in_ch, out_ch, kernel, stride=stride, padding=self.padding,
-                              bias=norm != "batch")
-        self.norm_kind = norm
-        if norm == "batch":
-            self.norm = MaskedBatchNorm1d(out_ch)
-        elif norm == "layer":
-            self.norm = nn.LayerNorm(out_ch)
-        else:
-            self.norm = nn.Identity()
-        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.dropout = nn.Dropout(dropout)
-        self.skip: nn.Module | None = None
-        if residual:
-            if in_ch == out_ch and stride == 1:
-                self.skip = nn.Identity()
-            else:
-                # 1x1 strided projection: with odd kernels it yields the same length as the conv.
-                self.skip = nn.Conv1d(in_ch, out_ch, 1, stride=stride)
-
-    def output_length(self, length):
-        return conv_output_length(length, self.kernel, self.stride, self.padding)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, T]; lengths on x's device. Returns [B, C', T']."""
-        # Zero padding first so the conv sees exactly what an unbatched utterance sees (zeros).
-        x = x * _frame_mask(lengths, x.size(-1)).unsqueeze(1).to(x.dtype)
-        y = self.conv(x)
-        if self.norm_kind == "batch":
-            y = self.norm(y, _frame_mask(self.output_length(lengths), y.size(-1)))
-        elif self.norm_kind == "layer":
-            y = self.norm(y.transpose(1, 2)).transpose(1, 2)
-        y = self.dropout(self.act(y))
-        if self.skip is not None:
-            y = y + self.skip(x)
-        return y
-
-
 class Model(nn.Module):
-    """CNN + BiLSTM + classifier producing per-frame log-probabilities for CTC.
+    """CNN stem + embedding blocks + BiLSTM + classifier producing per-frame log-probabilities for CTC.
 
-    lstm_dropout uses nn.LSTM's built-in inter-layer dropout (not locked/variational
-    dropout): it keeps the stack a single cuDNN call on GPU.
+    forward(x [B, T, F], lengths [B]) -> (log_probs [B, T', C] float32, out_lengths [B]), with
+    T' = output_lengths(T) = ceil(T / downsampling) and each length downsampled exactly alike.
+
+    Without locked dropout or pyramidal layers the BiLSTM is one multi-layer nn.LSTM (a single
+    cuDNN call on GPU; lstm_dropout is its built-in per-step inter-layer dropout); with either it
+    is a BiLSTMStack of one nn.LSTM per layer.
     """
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = copy.deepcopy(config) if config is not None else ModelConfig()
         config.validate()
+        # Built in this order (stem, embedding, BiLSTM, classifier) so that a seed gives the
+        # configurations without the later additions the same initial weights as before them.
         blocks = []
         in_ch = config.input_dim
         for out_ch, k, s in zip(config.conv_channels, config.conv_kernels, config.conv_strides):
@@ -247,14 +200,10 @@ class Model(nn.Module):
                                     config.conv_dropout, config.conv_residual))
             in_ch = out_ch
         self.conv = nn.ModuleList(blocks)
-        self.lstm = nn.LSTM(
-            input_size=in_ch,
-            hidden_size=config.lstm_hidden,
-            num_layers=config.lstm_layers,
-            dropout=config.lstm_dropout if config.lstm_layers > 1 else 0.0,
-            batch_first=True,
-            bidirectional=True,
-        )
+        block = EMBED_BLOCKS.get(config.embed_block)
+        self.embed = nn.ModuleList(block(in_ch, config.norm, config.activation, config.conv_dropout)
+                                   for _ in range(config.embed_blocks))
+        self.lstm = self._make_lstm(config, in_ch)
         linears = []
         width = 2 * config.lstm_hidden
         for h in config.classifier_hidden:
@@ -265,11 +214,25 @@ class Model(nn.Module):
         self.classifier_act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
         self.classifier_dropout = nn.Dropout(config.classifier_dropout)
 
+    @staticmethod
+    def _make_lstm(config: ModelConfig, input_size: int) -> nn.Module:
+        if config.split_lstm:
+            return BiLSTMStack(input_size, config.lstm_hidden, config.lstm_layers, config.pblstm_layers,
+                               config.locked_dropout, config.lstm_dropout)
+        return nn.LSTM(
+            input_size=input_size,
+            hidden_size=config.lstm_hidden,
+            num_layers=config.lstm_layers,
+            dropout=config.lstm_dropout if config.lstm_layers > 1 else 0.0,
+            batch_first=True,
+            bidirectional=True,
+        )
+
     # "packed": nn.LSTM on a PackedSequence (cuDNN on GPU). "masked": the same computation on
-    # padded tensors, each direction seeing its utterance's frames first and padding last, so
-    # real frames get exactly the packed result. On CPU, torch's packed-LSTM backward grows
-    # quadratically with T when lengths differ (12 x 1200 frames: 11 s instead of 0.17 s),
-    # so "auto" picks masked there.
+    # padded tensors (recurrent.lstm_masked), each direction seeing its utterance's frames first and
+    # padding last, so real frames get exactly the packed result. On CPU, torch's packed-LSTM
+    # backward grows quadratically with T when lengths differ (12 x 1200 frames: 11 s instead of
+    # 0.17 s), so "auto" picks masked there.
     lstm_impl: str = "auto"
 
     def _use_packed(self, feats: torch.Tensor) -> bool:
@@ -277,42 +240,21 @@ class Model(nn.Module):
             return feats.is_cuda
         return self.lstm_impl == "packed"
 
-    def _lstm_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Bidirectional multi-layer LSTM on padded x, exact on real frames, using self.lstm's weights."""
-        b, t, _ = x.shape
-        steps = torch.arange(t, device=x.device).expand(b, t)
-        lens = lengths.view(b, 1)
-        # Reverses each utterance's real frames in place and leaves padding at the end; an involution.
-        rev = torch.where(steps < lens, lens - 1 - steps, steps)
-        h0 = x.new_zeros(1, b, self.lstm.hidden_size)
-        out = x
-        for layer in range(self.lstm.num_layers):
-            if layer > 0 and self.lstm.dropout > 0:
-                out = F.dropout(out, self.lstm.dropout, self.training)
-            dirs = []
-            for suffix, reverse in (("", False), ("_reverse", True)):
-                params = [getattr(self.lstm, f"{n}_l{layer}{suffix}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                inp = out.gather(1, rev.unsqueeze(-1).expand_as(out)) if reverse else out
-                y = torch.lstm(inp, (h0, h0), params, True, 1, 0.0, self.training, False, True)[0]
-                dirs.append(y.gather(1, rev.unsqueeze(-1).expand_as(y)) if reverse else y)
-            out = torch.cat(dirs, dim=-1)
-        mask = (steps < lens).unsqueeze(-1)
-        return out * mask   # padding zeroed, as pad_packed_sequence does
-
     @property
     def downsampling(self) -> int:
         return self.config.downsampling
 
     def output_lengths(self, lengths):
-        """Exact frame counts after the conv stack (int or integer tensor, any device)."""
+        """Exact frame counts after the stem and the pyramidal BiLSTM layers (int or integer
+        tensor, any device): what training's CTC feasibility check compares with the labels."""
         for block in self.conv:
             lengths = block.output_length(lengths)
+        if isinstance(self.lstm, BiLSTMStack):
+            lengths = self.lstm.output_length(lengths)
         return lengths
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, F], lengths [B] -> (log_probs [B, T', C] float32, out_lengths [B]).
-
-        out_lengths lives on the same device as `lengths`."""
+    def _check_inputs(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """lengths as int64 on the CPU, after checking the shapes and that each lies in [1, T]."""
         if x.dim() != 3 or x.size(-1) != self.config.input_dim:
             raise ValueError(f"expected x of shape [B, T, {self.config.input_dim}], got {tuple(x.shape)}")
         if lengths.dim() != 1 or lengths.numel() != x.size(0):
@@ -320,26 +262,34 @@ class Model(nn.Module):
         lengths_cpu = lengths.detach().to("cpu", torch.int64)
         if lengths_cpu.numel() and (int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > x.size(1)):
             raise ValueError(f"lengths must lie in [1, T={x.size(1)}], got {lengths_cpu.tolist()}")
+        return lengths_cpu
 
-        cur = lengths_cpu.to(x.device)
+    def _embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x [B, T, F], lengths [B] on x's device -> the stem's and embedding blocks' output [B, T_c, C]."""
         if self.config.input_norm == "utterance":
-            x = utterance_normalize(x, cur)
+            x = utterance_normalize(x, lengths)
         h = x.transpose(1, 2)  # [B, F, T]: conv layout
         for block in self.conv:
-            h = block(h, cur)
-            cur = block.output_length(cur)
-        feats = h.transpose(1, 2)  # [B, T', C]
-        t_out = feats.size(1)
-        out_lengths_cpu = self.output_lengths(lengths_cpu)
+            h = block(h, lengths)
+            lengths = block.output_length(lengths)
+        for block in self.embed:
+            h = block(h, lengths)
+        return h.transpose(1, 2)
 
-        if self._use_packed(feats):
-            packed = pack_padded_sequence(feats, out_lengths_cpu, batch_first=True, enforce_sorted=False)
-            lstm_out, _ = self.lstm(packed)
-            unpacked, _ = pad_packed_sequence(lstm_out, batch_first=True, total_length=t_out)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, F], lengths [B] -> (log_probs [B, T', C] float32, out_lengths [B]).
+
+        out_lengths lives on the same device as `lengths`."""
+        lengths_cpu = self._check_inputs(x, lengths)
+        feats = self._embed(x, lengths_cpu.to(x.device))
+        conv_lengths = lengths_cpu
+        for block in self.conv:
+            conv_lengths = block.output_length(conv_lengths)
+        packed = self._use_packed(feats)
+        if isinstance(self.lstm, BiLSTMStack):
+            y, out_lengths_cpu = self.lstm(feats, conv_lengths, packed)
         else:
-            unpacked = self._lstm_masked(feats, out_lengths_cpu.to(feats.device))
-
-        y = unpacked
+            y, out_lengths_cpu = run_lstm(self.lstm, feats, conv_lengths, packed), conv_lengths
         last = len(self.linears) - 1
         for i, linear in enumerate(self.linears):
             y = linear(y)
@@ -376,6 +326,52 @@ PRESETS: dict[str, ModelConfig] = {
         lstm_hidden=512, lstm_layers=2, lstm_dropout=0.2,
         classifier_hidden=[4096], classifier_dropout=0.2,
     ),
+    # The F22 best public recipes' shape (GPU): a strided stem (x4) and ConvNeXt embedding blocks,
+    # a 2x512 BiLSTM with locked dropout between its layers, a wide classifier 1024->4096->classes.
+    "f22-best": ModelConfig(
+        conv_channels=[256, 512], conv_kernels=[5, 5], conv_strides=[2, 2], conv_dropout=0.1,
+        embed_block="convnext", embed_blocks=2, norm="batch", activation="gelu",
+        lstm_hidden=512, lstm_layers=2, locked_dropout=0.3,
+        classifier_hidden=[4096], classifier_dropout=0.2,
+    ),
+    # The S23/S24 recipes' shape (GPU): two stride-1 convs, two pyramidal BiLSTM layers of 512
+    # (x4 between them) with locked dropout, classifier 1024->2048->1024->classes.
+    "s24-pblstm": ModelConfig(
+        conv_channels=[128, 256], conv_kernels=[3, 3], conv_strides=[1, 1], conv_dropout=0.1,
+        norm="batch", activation="gelu",
+        lstm_hidden=512, lstm_layers=2, pblstm_layers=2, locked_dropout=0.3,
+        classifier_hidden=[2048, 1024], classifier_dropout=0.2,
+    ),
+    # The same two recipes at CPU widths (~2.5-3 M parameters, like `default` narrowed to 192),
+    # for ablations on a CPU.
+    "f22-best-cpu": ModelConfig(
+        conv_channels=[128, 192], conv_kernels=[5, 5], conv_strides=[2, 2], conv_dropout=0.1,
+        embed_block="convnext", embed_blocks=2, norm="batch", activation="gelu",
+        lstm_hidden=192, lstm_layers=2, locked_dropout=0.2,
+        classifier_hidden=[768], classifier_dropout=0.2,
+    ),
+    "s24-pblstm-cpu": ModelConfig(
+        conv_channels=[96, 128], conv_kernels=[3, 3], conv_strides=[1, 1], conv_dropout=0.1,
+        norm="batch", activation="gelu",
+        lstm_hidden=192, lstm_layers=2, pblstm_layers=2, locked_dropout=0.2,
+        classifier_hidden=[768, 384], classifier_dropout=0.2,
+    ),
+}
+
+
+# Trainable parameters of every preset at (15 features, 43 classes: this project's F22 edition)
+# and at (28 features, 41 classes: the S23/S24 editions'); the course caps a model at 20 M.
+# tests/test_presets.py checks them against count_parameters and `phonerec train --help`.
+PRESET_PARAMETERS: dict[str, tuple[int, int]] = {
+    "model1": (159_531, 172_329),
+    "model2": (321_387, 325_033),
+    "model3": (1_334_379, 1_338_281),
+    "default": (4_843_307, 4_862_249),
+    "large": (22_328_363, 22_413_353),
+    "f22-best": (19_761_451, 19_769_897),
+    "s24-pblstm": (19_042_731, 19_045_673),
+    "f22-best-cpu": (2_537_771, 2_544_553),
+    "s24-pblstm-cpu": (2_817_995, 2_820_969),
 }
 
 
@@ -412,9 +408,9 @@ def describe(model: Model) -> str:
         cnn = f"CNN {widths} ({kernels}; {', '.join(extras)})"
     else:
         cnn = f"no CNN (input {c.input_dim})"
-    lstm = f"BiLSTM {c.lstm_layers}x{c.lstm_hidden}/dir"
-    if c.lstm_layers > 1 and c.lstm_dropout:
-        lstm += f" (dropout {c.lstm_dropout:g})"
+    if c.embed_blocks:
+        width = c.conv_channels[-1] if c.conv_channels else c.input_dim
+        cnn += f" -> {c.embed_blocks} {c.embed_block} block(s) at {width}"
     cls_widths = "->".join(str(w) for w in [2 * c.lstm_hidden, *c.classifier_hidden, c.num_classes])
     classifier = f"classifier {cls_widths}"
     if c.classifier_hidden and c.classifier_dropout:
@@ -422,5 +418,17 @@ def describe(model: Model) -> str:
     n = count_parameters(model)
     if c.input_norm == "utterance":
         cnn = f"per-utterance feature normalization -> {cnn}"
-    return (f"{cnn} -> {lstm} -> {classifier}; {n / 1e6:.2f} M parameters; "
+    return (f"{cnn} -> {_describe_lstm(c)} -> {classifier}; {n / 1e6:.2f} M parameters; "
             f"time downsampling x{model.downsampling}.")
+
+
+def _describe_lstm(c: ModelConfig) -> str:
+    """'BiLSTM 2x512/dir (last 2 pyramidal; locked dropout 0.3)'."""
+    notes = []
+    if c.pblstm_layers:
+        notes.append(f"last {c.pblstm_layers} pyramidal" if c.pblstm_layers < c.lstm_layers else "all pyramidal")
+    if c.lstm_layers > 1 and c.locked_dropout:
+        notes.append(f"locked dropout {c.locked_dropout:g}")
+    if c.lstm_layers > 1 and c.lstm_dropout:
+        notes.append(f"dropout {c.lstm_dropout:g}")
+    return f"BiLSTM {c.lstm_layers}x{c.lstm_hidden}/dir" + (f" ({'; '.join(notes)})" if notes else "")
