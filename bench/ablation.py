@@ -1,10 +1,10 @@
 """The model ablation on the synthesized-speech corpus: each new component alone, each new preset.
 
 Usage (after `make demo`, whose corpus and shards it reuses):
-  python -m bench.ablation [--data data/demo] [--shards shards/demo] [--epochs 2] [--out results/ablation]
-                           [--rows NAME,NAME]
+  python -m bench.ablation [--data data/demo] [--shards shards/demo] [--epochs 2] [--max-steps N]
+                           [--out results/ablation] [--rows NAME,NAME]
 
-Every row trains on the same shards with the same seed, epochs and training settings (those of
+Every row trains on the same shards with the same seed, epochs (and steps per epoch) and training settings (those of
 configs/demo.yaml: 5,000-frame batches, lr 2e-3, light SpecAugment, per-utterance normalization),
 then evaluates the dev split. The first five rows are the demo model (the `default` preset narrowed
 to 192) with one component changed; the last two are the new presets at CPU width. Reported per
@@ -54,7 +54,7 @@ def run_row(name: str, model_args: list[str], a: argparse.Namespace, work: Path)
     weights, results = work / "weights", work / "results"
     started = time.perf_counter()
     _phonerec("train", "--shards", a.shards, "--weights", str(weights), "--results", str(results),
-              "--epochs", str(a.epochs), "--quiet", *TRAINING, *model_args)
+              "--epochs", str(a.epochs), "--max-steps", str(a.max_steps), "--quiet", *TRAINING, *model_args)
     minutes = (time.perf_counter() - started) / 60
     _phonerec("evaluate", "--shards", a.shards, "--weights", str(weights), "--results", str(results), "--quiet")
     config = json.loads((weights / "config.json").read_text())
@@ -68,14 +68,20 @@ def run_row(name: str, model_args: list[str], a: argparse.Namespace, work: Path)
             "evaluate": json.loads((results / "evaluate-dev-clean.json").read_text())}
 
 
+def _budget(b: dict) -> str:
+    steps = f" of {b['max_steps']} steps" if b.get("max_steps") else ""
+    return f"{b.get('epochs')} epoch(s){steps}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
-def table(results: list[dict], epochs: int) -> str:
+def table(results: list[dict]) -> str:
     kinds = list(dict.fromkeys(k for r in results for k in r["kinds"]))
     head = ["row", "parameters", "down", "frames/s", "min", *kinds, "kinds 1 + 2", "dev (all)"]
-    lines = [f"Dev PER (beam) after {epochs} epochs, same corpus, seed and settings for every row.", "",
+    budgets = sorted({_budget(r.get("budget") or {}) for r in results})
+    lines = [f"Dev PER (beam) after {' / '.join(budgets)}: the same corpus, seed and settings for every row.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         per = [_pct(r["kinds"].get(k)) for k in kinds]
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="data/demo")
     p.add_argument("--shards", default="shards/demo")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=0, help="Steps per epoch (0: whole epochs).")
     p.add_argument("--out", default="results/ablation")
     p.add_argument("--rows", default="", help="Comma-separated row names (default: all).")
     a = p.parse_args(argv)
@@ -97,15 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     done = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else []
     names = [n for n in ROWS if not a.rows or n in a.rows.split(",")]
     for i, name in enumerate(names):
-        if any(r["name"] == name and r.get("epochs") == a.epochs for r in done):
+        budget = {"epochs": a.epochs, "max_steps": a.max_steps}
+        if any(r["name"] == name and r.get("budget") == budget for r in done):
             continue
         print(f"[{i + 1}/{len(names)}] {name}", flush=True)
-        row = {**run_row(name, ROWS[name], a, out / f"row{list(ROWS).index(name)}"), "epochs": a.epochs}
+        row = {**run_row(name, ROWS[name], a, out / f"row{list(ROWS).index(name)}"), "budget": budget}
         done = [r for r in done if r["name"] != name] + [row]
         done.sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else len(ROWS))
         write_json(out / "ablation.json", done)
-        write_text(out / "ablation.md", table(done, a.epochs))
-    print(table(done, a.epochs))
+        write_text(out / "ablation.md", table(done))
+    print(table(done))
 
 
 if __name__ == "__main__":

@@ -62,3 +62,43 @@ def test_run_all_quick(tmp_path):
     for png in ("bench_lengths.png", "bench_bars.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.mark.slow                    # two short training runs through the CLI
+def test_ablation_rows(fast, tmp_path, monkeypatch):
+    """bench/ablation.py trains and evaluates each chosen row on the same shards and reports its
+    parameters, downsampling, frames/s and dev PER per kind of voice; a finished row is not rerun."""
+    from bench import ablation
+    from corpora.speech import KIND_UNSEEN_SPEAKER, KIND_VARIANTS
+    from pipeline import manifest as mf
+    from training.model import build_model, count_parameters
+
+    _, shards = fast
+    dev = mf.load(shards, "dev-clean")
+    data = tmp_path / "data"
+    (data / "dev-clean").mkdir(parents=True)
+    voices = ["espeak-ng:en-us+f3", "festival:ked_diphone"]
+    (data / "dev-clean" / "metadata.tsv").write_text(
+        "id\tvoice\ttext\n" + "".join(f"{u}\t{voices[i % 2]}\tText.\n" for i, u in enumerate(dev.ids)))
+    names = list(ablation.ROWS)[:2]
+    args = ["--data", str(data), "--shards", str(shards), "--epochs", "1", "--max-steps", "2",
+            "--out", str(tmp_path / "out"), "--rows", ",".join(names)]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ablation.main(args)
+    rows = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert [r["name"] for r in rows] == names
+    demo = build_model("default", input_norm="utterance", conv_channels=[192, 192], lstm_layers=2, lstm_hidden=192,
+                       classifier_hidden=[384])
+    assert rows[0]["parameters"] == count_parameters(demo) and rows[0]["downsampling"] == 2
+    assert rows[1]["parameters"] == rows[0]["parameters"]       # locked dropout adds no parameter
+    for r in rows:
+        assert set(r["kinds"]) == {KIND_VARIANTS, KIND_UNSEEN_SPEAKER} and r["frames_per_s"] > 0
+        assert 0 <= r["target_beam_per"] == r["kinds"][KIND_VARIANTS]
+        assert r["budget"] == {"epochs": 1, "max_steps": 2}
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert "after 1 epoch(s) of 2 steps" in md and md.count("\n| ") == 3
+
+    def boom(*a, **k):
+        raise AssertionError("a finished row must not run again")
+    monkeypatch.setattr(ablation, "run_row", boom)
+    ablation.main(args)
