@@ -2,15 +2,15 @@
 
 Usage (after `make demo`, whose corpus and shards it reuses):
   python -m bench.ablation [--data data/demo] [--shards shards/demo] [--epochs 2] [--max-steps N]
-                           [--out results/ablation] [--rows NAME,NAME]
+                           [--max-frames 5000] [--out results/ablation] [--rows NAME,NAME]
 
-Every row trains on the same shards with the same seed, epochs (and steps per epoch) and training settings (those of
-configs/demo.yaml: 5,000-frame batches, lr 2e-3, light SpecAugment, per-utterance normalization),
-then evaluates the dev split. The first five rows are the demo model (the `default` preset narrowed
-to 192) with one component changed; the last two are the new presets at CPU width. Reported per
-row: parameters, time downsampling, training frames/s and minutes, dev PER (beam) per kind of voice
-and on kinds 1 + 2 together. Writes OUT/ablation.json and OUT/ablation.md; a row already in
-ablation.json is not run again (delete it to rerun).
+Every row trains on the same shards with the same seed, epochs, batch budget and training settings
+(configs/demo.yaml's: lr 2e-3, light SpecAugment, per-utterance normalization), then evaluates the
+dev split. The first five rows are the demo model (the `default` preset narrowed to 192) with one
+component changed; the last two are the new presets at CPU width. Reported per row: parameters,
+time downsampling, training frames/s and minutes, dev PER (beam) per kind of voice and on kinds
+1 + 2 together. Writes OUT/ablation.json and OUT/ablation.md; a row already in ablation.json with
+the same budget is not run again (delete it to rerun).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import ROOT
 from pipeline.atomic import write_json, write_text
 
-TRAINING = ["--max-frames", "5000", "--lr", "0.002", "--warmup", "0.03", "--time-masks", "2", "--time-width", "15",
+TRAINING = ["--lr", "0.002", "--warmup", "0.03", "--time-masks", "2", "--time-width", "15",
             "--freq-masks", "1", "--freq-width", "3", "--seed", "0"]
 DEMO_MODEL = ["--preset", "default", "--set", "input_norm=utterance", "--set", "conv_channels=[192,192]",
               "--set", "lstm_layers=2", "--set", "lstm_hidden=192", "--set", "classifier_hidden=[384]",
@@ -54,7 +54,8 @@ def run_row(name: str, model_args: list[str], a: argparse.Namespace, work: Path)
     weights, results = work / "weights", work / "results"
     started = time.perf_counter()
     _phonerec("train", "--shards", a.shards, "--weights", str(weights), "--results", str(results),
-              "--epochs", str(a.epochs), "--max-steps", str(a.max_steps), "--quiet", *TRAINING, *model_args)
+              "--epochs", str(a.epochs), "--max-steps", str(a.max_steps), "--max-frames", str(a.max_frames), "--quiet", *TRAINING,
+              *model_args)
     minutes = (time.perf_counter() - started) / 60
     _phonerec("evaluate", "--shards", a.shards, "--weights", str(weights), "--results", str(results), "--quiet")
     config = json.loads((weights / "config.json").read_text())
@@ -70,7 +71,7 @@ def run_row(name: str, model_args: list[str], a: argparse.Namespace, work: Path)
 
 def _budget(b: dict) -> str:
     steps = f" of {b['max_steps']} steps" if b.get("max_steps") else ""
-    return f"{b.get('epochs')} epoch(s){steps}"
+    return f"{b.get('epochs')} epoch(s){steps} in {b.get('max_frames')}-frame batches"
 
 
 def _pct(x: float | None) -> str:
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shards", default="shards/demo")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=0, help="Steps per epoch (0: whole epochs).")
+    p.add_argument("--max-frames", type=int, default=5000, help="Frame budget per batch (the demo's 5,000; "
+                   "smaller gives more updates in the same time: one epoch at 2,500 leaves CTC's plateau).")
     p.add_argument("--out", default="results/ablation")
     p.add_argument("--rows", default="", help="Comma-separated row names (default: all).")
     a = p.parse_args(argv)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     done = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else []
     names = [n for n in ROWS if not a.rows or n in a.rows.split(",")]
     for i, name in enumerate(names):
-        budget = {"epochs": a.epochs, "max_steps": a.max_steps}
+        budget = {"epochs": a.epochs, "max_steps": a.max_steps, "max_frames": a.max_frames}
         if any(r["name"] == name and r.get("budget") == budget for r in done):
             continue
         print(f"[{i + 1}/{len(names)}] {name}", flush=True)

@@ -94,9 +94,9 @@ def test_ablation_rows(fast, tmp_path, monkeypatch):
     for r in rows:
         assert set(r["kinds"]) == {KIND_VARIANTS, KIND_UNSEEN_SPEAKER} and r["frames_per_s"] > 0
         assert 0 <= r["target_beam_per"] == r["kinds"][KIND_VARIANTS]
-        assert r["budget"] == {"epochs": 1, "max_steps": 2}
+        assert r["budget"] == {"epochs": 1, "max_steps": 2, "max_frames": 5000}
     md = (tmp_path / "out" / "ablation.md").read_text()
-    assert "after 1 epoch(s) of 2 steps" in md and md.count("\n| ") == 3
+    assert "after 1 epoch(s) of 2 steps in 5000-frame batches" in md and md.count("\n| ") == 3
 
     def boom(*a, **k):
         raise AssertionError("a finished row must not run again")

@@ -159,7 +159,7 @@ def _init_worker(partitions: dict[str, list[str]], engines: tuple[str, ...], tmp
     pronunciations()
 
 
-def _job(job) -> tuple[dict, dict]:
+def _job(job) -> tuple[dict, dict, list[str] | None]:
     out, seed, split, index, uid, labelled, keep_wav = job
     u = synthesize_utterance(seed, split, index, uid, _WORKER["partitions"][split], _WORKER["engines"],
                              tmp=_WORKER["tmp"], keep_audio=keep_wav)
