@@ -50,6 +50,7 @@ def _phonerec(*args: str) -> None:
 def run_row(name: str, model_args: list[str], a: argparse.Namespace, work: Path) -> dict:
     """Train, evaluate and score one row; its figures."""
     from corpora.report import per_kind
+    from training import metrics
     from training.model import ModelConfig
     weights, results = work / "weights", work / "results"
     started = time.perf_counter()
@@ -59,7 +60,7 @@ def run_row(name: str, model_args: list[str], a: argparse.Namespace, work: Path)
     minutes = (time.perf_counter() - started) / 60
     _phonerec("evaluate", "--shards", a.shards, "--weights", str(weights), "--results", str(results), "--quiet")
     config = json.loads((weights / "config.json").read_text())
-    rows = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = metrics.read(results)
     dev = (per_kind(Path(a.data), results) or {}).get("dev-clean", {})
     return {"name": name, "args": model_args, "parameters": config.get("parameters"),
             "downsampling": ModelConfig.from_dict(config["model"]).downsampling, "minutes": round(minutes, 1),

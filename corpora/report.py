@@ -21,7 +21,7 @@ import Levenshtein
 from pipeline.vocab import EOS, SOS, encode_transcript, to_codes
 
 from .speech.engines import KINDS, TARGET_KINDS, TARGET_PER, voice_kind
-from .speech.generate import ANSWERS
+from .speech.generate import ANSWERS, read_answers, read_metadata
 
 
 @dataclass
@@ -62,15 +62,10 @@ def per_kind(data: Path, results: Path, submission: str = "submission.csv") -> d
     return out or None
 
 
-def _read_tsv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
-
-
 def _from_evaluation(sdir: Path, scored: Path) -> list[Scored]:
-    voice = {r["id"]: r["voice"] for r in _read_tsv(sdir / "metadata.tsv")}
+    voice = {r["id"]: r["voice"] for r in read_metadata(sdir / "metadata.tsv")}
     rows = []
-    for r in _read_tsv(scored):
+    for r in read_metadata(scored):
         if r["id"] not in voice:
             raise NotScored(f"{scored} scores utterance {r['id']}, which {sdir / 'metadata.tsv'} does not "
                             "hold: metadata of another corpus")
@@ -92,14 +87,14 @@ def _submission_labels(path: Path) -> dict[int, str]:
 
 
 def _from_submission(sdir: Path, submission: Path, predictions: Path) -> list[Scored]:
-    answers = _read_tsv(sdir / ANSWERS)
+    answers = read_answers(sdir / ANSWERS)
     labels = _submission_labels(submission)
     if sorted(labels) != list(range(len(answers))):
         raise NotScored(f"{submission} has {len(labels)} rows, {sdir / ANSWERS} {len(answers)}: "
                         "not this split's submission")
     greedy = {}
     if predictions.is_file():
-        greedy = {int(r["index"]): (r["id"], r["greedy"], r["beam"]) for r in _read_tsv(predictions)}
+        greedy = {int(r["index"]): (r["id"], r["greedy"], r["beam"]) for r in read_metadata(predictions)}
     rows = []
     for a in answers:
         i = int(a["index"])
