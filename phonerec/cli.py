@@ -26,6 +26,7 @@ def main() -> None:
       synth-corpus  write a LibriSpeech-shaped random corpus (tests, benchmarks)
       synth-speech  write a corpus of synthesized English speech (flite, festival, espeak-ng)
       shards        raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards
+      publish       copy built shards to a URL (s3://, gs://, file://, a served folder), manifests last
       train         stream the shards and train the CNN + BiLSTM CTC model (torchrun-aware)
       predict       beam-decode the test split into results/submission.csv
       evaluate      greedy and beam distance on a labelled split

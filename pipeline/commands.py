@@ -14,8 +14,9 @@ DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 @click.command("shards")
 @click.option("--data", type=click.Path(path_type=Path), default="data", show_default=True,
               help="Raw corpus root: <data>/<split>/mfcc/*.npy and transcript/[raw/]*.npy.")
-@click.option("--shards", "shards_dir", type=click.Path(file_okay=False, path_type=Path), default="shards",
-              show_default=True, help="Output folder for stores, statistics, shards and manifests.")
+@click.option("--shards", "shards_dir", default="shards", show_default=True,
+              help="Output folder for stores, statistics, shards and manifests (with --verify also a URL: "
+                   "http(s)://, s3://, gs://, file://).")
 @click.option("--train", default="train-clean-100", show_default=True,
               help="Comma-separated training splits (statistics come from these only).")
 @click.option("--dev", default="dev-clean", show_default=True, help="Comma-separated dev splits ('' for none).")
@@ -47,13 +48,19 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
     Rebuilds only what changed since the last run and finishes an interrupted run.
     Rejected utterances are listed with file and reason in <shards>/rejected.tsv.
     """
+    from .remote import is_url
     from .shards import ShardOptions
 
+    if not is_url(shards_dir):
+        shards_dir = Path(shards_dir)
+    elif not verify_only:
+        raise click.ClickException(f"--shards {shards_dir}: shards are built in a local folder; copy them to a URL "
+                                   "with `phonerec publish` (a URL works for --verify, train, predict and evaluate)")
     if verify_only:
         from .verify import verify
         names = [n for n in ",".join([train, dev, test]).split(",") if n]
         from .manifest import available_splits
-        have = available_splits(shards_dir)
+        have = available_splits(shards_dir)          # at a URL: its index.json (`phonerec publish`)
         if not have:
             raise click.ClickException(f"no manifests under {shards_dir}: run `phonerec shards` first")
         results = verify(shards_dir, [n for n in names if n in have] or have, data if data.is_dir() else None)
@@ -87,4 +94,23 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
     sys.stdout.flush()
 
 
-COMMANDS = [shards]
+@click.command("publish")
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default="shards", show_default=True, help="The shards folder `phonerec shards` built.")
+@click.option("--to", "url", required=True, metavar="URL",
+              help="Where readers will stream from: s3://bucket/path, gs://bucket/path, file:///path or a "
+                   "folder (served over HTTP by any web server).")
+@click.option("--split", "splits", multiple=True, help="Only these splits (default: every split with a manifest).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def publish(shards_dir, url, splits, quiet):
+    """Copy built shards to a URL: old manifests removed first, shards, then manifests last.
+
+    A reader (train, predict, evaluate, shards --verify with --shards URL) therefore never sees
+    a manifest whose shards are not all there. The zarr stores are not copied.
+    """
+    from .publish import publish as run
+    run(shards_dir, url, list(splits) or None, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo(f"check it with: phonerec shards --verify --shards {url}")
+
+
+COMMANDS = [shards, publish]

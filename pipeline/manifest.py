@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
+from . import atomic, remote
 from .errors import PhonerecError
 from .features import FEATURE_DIM, STORAGE_DTYPE
 from .vocab import F22, Inventory, InventoryError
 
 MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.json"       # a published folder's list of splits (a URL cannot be listed)
 FORMAT_VERSION = 1
 
 
@@ -90,7 +91,8 @@ class Manifest:
     rejected: int = 0
     inventory: Inventory = F22       # the symbol inventory of its labels (manifests without one: F22's)
     fingerprint: str = ""            # hash of everything the shards depend on
-    directory: Path | None = None    # folder holding the shards (set on load)
+    directory: Path | None = None    # folder holding the shards (set on load from a local folder)
+    url: str | None = None           # the same, when loaded from a URL (pipeline/remote.py)
     # Where each utterance's members start inside its tar (shardformat.slice_member); None in
     # manifests written before they were recorded (readers then parse the tar).
     feats_at: np.ndarray | None = None   # int64 [N]
@@ -120,9 +122,22 @@ class Manifest:
         """Offsets of each shard's first utterance, plus the total (length = shards + 1)."""
         return np.concatenate([[0], np.cumsum([s.utterances for s in self.shards])]).astype(np.int64)
 
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+    @property
+    def location(self) -> str:
+        """The folder (or URL) holding the shards, for messages."""
+        return self.url if self.url is not None else str(self.directory)
+
     def shard_paths(self) -> list[Path]:
-        assert self.directory is not None
+        assert self.directory is not None and self.url is None, "shards at a URL: use shard_locations()"
         return [self.directory / s.name for s in self.shards]
+
+    def shard_locations(self) -> list[str]:
+        """Each shard's path (as a string) or URL."""
+        return [remote.join(self.location, s.name) for s in self.shards]
 
     def to_json(self) -> dict:
         return {
@@ -173,21 +188,53 @@ def save(m: Manifest, shards_dir: str | Path) -> Path:
     return path
 
 
-def available_splits(shards_dir: str | Path) -> list[str]:
+def available_splits(shards_dir: str | Path, policy: remote.FetchPolicy | None = None) -> list[str]:
+    """The splits with a manifest: a folder's subfolders; at a URL, its index.json (`phonerec publish`
+    writes it), else what the store lists (s3, gs, file)."""
+    if remote.is_url(shards_dir):
+        return _remote_splits(str(shards_dir), policy or remote.FetchPolicy())
     root = Path(shards_dir)
     return sorted(p.parent.name for p in root.glob(f"*/{MANIFEST_NAME}")) if root.is_dir() else []
 
 
-def load(shards_dir: str | Path, split: str) -> Manifest:
-    path = manifest_path(shards_dir, split)
-    if not path.is_file():
-        have = ", ".join(available_splits(shards_dir)) or "none"
-        raise ManifestError(f"no manifest for split {split!r} at {path} (splits with manifests: {have}); "
-                            "run `phonerec shards` first")
+def _remote_splits(url: str, policy: remote.FetchPolicy) -> list[str]:
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc}; rebuild with `phonerec shards`") from exc
+        index = json.loads(remote.read_bytes(remote.join(url, INDEX_NAME), policy))
+        return sorted(str(s) for s in index["splits"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"cannot read {remote.join(url, INDEX_NAME)}: {exc}; publish the shards again "
+                            "(`phonerec publish`)") from None
+    fs, path = remote.filesystem(url, policy.timeout)
+    try:
+        found = fs.glob(f"{path.rstrip('/')}/*/{MANIFEST_NAME}")
+    except Exception:  # noqa: BLE001 - a store that cannot be listed (plain HTTP)
+        return []
+    return sorted(p.rstrip("/").split("/")[-2] for p in found)
+
+
+def _read_raw(shards_dir: str | Path, split: str, policy: remote.FetchPolicy | None) -> tuple[dict, str]:
+    """A manifest's JSON and where it was read (a path or a URL)."""
+    url = remote.is_url(shards_dir)
+    where = remote.join(str(shards_dir), split, MANIFEST_NAME) if url else str(manifest_path(shards_dir, split))
+    try:
+        text = remote.read_bytes(where, policy or remote.FetchPolicy()) if url else Path(where).read_bytes()
+    except FileNotFoundError:
+        have = ", ".join(available_splits(shards_dir, policy)) or "none"
+        raise ManifestError(f"no manifest for split {split!r} at {where} (splits with manifests: {have}); "
+                            f"run `phonerec shards`{' and publish the shards' if url else ''} first") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {where}: {exc}; rebuild with `phonerec shards`") from exc
+    try:
+        return json.loads(text), where
+    except ValueError as exc:
+        raise ManifestError(f"cannot read manifest {where}: {exc}; rebuild with `phonerec shards`") from exc
+
+
+def load(shards_dir: str | Path, split: str, policy: remote.FetchPolicy | None = None) -> Manifest:
+    """A split's manifest from a shards folder or a URL, checked against its digest."""
+    raw, path = _read_raw(shards_dir, split, policy)
     if not isinstance(raw, dict):
         raise ManifestError(f"cannot read manifest {path}: not a JSON object; rebuild with `phonerec shards`")
     if "digest" in raw and raw["digest"] != _digest(raw):      # manifests before the digest have none
@@ -206,7 +253,9 @@ def load(shards_dir: str | Path, split: str) -> Manifest:
         index=np.asarray(u["index"], dtype=np.int64),
         feature_dim=int(raw.get("feature_dim", FEATURE_DIM)), template=raw.get("template"),
         inputs=raw.get("inputs", 0), rejected=raw.get("rejected", 0), inventory=_inventory(raw, path),
-        fingerprint=raw.get("fingerprint", ""), directory=path.parent,
+        fingerprint=raw.get("fingerprint", ""),
+        directory=None if remote.is_url(path) else Path(path).parent,
+        url=remote.parent(path) if remote.is_url(path) else None,
         feats_at=np.asarray(u["feats_at"], dtype=np.int64) if "feats_at" in u else None,
         labels_at=np.asarray(u["labels_at"], dtype=np.int64) if "labels_at" in u else None,
         ctc_lens=np.asarray(u["ctc_len"], dtype=np.int64) if "ctc_len" in u else None,   # None: see Manifest
@@ -253,13 +302,14 @@ def merge(manifests: list[Manifest], root: str | Path) -> Manifest:
         keys=[k for m in manifests for k in m.keys], frames=cat("frames"), label_lens=cat("label_lens"),
         index=cat("index"), inputs=sum(m.inputs for m in manifests),
         rejected=sum(m.rejected for m in manifests), inventory=first.inventory,
-        fingerprint="+".join(m.fingerprint for m in manifests), directory=Path(root),
+        fingerprint="+".join(m.fingerprint for m in manifests),
+        directory=None if remote.is_url(root) else Path(root), url=str(root) if remote.is_url(root) else None,
         feats_at=cat("feats_at") if offsets else None, labels_at=cat("labels_at") if offsets else None,
         ctc_lens=cat("ctc_lens") if all(m.ctc_lens is not None for m in manifests) else None,
         feature_dim=first.feature_dim,
     )
 
 
-def load_many(shards_dir: str | Path, splits: str | list[str]) -> Manifest:
+def load_many(shards_dir: str | Path, splits: str | list[str], policy: remote.FetchPolicy | None = None) -> Manifest:
     names = [s.strip() for s in splits.split(",")] if isinstance(splits, str) else list(splits)
-    return merge([load(shards_dir, s) for s in names if s], shards_dir)
+    return merge([load(shards_dir, s, policy) for s in names if s], shards_dir)

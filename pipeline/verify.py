@@ -3,133 +3,191 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import tarfile
 from collections import Counter
 from pathlib import Path
 
 from . import manifest as mf
+from . import remote
 from .layout import list_split
 from .shardformat import FEATS, LABELS, load_npy
 from .shards import sha256_file
 
 
-def _read_rejected(shards_dir: Path) -> dict[str, set[str]]:
+def _read_rejected(shards_dir: str | Path, policy: remote.FetchPolicy | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    p = shards_dir / "rejected.tsv"
-    if p.is_file():
-        with open(p, newline="", errors="replace") as fh:
-            for row in csv.DictReader(fh, delimiter="\t"):
-                if row.get("split") is not None and row.get("utterance") is not None:
-                    out.setdefault(row["split"], set()).add(row["utterance"])
+    if remote.is_url(str(shards_dir)):
+        try:
+            text = remote.read_bytes(remote.join(str(shards_dir), "rejected.tsv"),
+                                     policy or remote.FetchPolicy()).decode(errors="replace")
+        except FileNotFoundError:
+            return out
+    else:
+        p = Path(shards_dir) / "rejected.tsv"
+        if not p.is_file():
+            return out
+        text = p.read_text(errors="replace")
+    for row in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"):
+        if row.get("split") is not None and row.get("utterance") is not None:
+            out.setdefault(row["split"], set()).add(row["utterance"])
     return out
 
 
-def check_shards(m: mf.Manifest, *, full: bool = False) -> list[tuple[int, str]]:
+def _size(location: str, policy: remote.FetchPolicy | None) -> int | None:
+    """A shard's size (None: missing); OSError or FetchError when it cannot be asked."""
+    if remote.is_url(location):
+        return remote.size(location, policy or remote.FetchPolicy())
+    try:
+        return Path(location).stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def read_location(location: str, policy: remote.FetchPolicy | None = None) -> bytes:
+    """A whole file from a path or a URL (retried: pipeline/remote.py)."""
+    if remote.is_url(location):
+        return remote.read_bytes(location, policy or remote.FetchPolicy())
+    return Path(location).read_bytes()
+
+
+def _sha256_problem(location: str, expected: str, policy) -> str | None:
+    try:
+        digest = sha256_file(Path(location)) if not remote.is_url(location) else \
+            hashlib.sha256(read_location(location, policy)).hexdigest()
+    except (OSError, remote.FetchError) as exc:
+        return f"unreadable ({getattr(exc, 'strerror', None) or exc})"
+    return None if digest == expected else "sha256 differs from the manifest (corrupted or replaced)"
+
+
+def check_shards(m: mf.Manifest, *, full: bool = False,
+                 policy: remote.FetchPolicy | None = None) -> list[tuple[int, str]]:
     """(shard number, problem) for each shard that is missing or whose size differs from the
     manifest; with `full`, also each whose sha256 differs (reads every shard once). Shared by
-    `--verify`, training (before step 1) and prediction."""
+    `--verify`, training (before step 1) and prediction; shards may be at a URL."""
     problems = []
-    for s, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
+    for s, (info, location) in enumerate(zip(m.shards, m.shard_locations())):
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append((s, "missing shard"))
+            size = _size(location, policy)
+        except (OSError, remote.FetchError) as exc:
+            problems.append((s, f"cannot access ({getattr(exc, 'strerror', None) or exc})"))
             continue
-        except OSError as exc:
-            problems.append((s, f"cannot access ({exc.strerror or exc})"))
+        if size is None:
+            problems.append((s, "missing shard"))
             continue
         if info.sha256 and size != info.bytes:
             problems.append((s, f"{size} bytes, the manifest says {info.bytes} (truncated or replaced)"))
             continue
         if full and info.sha256:
-            try:
-                digest = sha256_file(path)
-            except OSError as exc:
-                problems.append((s, f"unreadable ({exc.strerror or exc})"))
-                continue
-            if digest != info.sha256:
-                problems.append((s, "sha256 differs from the manifest (corrupted or replaced)"))
+            problem = _sha256_problem(location, info.sha256, policy)
+            if problem:
+                problems.append((s, problem))
     return problems
 
 
-def verify_split(shards_dir: Path, split: str, data: Path | None = None) -> list[str]:
-    """Problems found in one split (empty = verified)."""
+def _tar_members(data: bytes) -> tuple[list[str], dict[str, dict[str, bytes]], dict[str, dict[str, int]]]:
+    """(keys in member order, {key: {ext: bytes}}, {key: {ext: data offset}}) of a tar's bytes."""
+    members: dict[str, dict[str, bytes]] = {}
+    at: dict[str, dict[str, int]] = {}
+    order: list[str] = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for ti in tar:
+            key, _, ext = ti.name.partition(".")
+            if key not in members:
+                order.append(key)
+            members.setdefault(key, {})[ext] = tar.extractfile(ti).read()
+            at.setdefault(key, {})[ext] = ti.offset_data
+    return order, members, at
+
+
+def _shard_problems(m: mf.Manifest, i: int, data: bytes, where: str) -> list[str]:
+    """What differs between shard i's bytes and the manifest: checksum, members, shapes, offsets."""
+    info, starts = m.shards[i], m.shard_start
+    if info.sha256 and hashlib.sha256(data).hexdigest() != info.sha256:
+        return [f"{where}: sha256 differs from the manifest (corrupted or replaced)"]
+    rows = range(int(starts[i]), int(starts[i + 1]))
+    try:
+        order, members, at = _tar_members(data)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return [f"{where}: unreadable tar ({exc})"]
+    if order != [m.keys[r] for r in rows]:
+        return [f"{where}: holds {len(order)} utterances, manifest lists {len(rows)} (or a different order)"]
+    problems = []
+    for r in rows:
+        key, frames = m.keys[r], int(m.frames[r])
+        try:
+            x = load_npy(members[key][FEATS])
+            if x.shape != (frames, m.feature_dim):
+                problems.append(f"{where}: {key} features {list(x.shape)}, manifest says [{frames}, {m.feature_dim}]")
+            if m.labelled and len(load_npy(members[key][LABELS])) != m.label_lens[r]:
+                problems.append(f"{where}: {key} label length differs from the manifest")
+        except (KeyError, ValueError) as exc:
+            problems.append(f"{where}: {key} has a missing or unreadable member ({exc})")
+    if m.feats_at is not None and m.labels_at is not None:
+        wrong = [m.keys[r] for r in rows if at.get(m.keys[r], {}).get(FEATS) != m.feats_at[r]
+                 or (m.labelled and at.get(m.keys[r], {}).get(LABELS) != m.labels_at[r])]
+        if wrong:
+            problems.append(f"{where}: {len(wrong)} member offset(s) differ from the manifest, e.g. {wrong[0]}")
+    return problems
+
+
+def verify_split(shards_dir: str | Path, split: str, data: Path | None = None,
+                 policy: remote.FetchPolicy | None = None) -> list[str]:
+    """Problems found in one split (empty = verified); the shards may be at a URL."""
     problems: list[str] = []
     try:
-        m = mf.load(shards_dir, split)
-    except mf.ManifestError as exc:
+        m = mf.load(shards_dir, split, policy)
+    except (mf.ManifestError, remote.FetchError) as exc:
         return [str(exc)]
-    starts = m.shard_start
-    damaged = dict(check_shards(m, full=True))
-    for i, (info, path) in enumerate(zip(m.shards, m.shard_paths())):
+    damaged = dict(check_shards(m, policy=policy))
+    for i, (info, location) in enumerate(zip(m.shards, m.shard_locations())):
         where = f"{split}/{info.name}"
         if i in damaged:
             problems.append(f"{where}: {damaged[i]}")
             continue
-        expect = list(zip(m.keys[starts[i]:starts[i + 1]], m.frames[starts[i]:starts[i + 1]],
-                          m.label_lens[starts[i]:starts[i + 1]]))
         try:
-            with tarfile.open(path) as tar:
-                members, at = {}, {}
-                order = []
-                for ti in tar:
-                    key, _, ext = ti.name.partition(".")
-                    if key not in members:
-                        order.append(key)
-                    members.setdefault(key, {})[ext] = tar.extractfile(ti).read()
-                    at.setdefault(key, {})[ext] = ti.offset_data
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            problems.append(f"{where}: unreadable tar ({exc})")
+            blob = read_location(location, policy)
+        except (OSError, remote.FetchError) as exc:
+            problems.append(f"{where}: unreadable ({getattr(exc, 'strerror', None) or exc})")
             continue
-        if order != [k for k, _, _ in expect]:
-            problems.append(f"{where}: holds {len(order)} utterances, manifest lists {len(expect)} "
-                            "(or a different order)")
-            continue
-        for key, frames, llen in expect:
-            sample = members[key]
-            try:
-                x = load_npy(sample[FEATS])
-                if x.shape != (frames, m.feature_dim):
-                    problems.append(f"{where}: {key} features {list(x.shape)}, manifest says [{frames}, {m.feature_dim}]")
-                if m.labelled and len(load_npy(sample[LABELS])) != llen:
-                    problems.append(f"{where}: {key} label length differs from the manifest")
-            except (KeyError, ValueError) as exc:
-                problems.append(f"{where}: {key} has a missing or unreadable member ({exc})")
-        if m.feats_at is not None and m.labels_at is not None:
-            rows = range(int(starts[i]), int(starts[i + 1]))
-            wrong = [m.keys[r] for r in rows if at.get(m.keys[r], {}).get(FEATS) != m.feats_at[r]
-                     or (m.labelled and at.get(m.keys[r], {}).get(LABELS) != m.labels_at[r])]
-            if wrong:
-                problems.append(f"{where}: {len(wrong)} member offset(s) differ from the manifest, e.g. {wrong[0]}")
+        problems.extend(_shard_problems(m, i, blob, where))
     counts = Counter(m.ids)
     dups = [u for u, c in counts.items() if c > 1]
     if dups:
         problems.append(f"{split}: {len(dups)} utterance(s) appear more than once, e.g. {dups[0]}")
-    rejected = _read_rejected(shards_dir).get(split, set())
     if m.num_utterances + m.rejected != m.inputs:
         problems.append(f"{split}: {m.num_utterances} kept + {m.rejected} rejected != {m.inputs} inputs")
     if data is not None and (Path(data) / split / "mfcc").is_dir():
-        raw = set(list_split(data, split, labelled=m.labelled).ids)
-        missing = raw - set(m.ids) - rejected
-        if missing:
-            problems.append(f"{split}: {len(missing)} input utterance(s) neither in a shard nor rejected, "
-                            f"e.g. {sorted(missing)[0]}")
-        extra = set(m.ids) - raw
-        if extra:
-            problems.append(f"{split}: {len(extra)} sharded utterance(s) no longer in {data}, "
-                            f"e.g. {sorted(extra)[0]} (rebuild)")
+        problems.extend(_accounted(m, Path(data), _read_rejected(shards_dir, policy).get(split, set())))
     return problems
 
 
-def cross_split_duplicates(shards_dir: Path, splits: list[str]) -> dict[str, list[str]]:
+def _accounted(m: mf.Manifest, data: Path, rejected: set[str]) -> list[str]:
+    """Every raw utterance is sharded or rejected, and every sharded one is still there."""
+    problems = []
+    raw = set(list_split(data, m.split, labelled=m.labelled).ids)
+    missing = raw - set(m.ids) - rejected
+    if missing:
+        problems.append(f"{m.split}: {len(missing)} input utterance(s) neither in a shard nor rejected, "
+                        f"e.g. {sorted(missing)[0]}")
+    extra = set(m.ids) - raw
+    if extra:
+        problems.append(f"{m.split}: {len(extra)} sharded utterance(s) no longer in {data}, "
+                        f"e.g. {sorted(extra)[0]} (rebuild)")
+    return problems
+
+
+def cross_split_duplicates(shards_dir: str | Path, splits: list[str],
+                           policy: remote.FetchPolicy | None = None) -> dict[str, list[str]]:
     """Utterance ids sharded in more than one labelled split (a build rejects all but the first
     copy; unlabelled test splits are never reduced, so they are not checked)."""
     first: dict[str, str] = {}
     out: dict[str, list[str]] = {}
     for split in splits:
         try:
-            m = mf.load(shards_dir, split)
-        except mf.ManifestError:
+            m = mf.load(shards_dir, split, policy)
+        except (mf.ManifestError, remote.FetchError):
             continue
         if not m.labelled:
             continue
@@ -144,10 +202,12 @@ def cross_split_duplicates(shards_dir: Path, splits: list[str]) -> dict[str, lis
     return out
 
 
-def verify(shards_dir: str | Path, splits: list[str] | None = None, data: str | Path | None = None) -> dict[str, list[str]]:
-    shards_dir = Path(shards_dir)
-    splits = splits or mf.available_splits(shards_dir)
-    out = {s: verify_split(shards_dir, s, Path(data) if data else None) for s in splits}
-    for split, problems in cross_split_duplicates(shards_dir, splits).items():
+def verify(shards_dir: str | Path, splits: list[str] | None = None, data: str | Path | None = None,
+           policy: remote.FetchPolicy | None = None) -> dict[str, list[str]]:
+    """Problems per split of a shards folder or URL (empty lists: verified)."""
+    shards_dir = str(shards_dir) if remote.is_url(str(shards_dir)) else Path(shards_dir)
+    splits = splits or mf.available_splits(shards_dir, policy)
+    out = {s: verify_split(shards_dir, s, Path(data) if data else None, policy) for s in splits}
+    for split, problems in cross_split_duplicates(shards_dir, splits, policy).items():
         out[split].extend(problems)
     return out

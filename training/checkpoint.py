@@ -105,6 +105,11 @@ class Checkpoint:
         """Read with weights_only=True: a file whose pickle imports anything else is refused."""
         return cls.from_dict(_read(Path(path), map_location), path)
 
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | Path, map_location="cpu") -> Checkpoint:
+        """A checkpoint file's bytes (read on another rank: D.broadcast_bytes), loaded as load() does."""
+        return cls.from_dict(_read(Path(path), map_location, data), path)
+
 
 def capture_rng() -> dict:
     """This process's RNG states. Plain types and tensors only (checkpoints load with
@@ -157,13 +162,15 @@ _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)")
 _DETAIL = re.compile(r"WeightsUnpickler error: ([^\n]+)")
 
 
-def _read(path: Path, map_location="cpu") -> dict:
-    """The checkpoint file's dict, loaded with weights_only=True (plus numeric numpy arrays)."""
-    if not path.is_file():
+def _read(path: Path, map_location="cpu", data: bytes | None = None) -> dict:
+    """The checkpoint file's dict (or that of its bytes, `data`), loaded with weights_only=True
+    (plus numeric numpy arrays)."""
+    if data is None and not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first (`phonerec train`) or point --weights at it")
     try:
         with torch.serialization.safe_globals(_numpy_array_globals()):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path if data is None else io.BytesIO(data), map_location=map_location,
+                               weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _GLOBAL.search(str(exc))
         if found:

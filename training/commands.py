@@ -29,6 +29,46 @@ class _PresetChoice(click.Choice):
         pass
 
 
+_SHARDS_HELP = ("Folder written by `phonerec shards`, or the URL it was published to (http(s)://, s3://, gs://, "
+                "file://; `phonerec publish`).")
+
+
+def _fetch_options(fn):
+    """Options for shards at a URL (train, predict, evaluate): retries, timeout, a local cache."""
+    options = [
+        click.option("--fetch-retries", default=_D.fetch_retries, show_default=True, type=click.IntRange(min=0),
+                     help="Shards at a URL: tries after the first on a transient error (5xx, reset, timeout)."),
+        click.option("--fetch-backoff", default=_D.fetch_backoff, show_default=True, type=click.FloatRange(min=0),
+                     help="Seconds before the first retry; doubled each time (at most 8 s)."),
+        click.option("--fetch-timeout", default=_D.fetch_timeout, show_default=True,
+                     type=click.FloatRange(min=0, min_open=True), help="Seconds to connect and between reads."),
+        click.option("--shard-cache", default=_D.shard_cache, metavar="DIR",
+                     help="Keep verified shards fetched from a URL here; later epochs read them from disk."),
+        click.option("--shard-cache-size", default=_D.shard_cache_size, show_default=True, metavar="SIZE",
+                     help="Evict the least recently used cached shards above this size, e.g. 20G (0 = no limit)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _source(opts: dict, workers: int):
+    """The ShardSource of the fetch options (popped from opts); a bad size is a usage error."""
+    from .config import fetch_policy
+    from .data import ShardSource
+    try:
+        policy = fetch_policy(opts.pop("fetch_retries"), opts.pop("fetch_backoff"), opts.pop("fetch_timeout"),
+                              opts.pop("shard_cache"), opts.pop("shard_cache_size"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard-cache-size") from None
+    return ShardSource.create(policy, workers)
+
+
+def _main_rank() -> bool:
+    """Rank 0 of a torchrun job (or no job): the one process that writes outputs."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def _model_overrides(values: tuple[str, ...]) -> dict:
     import yaml
     out = {}
@@ -43,7 +83,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML/JSON recipe of any options below (command-line flags override it).")
-@click.option("--shards", default=_D.shards, show_default=True, help="Folder written by `phonerec shards`.")
+@click.option("--shards", default=_D.shards, show_default=True, help=_SHARDS_HELP)
 @click.option("--weights", default=_D.weights, show_default=True, help="Checkpoint folder (last.pt, best.pt, config.json).")
 @click.option("--results", default=_D.results, show_default=True, help="Folder for metrics.jsonl and curves.png.")
 @click.option("--train", "train_splits", default=_D.train, show_default=True, help="Comma-separated training splits.")
@@ -85,6 +125,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--skip-bad-shards", is_flag=True, default=_D.skip_bad_shards,
               help="Check every shard's sha256 first and train without the damaged ones (reported in the log, "
                    "metrics.jsonl and the checkpoint) instead of stopping.")
+@_fetch_options
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -104,8 +145,9 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     from pipeline.atomic import ensure_writable
-    ensure_writable(cfg.weights)       # before any step: not after an epoch of training
-    ensure_writable(cfg.results)
+    if _main_rank():                   # only rank 0 writes (other machines need not share its disk)
+        ensure_writable(cfg.weights)   # before any step: not after an epoch of training
+        ensure_writable(cfg.results)
     try:
         outcome = run(cfg, log=lambda m: click.echo(m, err=True))
     except (ValueError, FileNotFoundError) as exc:     # not PhonerecErrors: e.g. a bad --set value
@@ -171,7 +213,7 @@ _device = click.option("--device", default=_DD.device, show_default=True, help="
 def _split_options(split: str, split_help: str, beam: int, results_help: str):
     """The options `predict` and `evaluate` share (defaults from DecodeConfig)."""
     options = [
-        click.option("--shards", default=_DD.shards, show_default=True, help="Folder written by `phonerec shards`."),
+        click.option("--shards", default=_DD.shards, show_default=True, help=_SHARDS_HELP),
         _weights,
         click.option("--results", default=_DD.results, show_default=True, help=results_help),
         click.option("--split", default=split, show_default=True, help=split_help),
@@ -179,6 +221,7 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
         _threads,
         click.option("--workers", default=_DD.workers, show_default=True, help="DataLoader workers per rank."),
         _device,
+        _fetch_options,
     ]
 
     def apply(fn):
@@ -195,7 +238,8 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
               help="The submission's header. [default: the test split's template's (random_submission.csv or "
                    "sample_submission.csv under the split), else index,label]")
 @click.option("--quiet", is_flag=True)
-def predict(shards, weights, results, split, beam_width, threads, workers, device, output, header, quiet):
+def predict(shards, weights, results, split, beam_width, threads, workers, device, output, header, quiet,
+            **fetch):
     """Beam-decode a split (the test split) into <results>/submission.csv (index,label, or the
     header of the template the test split ships).
 
@@ -212,13 +256,16 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
     from . import distributed as D
     from .inference import decode_checkpoint, submission_header, submission_rows, write_predictions, write_submission
 
+    source = _source(fetch, workers)
+
     def go():
-        ensure_writable(results)        # before decoding the whole split, not after
-        columns = submission_header(mf.load(shards, split), header)
+        if _main_rank():
+            ensure_writable(results)    # before decoding the whole split, not after
+        columns = submission_header(mf.load(shards, split, source.policy), header)
         ctx = D.init(device)
         try:
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
-                                        workers=workers, progress=not quiet)
+                                        workers=workers, progress=not quiet, source=source)
             if ctx.is_main:
                 rows, missing = submission_rows(m, hyps)
                 out = Path(results) / output
@@ -231,7 +278,8 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
                                err=True)
                 if missing:
                     click.echo(f"warning: {len(missing)} utterance(s) were rejected by `phonerec shards` and have "
-                               f"empty labels (rows {missing[:10]}...); see {Path(shards) / 'rejected.tsv'}", err=True)
+                               f"empty labels (rows {missing[:10]}...); see {shards}/rejected.tsv", err=True)
+                _network_note(m, source)
         finally:
             D.shutdown(ctx)
     _run_inference(go)
@@ -240,7 +288,7 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
 @click.command("evaluate")
 @_split_options(_DD.evaluate_split, "A labelled split.", _DD.evaluate_beam, "Where the per-utterance TSV goes.")
 @click.option("--quiet", is_flag=True)
-def evaluate(shards, weights, results, split, beam_width, threads, workers, device, quiet):
+def evaluate(shards, weights, results, split, beam_width, threads, workers, device, quiet, **fetch):
     """Mean Levenshtein distance and phoneme error rate, greedy and beam, on a labelled split.
 
     Writes <results>/evaluate-<split>.tsv (id, reference, greedy, beam, distances) and
@@ -254,14 +302,17 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
     from . import distributed as D
     from .inference import decode_checkpoint, evaluate as score
 
+    source = _source(fetch, workers)
+
     def go():
-        ensure_writable(results)        # before decoding the whole split, not after
+        if _main_rank():
+            ensure_writable(results)    # before decoding the whole split, not after
         ctx = D.init(device)
         try:
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
-                                        workers=workers, progress=not quiet, require_utterances=True)
+                                        workers=workers, progress=not quiet, require_utterances=True, source=source)
             if ctx.is_main:
-                ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv")
+                ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv", source)
                 summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
                 summary["beam_width"] = beam_width
                 write_json(Path(results) / f"evaluate-{split}.json", summary)
@@ -270,9 +321,17 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
                            f"  beam {beam_width}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
                            f"  per utterance: {ev.tsv}")
                 click.echo(json.dumps(summary))
+                _network_note(m, source)
         finally:
             D.shutdown(ctx)
     _run_inference(go)
+
+
+def _network_note(m, source) -> None:
+    """Shards at a URL: one line on what this process's reads did (retries, cache hits)."""
+    if m.remote:
+        from .loop import network_line
+        click.echo(network_line(source.totals()), err=True)
 
 
 @click.command("transcribe")

@@ -11,7 +11,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.remote import FetchPolicy, parse_size
+
 from .plan import DEFAULT_MAX_FRAMES
+
+
+def fetch_policy(retries: int, backoff: float, timeout: float, cache: str, cache_size: str) -> FetchPolicy:
+    """How shards at a URL are read (ValueError for a bad size or a negative count)."""
+    if retries < 0 or backoff < 0 or timeout <= 0:
+        raise ValueError("--fetch-retries and --fetch-backoff must be >= 0 and --fetch-timeout > 0")
+    return FetchPolicy(retries=retries, backoff=backoff, timeout=timeout, cache=cache or None,
+                       cache_bytes=parse_size(cache_size))
 
 
 @dataclass
@@ -52,12 +62,23 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     progress: bool = True
+    # Shards at a URL (pipeline/remote.py): tries after the first on transient errors, the first
+    # backoff (doubled each time), the network timeout, and a local cache of verified shards.
+    fetch_retries: int = 4
+    fetch_backoff: float = 0.5
+    fetch_timeout: float = 60.0
+    shard_cache: str = ""              # folder ('' = no cache)
+    shard_cache_size: str = "0"        # evict above this, e.g. 20G ('0' = no limit)
 
     # Options that change the data order or the model: a resumed run keeps the checkpoint's values.
     PINNED = ("seed", "max_frames", "max_utts", "preset", "model", "train", "workers")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def fetch_policy(self) -> FetchPolicy:
+        return fetch_policy(self.fetch_retries, self.fetch_backoff, self.fetch_timeout, self.shard_cache,
+                            self.shard_cache_size)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

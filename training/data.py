@@ -14,7 +14,7 @@ import hashlib
 import io
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from pipeline import remote
 from pipeline.errors import PhonerecError
 from pipeline.manifest import Manifest
+from pipeline.remote import FetchPolicy
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
 from pipeline.features import STORAGE_DTYPE
 
@@ -44,9 +46,13 @@ class ShardReadError(PhonerecError):
         return _one_line(super().__str__())
 
 
-def repair_hint(path: Path) -> str:
-    shards_dir = Path(path).parent.parent
-    return (f"run `phonerec shards --verify --shards {shards_dir}` to list every damaged shard, delete them "
+def repair_hint(location: str | Path) -> str:
+    """What to do about a damaged shard at this path or URL."""
+    root = remote.parent(str(location), 2)
+    if remote.is_url(str(location)):
+        return (f"run `phonerec shards --verify --shards {root}` to list every damaged shard; rebuild them where the "
+                "shards were built and publish them again (`phonerec publish`)")
+    return (f"run `phonerec shards --verify --shards {root}` to list every damaged shard, delete them "
             "and rerun `phonerec shards` with the same options to rewrite them")
 
 
@@ -78,29 +84,102 @@ def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
         ctc_lens=None if m.ctc_lens is None else m.ctc_lens[rows])
 
 
-def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:
-    """A shard's bytes, checked against the manifest's size and crc32 (sha256 where the manifest
-    has no crc32). crc32 catches the accidents this guards against (truncation, bit rot, another
-    build's file) and costs a quarter of sha256, which was over half of the loader's CPU time."""
+def shard_problem(m: Manifest, s: int, data: bytes) -> str | None:
+    """What is wrong with shard s's bytes, checked against the manifest's size and crc32 (sha256
+    where the manifest has no crc32); None when they are what it says. crc32 catches the accidents
+    this guards against (truncation, bit rot, a byte changed in transit, another build's file) and
+    costs a quarter of sha256, which was over half of the loader's CPU time."""
     info = m.shards[s]
+    if not info.sha256:
+        return None
+    if len(data) != info.bytes:
+        return f"has {len(data)} bytes, the manifest says {info.bytes} (truncated or replaced)"
+    if info.crc32 is not None:
+        kind, same = "crc32", zlib.crc32(data) == info.crc32
+    else:
+        kind, same = "sha256", hashlib.sha256(data).hexdigest() == info.sha256
+    return None if same else f"{kind} differs from the manifest (corrupted or replaced)"
+
+
+def _shard_error(location: str, problem: str, after: str = "") -> ShardReadError:
+    sep = " " if problem.startswith("has ") else ": "
+    return ShardReadError(f"shard {location}{sep}{problem}{after}; {repair_hint(location)}")
+
+
+def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:
+    """A local shard's bytes, checked against the manifest (shard_problem)."""
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ShardReadError(f"missing shard {path}; {repair_hint(path)}") from None
     except OSError as exc:
         raise ShardReadError(f"cannot read shard {path} ({exc.strerror or exc}); {repair_hint(path)}") from None
-    if info.sha256:
-        if len(data) != info.bytes:
-            raise ShardReadError(f"shard {path} has {len(data)} bytes, the manifest says {info.bytes} "
-                                 f"(truncated or replaced); {repair_hint(path)}")
-        if info.crc32 is not None:
-            kind, same = "crc32", zlib.crc32(data) == info.crc32
-        else:
-            kind, same = "sha256", hashlib.sha256(data).hexdigest() == info.sha256
-        if not same:
-            raise ShardReadError(f"shard {path}: {kind} differs from the manifest (corrupted or replaced); "
-                                 f"{repair_hint(path)}")
+    problem = shard_problem(m, s, data)
+    if problem:
+        raise _shard_error(str(path), problem)
     return data
+
+
+@dataclass
+class ShardSource:
+    """Where the loaders' shard bytes come from: local files as they are; URLs with the policy's
+    retries, one more download after a failed checksum, and its cache. What the reads did is
+    counted in `counters` (int64 [rows, COUNTERS], shared memory: row 0 is this process, row w + 1
+    DataLoader worker w), so the trainer can report it whichever process fetched."""
+
+    policy: FetchPolicy = field(default_factory=FetchPolicy)
+    counters: torch.Tensor | None = None
+
+    @classmethod
+    def create(cls, policy: FetchPolicy, workers: int) -> ShardSource:
+        rows = torch.zeros((max(workers, 0) + 1, len(remote.COUNTERS)), dtype=torch.int64).share_memory_()
+        return cls(policy, rows)
+
+    def count(self, name: str, n: int = 1) -> None:
+        if self.counters is not None:
+            info = get_worker_info()
+            row = min(info.id + 1 if info is not None else 0, self.counters.shape[0] - 1)
+            self.counters[row, remote.COUNTERS.index(name)] += int(n)
+
+    def totals(self) -> dict[str, int]:
+        """Every counter summed over the processes (this one and its loader workers)."""
+        sums = self.counters.sum(0).tolist() if self.counters is not None else [0] * len(remote.COUNTERS)
+        return dict(zip(remote.COUNTERS, (int(v) for v in sums)))
+
+    def read(self, m: Manifest, s: int) -> bytes:
+        """Shard s's checked bytes (ShardReadError naming the path or URL when they cannot be had)."""
+        location = m.shard_locations()[s]
+        if not m.remote:
+            return read_shard_bytes(m, s, Path(location))
+        info = m.shards[s]
+        cache = remote.ShardCache(self.policy.cache, self.policy.cache_bytes) \
+            if self.policy.cache and info.sha256 else None
+        if cache is not None:
+            data = cache.get(info.sha256, info.bytes)
+            if data is not None and shard_problem(m, s, data) is None:
+                self.count("cache_hits")
+                return data
+            cache.drop(info.sha256)
+        return self._download(m, s, location, cache)
+
+    def _download(self, m: Manifest, s: int, location: str, cache: remote.ShardCache | None) -> bytes:
+        """Fetch (with retries); a failed checksum is fetched once more before it is an error."""
+        for attempt in (1, 2):
+            try:
+                data = remote.read_bytes(location, self.policy, self.count)
+            except FileNotFoundError:
+                raise ShardReadError(f"missing shard {location}; {repair_hint(location)}") from None
+            except remote.FetchError as exc:
+                raise ShardReadError(f"{exc}; the shard could not be fetched: check the server and the URL, then "
+                                     "continue with --resume") from None
+            problem = shard_problem(m, s, data)
+            if problem is None:
+                if cache is not None:
+                    cache.put(m.shards[s].sha256, data)
+                return data
+            if attempt == 1:
+                self.count("refetched")
+        raise _shard_error(location, problem, " (fetched twice)")
 
 
 def _samples(data: bytes, url: str):
@@ -151,7 +230,7 @@ def _slice_shard(m: Manifest, s: int, data: bytes) -> dict[int, tuple[np.ndarray
     return out
 
 
-def _parse_shard(m: Manifest, s: int, data: bytes, path: Path) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+def _parse_shard(m: Manifest, s: int, data: bytes, path: str) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     start = m.shard_start
     expected = {m.keys[r]: r for r in range(int(start[s]), int(start[s + 1]))}
     out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -176,14 +255,15 @@ def _parse_shard(m: Manifest, s: int, data: bytes, path: Path) -> dict[int, tupl
     return out
 
 
-def read_shards(m: Manifest, shards: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+def read_shards(m: Manifest, shards: list[int],
+                source: ShardSource | None = None) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """Samples of these shards by manifest row, checked against the manifest."""
-    paths = m.shard_paths()
+    source = source or ShardSource()
     out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for s in shards:
-        data = read_shard_bytes(m, s, paths[s])
+        data = source.read(m, s)
         samples = _slice_shard(m, s, data)
-        out.update(samples if samples is not None else _parse_shard(m, s, data, paths[s]))
+        out.update(samples if samples is not None else _parse_shard(m, s, data, m.shard_locations()[s]))
     return out
 
 
@@ -248,8 +328,9 @@ def unpack(buf: torch.Tensor, shape: tuple[int, int, int, int]) -> Batch:
 class PlannedShards(IterableDataset):
     """Yields this rank's batches of one epoch plan, starting after `start_step` steps."""
 
-    def __init__(self, m: Manifest, plan: EpochPlan, start_step: int = 0, ring: torch.Tensor | None = None):
-        self.m, self.plan, self.ring = m, plan, ring
+    def __init__(self, m: Manifest, plan: EpochPlan, start_step: int = 0, ring: torch.Tensor | None = None,
+                 source: ShardSource | None = None):
+        self.m, self.plan, self.ring, self.source = m, plan, ring, source
         self.done, self.first = plan.resume_state(start_step)
 
     def __iter__(self):
@@ -271,7 +352,7 @@ class PlannedShards(IterableDataset):
                 skip -= k
                 yielded += k
                 continue
-            samples = read_shards(self.m, win.shards)
+            samples = read_shards(self.m, win.shards, self.source)
             for b in win.batches:
                 if yielded >= quota:
                     return
@@ -364,7 +445,7 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
 
 
 def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory: bool = False,
-                prefetch: int = 4) -> DataLoader:
+                prefetch: int = 4, source: ShardSource | None = None) -> DataLoader:
     """The DataLoader of one epoch plan. Without pinned memory (CPU training) workers write into a
     shared ring of batch slots (make_ring); with it (CUDA) each batch is its own shared buffer,
     which the DataLoader's pinning thread copies into page-locked memory."""
@@ -372,5 +453,5 @@ def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory
     ring = make_ring(m, plan, prefetch) if plan.workers and not pin_memory else None
     # Its own generator: making an iterator draws a base seed, which from torch's global generator
     # would shift every dropout mask after a resume (the draw lands after the restored RNG state).
-    return ShardLoader(PlannedShards(m, plan, start_step, ring), batch_size=None, num_workers=plan.workers,
+    return ShardLoader(PlannedShards(m, plan, start_step, ring, source), batch_size=None, num_workers=plan.workers,
                        pin_memory=pin_memory, generator=torch.Generator(), **kwargs)

@@ -53,6 +53,23 @@ def all_sum(ctx: Context, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def broadcast_bytes(ctx: Context, data: bytes | None) -> bytes | None:
+    """Rank 0's bytes (None: rank 0 has none) on every rank; collective. Ranks on other machines
+    need not see rank 0's disk (a checkpoint to resume from, the model to decode with). Sent as
+    a length and a uint8 tensor: nothing is pickled."""
+    if not ctx.distributed:
+        return data
+    n = torch.tensor([-1 if data is None else len(data)], dtype=torch.int64, device=ctx.device)
+    dist.broadcast(n, src=0)
+    if int(n) < 0:
+        return None
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if ctx.is_main and int(n) else \
+        torch.empty(int(n), dtype=torch.uint8)
+    buf = buf.to(ctx.device)
+    dist.broadcast(buf, src=0)
+    return data if ctx.is_main else buf.cpu().numpy().tobytes()
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()

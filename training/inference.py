@@ -28,7 +28,7 @@ from pipeline.vocab import F22, Inventory, InventoryError
 
 from . import distributed as D
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
-from .data import ShardReadError, damage_report, make_loader, repair_hint, shard_label
+from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
 from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
@@ -61,9 +61,18 @@ def checkpoint_inventory(ck: Checkpoint, path: Path) -> Inventory:
     return inv
 
 
-def load_model(weights: str | Path, device: torch.device, name: str = BEST) -> Loaded:
+def load_model(weights: str | Path, device: torch.device, name: str = BEST, ctx: D.Context | None = None) -> Loaded:
+    """The checkpoint's model, ready to decode. Under torchrun (`ctx`) rank 0 reads the file and
+    sends it to the others: their machines need not share its disk."""
     path = resolve(weights, name)
-    ck = Checkpoint.load(path)
+    if ctx is not None and ctx.distributed:
+        blob = D.broadcast_bytes(ctx, path.read_bytes() if ctx.is_main and path.is_file() else None)
+        if blob is None:
+            raise CheckpointError(f"no checkpoint at {path} (on the machine of rank 0); train first (`phonerec "
+                                  "train`) or point --weights at it")
+        ck = Checkpoint.from_bytes(blob, path)
+    else:
+        ck = Checkpoint.load(path)
     inventory = checkpoint_inventory(ck, path)
     if not ck.stats:
         raise CheckpointError(f"checkpoint {path} holds no normalization statistics, so it is not a phonerec "
@@ -78,23 +87,23 @@ def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
     width = loaded.model.config.input_dim
     if width != m.feature_dim:
         raise CompatibilityError(f"{loaded.path} was trained on {width} features per frame, the {m.split} shards in "
-                                 f"{m.directory} have {m.feature_dim}: use the model trained on this corpus")
+                                 f"{m.location} have {m.feature_dim}: use the model trained on this corpus")
     if not loaded.inventory.matches(m.inventory):
         raise CompatibilityError(f"{loaded.path} was trained with the symbol inventory {loaded.inventory.describe()}, "
-                                 f"the {m.split} shards in {m.directory} use {m.inventory.describe()}: use the model "
+                                 f"the {m.split} shards in {m.location} use {m.inventory.describe()}: use the model "
                                  "trained on this corpus, or rebuild the shards with its --inventory")
     want, have = loaded.stats.fingerprint, m.stats.fingerprint
     if want != have:
         raise CompatibilityError(
             f"{loaded.path} was trained on features normalized with other statistics (from {loaded.stats.splits}) "
-            f"than the {m.split} shards in {m.directory} (from {m.stats.splits}); use the shards the "
+            f"than the {m.split} shards in {m.location} (from {m.stats.splits}); use the shards the "
             "model was trained with, or retrain")
 
 
 @torch.no_grad()
 def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: int = 10, threads: int = 1,
-                 greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True
-                 ) -> dict[int, dict]:
+                 greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True,
+                 source: ShardSource | None = None) -> dict[int, dict]:
     """Manifest row -> {"greedy": [...], "beam": [...]} for every utterance, gathered on every rank."""
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
                       opts=BatchOptions(max_frames=max(max_frames, int(m.frames.max(initial=1)))),
@@ -104,7 +113,7 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
                disable=not (progress and ctx.is_main), leave=False)
     error = None
     try:
-        for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
+        for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda", source=source):
             b = batch.to(ctx.device)
             lp, out_lens = loaded.model(b.feats.float(), b.lengths)
             lp, out_lens = restrict_to_labels(lp.float().cpu(), m.inventory), out_lens.cpu()
@@ -139,20 +148,23 @@ def empty_split_message(m: mf.Manifest, shards: str | Path) -> str:
 
 
 def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: D.Context, *,
-                      require_utterances: bool = False, **kwargs) -> tuple[mf.Manifest, dict[int, dict]]:
-    """Load best.pt, check it fits the split's shards, decode the split (see decode_split).
-    With `require_utterances` a split without utterances is an error (there is nothing to score)."""
-    loaded = load_model(weights, ctx.device)
-    m = mf.load(shards, split)
+                      require_utterances: bool = False, source: ShardSource | None = None,
+                      **kwargs) -> tuple[mf.Manifest, dict[int, dict]]:
+    """Load best.pt, check it fits the split's shards (a folder or a URL), decode the split (see
+    decode_split). With `require_utterances` a split without utterances is an error (there is
+    nothing to score)."""
+    source = source or ShardSource()
+    loaded = load_model(weights, ctx.device, ctx=ctx)
+    m = mf.load(shards, split, source.policy)
     check_compatible(loaded, m)
     if require_utterances and m.num_utterances == 0:
         raise CompatibilityError(f"{empty_split_message(m, shards)}: nothing to evaluate (a distance of 0 would "
                                  "mean nothing); fix the split and rerun `phonerec shards`")
-    problems = check_shards(m)          # missing or truncated shards: fail before decoding anything
+    problems = check_shards(m, policy=source.policy)     # missing or truncated shards: fail before decoding
     if problems:
         found = {shard_label(m, s): why for s, why in problems}
-        raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_paths()[problems[0][0]])}")
-    return m, decode_split(loaded, m, ctx, **kwargs)
+        raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_locations()[problems[0][0]])}")
+    return m, decode_split(loaded, m, ctx, source=source, **kwargs)
 
 
 def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> tuple[list[tuple[int, str]], list[int]]:
@@ -219,7 +231,8 @@ class Evaluation:
     tsv: Path | None = None
 
 
-def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluation:
+def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None,
+             source: ShardSource | None = None) -> Evaluation:
     if not m.labelled:
         raise CompatibilityError(f"split {m.split} has no transcripts to evaluate against")
     if m.num_utterances == 0:
@@ -230,7 +243,7 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
     dg = db = 0
     refs = 0
     for s in range(len(m.shards)):           # references come from the shards, one shard at a time
-        samples = read_shards(m, [s])
+        samples = read_shards(m, [s], source)
         for r in range(int(start[s]), int(start[s + 1])):
             ref = inv.to_codes(samples[r][1])
             g, b = inv.to_codes(hyps[r]["greedy"]), inv.to_codes(hyps[r]["beam"])

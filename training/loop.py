@@ -40,7 +40,7 @@ from . import metrics
 from .augment import AugmentConfig
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
 from .config import TrainConfig
-from .data import Batch, ShardReadError, error_message, make_loader
+from .data import Batch, ShardReadError, ShardSource, error_message, make_loader
 from .decode import greedy_decode, restrict_to_labels
 from .model import Model
 from .plan import BatchOptions, EpochPlan, plan_epoch
@@ -146,6 +146,7 @@ class Run:
     skipped: list[dict] = field(default_factory=list)    # reports of the damaged shards left out
     on_step: StepHook | None = None
     stop: StopSignals = field(default_factory=StopSignals)
+    source: ShardSource = field(default_factory=ShardSource)    # how shards are read (local or URL)
 
     @property
     def weights(self) -> Path:
@@ -308,7 +309,7 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
     bar = tqdm(total=run.steps_per_epoch, initial=first, desc=f"epoch {st.epoch + 1}/{cfg.epochs}", unit="step",
                disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
     t_ready = time.perf_counter()
-    batches = iter(make_loader(run.train_m, plan, first, pin_memory=ctx.device.type == "cuda")) \
+    batches = iter(make_loader(run.train_m, plan, first, pin_memory=ctx.device.type == "cuda", source=run.source)) \
         if first < epoch_steps else iter([])
     while st.step < epoch_steps:
         batch = next_batch(run, st, batches, epoch_steps, bar)
@@ -340,13 +341,16 @@ def finish_epoch(run: Run, st: TrainState, plan: EpochPlan) -> dict:
     tot = D.all_sum(ctx, [acc["loss"], acc["tokens"], acc["real"], acc["padded"], acc["utts"],
                           acc["wait"], acc["busy"]])
     try:
-        ev = evaluate(st.model, run.dev_m, ctx, run.cfg, st.amp) if run.dev_m is not None else None
+        ev = evaluate(st.model, run.dev_m, ctx, run.cfg, st.amp, run.source) if run.dev_m is not None else None
     except DataError as exc:      # the epoch's training is kept: checkpoint at its last step
         stop_on_data_error(run, st, exc, f"dev data, after the training steps of epoch {st.epoch + 1}")
     lr = st.opt.param_groups[0]["lr"]
     if st.sched is not None and not st.step_sched and ev is not None:
         st.sched.step(ev.distance)
     record = epoch_record(run, st, plan, tot, ev, lr, seconds)
+    net = network_record(run)
+    if net is not None:
+        record["network"] = net
     improved = ev is not None and ev.distance < st.best
     if improved:
         st.best = ev.distance
@@ -357,6 +361,8 @@ def finish_epoch(run: Run, st: TrainState, plan: EpochPlan) -> dict:
     run.log(f"epoch {st.epoch + 1}/{run.cfg.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
             f"padding {record['padding_efficiency']:.3f}, {record['frames_per_s']:.0f} frames/s, lr {lr:.2e}"
             f"{'  (best)' if improved else ''}")
+    if net is not None:
+        run.log(network_line(net))
     D.barrier(ctx)
     return record
 
@@ -376,6 +382,21 @@ def epoch_record(run: Run, st: TrainState, plan: EpochPlan, tot: list[float], ev
         "epoch_seconds": seconds, "world": run.ctx.world, **run.skipped_info,
         "ctc_infeasible": len(run.infeasible_ids),
     }
+
+
+def network_record(run: Run) -> dict | None:
+    """Shards at a URL: what every rank's reads did since this process started (pipeline/remote.py's
+    COUNTERS, summed over ranks); None for local shards. Collective."""
+    if not (run.train_m.remote or (run.dev_m is not None and run.dev_m.remote)):
+        return None
+    mine = run.source.totals()
+    return dict(zip(mine, (int(v) for v in D.all_sum(run.ctx, [float(v) for v in mine.values()]))))
+
+
+def network_line(net: dict) -> str:
+    return (f"shards over the network: {net['fetched']} fetched ({net['bytes'] / 1e6:.1f} MB), "
+            f"{net['retries']} retried, {net['refetched']} fetched again after a bad checksum, "
+            f"{net['cache_hits']} from the cache")
 
 
 def publish_epoch(run: Run, record: dict, copy_best: bool) -> None:
@@ -398,7 +419,8 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp: bool) -> EvalResult:
+def evaluate(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp: bool,
+             source: ShardSource | None = None) -> EvalResult:
     """Dev loss and greedy distance; each rank takes its share of shards, sums are all-reduced."""
     model.eval()
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers,
@@ -408,7 +430,7 @@ def evaluate(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp
     error = None
     inv = m.inventory
     try:
-        for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda"):
+        for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda", source=source):
             batch = batch.to(ctx.device)
             with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
                 lp, out_lens = model(batch.feats.float(), batch.lengths)

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import manifest as mf
 from pipeline.atomic import write_json
+from pipeline.remote import FetchPolicy
 from pipeline.verify import check_shards
 from pipeline.vocab import Inventory
 
@@ -26,7 +27,7 @@ from . import metrics
 from .augment import AugmentConfig
 from .checkpoint import LAST, Checkpoint, CheckpointError, remove_stale_temps, restore_rng
 from .config import TrainConfig
-from .data import damage_report, shard_label, without_shards
+from .data import ShardSource, damage_report, shard_label, without_shards
 from .loop import (DataError, EvalResult, Run, StepHook, TrainingError, TrainState, evaluate, finish_epoch,
                    plan_for, train_one_epoch)
 from .model import Model, ModelConfig, count_parameters, describe, preset_config
@@ -55,13 +56,14 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> d
         for p in remove_stale_temps(cfg.weights):
             log(f"removed {p}, left by an interrupted checkpoint write")
     ck = _resume_checkpoint(cfg, ctx, log)
-    train_m, dev_m, skipped = _load_manifests(cfg, ctx, ck, log)
+    source = ShardSource.create(cfg.fetch_policy(), cfg.workers)
+    train_m, dev_m, skipped = _load_manifests(cfg, ctx, ck, log, source.policy)
     opts = BatchOptions(max_frames=cfg.max_frames, max_utts=cfg.max_utts)
     st = _build_state(cfg, ctx, ck, log, train_m.feature_dim, train_m.inventory)
     exclude, infeasible_ids = _leave_out_infeasible(st.model, train_m, dev_m, log)
     run = Run(cfg=cfg, ctx=ctx, log=log, train_m=train_m, dev_m=dev_m, opts=opts,
               aug=AugmentConfig.from_train(cfg), steps_per_epoch=0, exclude=exclude,
-              infeasible_ids=infeasible_ids, skipped=skipped, on_step=on_step)
+              infeasible_ids=infeasible_ids, skipped=skipped, on_step=on_step, source=source)
     run.steps_per_epoch = _steps_per_epoch(run)
     st.sched = make_scheduler(cfg, st.opt, run.steps_per_epoch * cfg.epochs)
     st.step_sched = st.sched is not None and cfg.scheduler != "plateau"
@@ -94,10 +96,12 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
     if not cfg.resume:
         return None
     last = Path(cfg.weights) / LAST
-    if not last.is_file():
+    # Rank 0 reads it and sends it to the others: their machines need not share its disk.
+    blob = D.broadcast_bytes(ctx, last.read_bytes() if ctx.is_main and last.is_file() else None)
+    if blob is None:
         log(f"resume: no checkpoint at {last}, starting from scratch")
         return None
-    ck = Checkpoint.load(last)
+    ck = Checkpoint.from_bytes(blob, last)
     if not ck.config or ck.optimizer is None or not ck.rng:
         raise CheckpointError(f"{last} holds no training state (config, optimizer, RNG): it was not written by "
                               "`phonerec train`; train from scratch (drop --resume)")
@@ -131,15 +135,16 @@ def _restore(st: TrainState, ck: Checkpoint, ctx: D.Context, log) -> None:
 
 # -------------------------------------------------------------------------------------- data
 
-def _load_manifests(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None,
-                    log) -> tuple[mf.Manifest, mf.Manifest | None, list[dict]]:
-    """The training and dev manifests, checked, without the shards left out; and what was left out."""
-    train_m = mf.load_many(cfg.shards, cfg.train)
+def _load_manifests(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None, log,
+                    policy: FetchPolicy) -> tuple[mf.Manifest, mf.Manifest | None, list[dict]]:
+    """The training and dev manifests (from a folder or a URL), checked, without the shards left
+    out; and what was left out."""
+    train_m = mf.load_many(cfg.shards, cfg.train, policy)
     if ck is not None and ck.stats.get("fingerprint") != train_m.stats.fingerprint:
         raise TrainingError(f"{Path(cfg.weights) / LAST} was trained on features normalized with other statistics "
                             f"(from {ck.stats.get('splits')}) than the shards in {cfg.shards}; train from "
                             "scratch (drop --resume) or use the shards it was trained with")
-    dev_m = mf.load_many(cfg.shards, cfg.dev) if cfg.dev else None
+    dev_m = mf.load_many(cfg.shards, cfg.dev, policy) if cfg.dev else None
     if dev_m is not None and dev_m.num_utterances == 0:
         # Scored as a perfect 0.00 every epoch, it would keep best.pt at the first epoch's model.
         why = (f"{dev_m.inputs} inputs, all rejected: see {Path(cfg.shards) / 'rejected.tsv'}" if dev_m.inputs
@@ -150,7 +155,7 @@ def _load_manifests(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None,
     if keep_out:
         log(f"resume: leaving out the {len(keep_out)} shard(s) the checkpoint left out (they fix the data order)")
     screened, skipped = _screen_shards(ctx, {"train": train_m, "dev": dev_m}, cfg.skip_bad_shards, keep_out,
-                                       cfg.shards, log)
+                                       cfg.shards, log, policy)
     if ck is not None and {r["shard"] for r in skipped} != keep_out:
         log("resume: the shards left out differ from the checkpoint's: the epoch plan changes from here on")
     train_m, dev_m = screened["train"], screened["dev"]
@@ -168,8 +173,8 @@ def _load_manifests(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None,
     return train_m, dev_m, skipped
 
 
-def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], skip: bool,
-                   keep_out: set[str], shards_dir: str, log) -> tuple[dict[str, mf.Manifest | None], list[dict]]:
+def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], skip: bool, keep_out: set[str],
+                   shards_dir: str, log, policy: FetchPolicy) -> tuple[dict[str, mf.Manifest | None], list[dict]]:
     """Check the shards before planning, identically on every rank.
 
     Without `skip`: size and presence only (cheap; the checksum is checked as each shard is read),
@@ -177,7 +182,7 @@ def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], ski
     shard; every rank checks and the union of all ranks' findings (plus `keep_out`, the shards a
     resumed checkpoint had left out) is removed from the manifests, so all ranks plan the same
     steps. Returns the manifests and a report of what was left out."""
-    found = _damaged_shards(ctx, manifests, full=skip)
+    found = _damaged_shards(ctx, manifests, full=skip, policy=policy)
     new = {k: v for k, v in found.items() if k not in keep_out}
     if new and not skip:
         raise TrainingError(f"{damage_report(new)}. Run `phonerec shards --verify --shards "
@@ -215,13 +220,14 @@ def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], ski
     return out, report
 
 
-def _damaged_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], full: bool) -> dict[str, str]:
+def _damaged_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], full: bool,
+                    policy: FetchPolicy) -> dict[str, str]:
     """'<split>/<file>' -> what is wrong, for every damaged shard found on any rank; collective."""
     found: dict[str, str] = {}
     for m in manifests.values():
         if m is None:
             continue
-        for s, reason in check_shards(m, full=full):
+        for s, reason in check_shards(m, full=full, policy=policy):
             found.setdefault(shard_label(m, s), reason)
     if ctx.distributed:
         parts = [None] * ctx.world

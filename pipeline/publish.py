@@ -1,0 +1,131 @@
+"""`phonerec publish`: copy a built shards folder to a URL (or another folder) that readers stream from.
+
+Order is what makes it safe: the manifests (and index.json) already there are removed first, then
+the shards are copied, and the manifests go last, so a reader never sees a manifest whose shards
+are not all there (a reader that started before gets a missing shard: the damaged-shard path,
+with a checkpoint). The zarr stores stay behind: readers need only shards and manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import manifest as mf
+from . import remote
+from .verify import check_shards
+
+EXTRA_FILES = ("rejected.tsv", "stats.json")     # beside the splits: read by --verify and the reports
+
+
+@dataclass
+class Published:
+    url: str
+    splits: list[str]
+    files: int
+    bytes: int
+
+
+class Target:
+    """Where files go: a local folder (written atomically) or an fsspec URL (objects appear whole)."""
+
+    def __init__(self, url: str, policy: remote.FetchPolicy):
+        self.url, self.policy = url.rstrip("/"), policy
+        if remote.is_url(url) and remote.URL.match(url).group(1).lower() in ("http", "https"):
+            raise remote.FetchError(f"cannot publish to {url}: HTTP is read-only here; publish to the folder your "
+                                    "web server serves (a path or file://), or to s3:// or gs://")
+        self.fs, self.root = remote.filesystem(url, policy.timeout) if remote.is_url(url) else (None, url)
+        self.local = self.fs is None
+
+    def put(self, src: Path, rel: str) -> None:
+        dst = f"{self.root.rstrip('/')}/{rel}"
+        if self.local:
+            _copy_atomic(src, Path(dst))
+            return
+        remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.put_file(str(src), dst), self.policy)
+
+    def remove(self, rel: str) -> None:
+        dst = f"{self.root.rstrip('/')}/{rel}"
+        if self.local:
+            Path(dst).unlink(missing_ok=True)
+        elif remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.exists(dst), self.policy):
+            remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.rm_file(dst), self.policy)
+
+    def read_index(self) -> list[str]:
+        try:
+            raw = json.loads(self._read(mf.INDEX_NAME))
+            return [str(s) for s in raw["splits"]]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return []
+
+    def _read(self, rel: str) -> bytes:
+        if self.local:
+            return Path(f"{self.root.rstrip('/')}/{rel}").read_bytes()
+        return remote.read_bytes(f"{self.url}/{rel}", self.policy)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 22):
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _local_path(spec: str) -> str:
+    """file:///x -> /x: a local target is written with atomic renames."""
+    return spec[len("file://"):] if spec.startswith("file://") else spec
+
+
+def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *,
+            policy: remote.FetchPolicy = remote.FetchPolicy(), progress: bool = True,
+            log: Callable[[str], None] = print) -> Published:
+    """Copy the splits' shards, then their manifests, then index.json, to `url`."""
+    shards_dir = Path(shards_dir)
+    have = mf.available_splits(shards_dir)
+    splits = splits or have
+    missing = [s for s in splits if s not in have]
+    if missing or not splits:
+        raise mf.ManifestError(f"no manifest for {', '.join(missing) or 'any split'} under {shards_dir}: run "
+                               "`phonerec shards` first")
+    manifests = [mf.load(shards_dir, s) for s in splits]
+    for m in manifests:                 # never publish what is already damaged here
+        problems = check_shards(m)
+        if problems:
+            s, why = problems[0]
+            raise mf.ManifestError(f"{m.split}/{m.shards[s].name}: {why}; run `phonerec shards --verify --shards "
+                                   f"{shards_dir}` and rebuild before publishing")
+    target = Target(_local_path(url) if url.startswith("file://") else url, policy)
+    index = sorted(set(target.read_index()) | set(splits))
+    target.remove(mf.INDEX_NAME)                     # first: no reader starts from an old manifest
+    for m in manifests:
+        target.remove(f"{m.split}/{mf.MANIFEST_NAME}")
+    files = [(p, f"{m.split}/{info.name}") for m in manifests for p, info in zip(m.shard_paths(), m.shards)]
+    files += [(shards_dir / name, name) for name in EXTRA_FILES if (shards_dir / name).is_file()]
+    total = sum(p.stat().st_size for p, _ in files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="publish", disable=not progress) as bar:
+        for path, rel in files:
+            target.put(path, rel)
+            bar.update(path.stat().st_size)
+    for m in manifests:                              # last: every shard they list is there
+        target.put(mf.manifest_path(shards_dir, m.split), f"{m.split}/{mf.MANIFEST_NAME}")
+    tmp_index = shards_dir / f".{mf.INDEX_NAME}.tmp{os.getpid()}"
+    try:
+        tmp_index.write_text(json.dumps({"splits": index}) + "\n")
+        target.put(tmp_index, mf.INDEX_NAME)
+    finally:
+        tmp_index.unlink(missing_ok=True)
+    log(f"published {len(splits)} split(s) ({', '.join(splits)}): {len(files)} files, {total / 1e6:.1f} MB, "
+        f"then the manifests, to {url}")
+    return Published(url=url, splits=splits, files=len(files) + len(manifests) + 1, bytes=total)
