@@ -15,10 +15,10 @@ TORCH_VERSION ?= 2.13.0
 TORCHRUN_ARGS ?= --standalone
 TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node="$(NGPU)"
 
-.PHONY: setup shards train predict evaluate test bench demo speech-corpus help
+.PHONY: setup shards publish train predict evaluate test bench demo speech-corpus help
 
 help:
-	@echo "make demo | setup | shards | train | predict | evaluate | test | bench | speech-corpus"
+	@echo "make demo | setup | shards | publish | train | predict | evaluate | test | bench | speech-corpus"
 	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) ARGS='$(ARGS)'"
 
 $(BIN)/python:
@@ -33,6 +33,13 @@ setup: $(BIN)/python
 
 shards: setup
 	$(BIN)/phonerec shards --data "$(DATA)" --shards "$(SHARDS)" $(ARGS)
+
+# Copy the built shards to a URL that every machine can read (s3://, gs://, file://, a served folder):
+# shards first, manifests last. Then SHARDS=<that URL> for train, predict and evaluate.
+PUBLISH_TO ?=
+publish: setup
+	@[ -n "$(PUBLISH_TO)" ] || { echo "usage: make publish PUBLISH_TO=s3://bucket/path (or gs://, file://, a folder)"; exit 2; }
+	$(BIN)/phonerec publish --shards "$(SHARDS)" --to "$(PUBLISH_TO)" $(ARGS)
 
 train: setup
 	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(ARGS)
