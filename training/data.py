@@ -170,8 +170,7 @@ class ShardSource:
             except FileNotFoundError:
                 raise ShardReadError(f"missing shard {location}; {repair_hint(location)}") from None
             except remote.FetchError as exc:
-                raise ShardReadError(f"{exc}; the shard could not be fetched: check the server and the URL, then "
-                                     "continue with --resume") from None
+                raise ShardReadError(f"{exc}; the shard could not be fetched: check the server and the URL") from None
             problem = shard_problem(m, s, data)
             if problem is None:
                 if cache is not None:
