@@ -8,8 +8,10 @@ with a checkpoint). The zarr stores stay behind: readers need only shards and ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +44,12 @@ class Target:
         self.fs, self.root = remote.filesystem(url, policy.timeout) if remote.is_url(url) else (None, url)
         self.local = self.fs is None
 
-    def put(self, src: Path, rel: str) -> None:
+    def put(self, data: bytes, rel: str) -> None:
         dst = f"{self.root.rstrip('/')}/{rel}"
         if self.local:
-            _copy_atomic(src, Path(dst))
+            _write_atomic(Path(dst), data)
             return
-        remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.put_file(str(src), dst), self.policy)
+        remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.pipe_file(dst, data), self.policy)
 
     def remove(self, rel: str) -> None:
         dst = f"{self.root.rstrip('/')}/{rel}"
@@ -69,18 +71,29 @@ class Target:
         return remote.read_bytes(f"{self.url}/{rel}", self.policy)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def _write_atomic(dst: Path, data: bytes) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while chunk := fin.read(1 << 22):
-                fout.write(chunk)
+        with open(tmp, "wb") as fout:
+            fout.write(data)
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _checked(m: mf.Manifest, s: int, path: Path) -> bytes:
+    """Shard s's bytes, refused unless they are what the manifest says (size and crc32, or sha256):
+    never publish what is already damaged here."""
+    info, data = m.shards[s], path.read_bytes()
+    same = len(data) == info.bytes and (
+        zlib.crc32(data) == info.crc32 if info.crc32 is not None else hashlib.sha256(data).hexdigest() == info.sha256)
+    if info.sha256 and not same:
+        raise mf.ManifestError(f"{m.split}/{info.name}: its bytes differ from the manifest (corrupted or replaced); run "
+                               f"`phonerec shards --verify --shards {path.parent.parent}` and rebuild before publishing")
+    return data
 
 
 def _local_path(spec: str) -> str:
@@ -100,32 +113,31 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
         raise mf.ManifestError(f"no manifest for {', '.join(missing) or 'any split'} under {shards_dir}: run "
                                "`phonerec shards` first")
     manifests = [mf.load(shards_dir, s) for s in splits]
-    for m in manifests:                 # never publish what is already damaged here
+    for m in manifests:                 # damaged here: refused before anything there is removed or copied
         problems = check_shards(m)
         if problems:
             s, why = problems[0]
             raise mf.ManifestError(f"{m.split}/{m.shards[s].name}: {why}; run `phonerec shards --verify --shards "
                                    f"{shards_dir}` and rebuild before publishing")
+        for s, path in enumerate(m.shard_paths()):
+            _checked(m, s, path)
     target = Target(_local_path(url) if url.startswith("file://") else url, policy)
     index = sorted(set(target.read_index()) | set(splits))
     target.remove(mf.INDEX_NAME)                     # first: no reader starts from an old manifest
     for m in manifests:
         target.remove(f"{m.split}/{mf.MANIFEST_NAME}")
-    files = [(p, f"{m.split}/{info.name}") for m in manifests for p, info in zip(m.shard_paths(), m.shards)]
-    files += [(shards_dir / name, name) for name in EXTRA_FILES if (shards_dir / name).is_file()]
-    total = sum(p.stat().st_size for p, _ in files)
+    files = [(m, s, p) for m in manifests for s, p in enumerate(m.shard_paths())]
+    extra = [name for name in EXTRA_FILES if (shards_dir / name).is_file()]
+    total = sum(info.bytes for m in manifests for info in m.shards)
     with tqdm(total=total, unit="B", unit_scale=True, desc="publish", disable=not progress) as bar:
-        for path, rel in files:
-            target.put(path, rel)
-            bar.update(path.stat().st_size)
+        for m, s, path in files:
+            target.put(_checked(m, s, path), f"{m.split}/{m.shards[s].name}")
+            bar.update(m.shards[s].bytes)
+    for name in extra:
+        target.put((shards_dir / name).read_bytes(), name)
     for m in manifests:                              # last: every shard they list is there
-        target.put(mf.manifest_path(shards_dir, m.split), f"{m.split}/{mf.MANIFEST_NAME}")
-    tmp_index = shards_dir / f".{mf.INDEX_NAME}.tmp{os.getpid()}"
-    try:
-        tmp_index.write_text(json.dumps({"splits": index}) + "\n")
-        target.put(tmp_index, mf.INDEX_NAME)
-    finally:
-        tmp_index.unlink(missing_ok=True)
-    log(f"published {len(splits)} split(s) ({', '.join(splits)}): {len(files)} files, {total / 1e6:.1f} MB, "
+        target.put(mf.manifest_path(shards_dir, m.split).read_bytes(), f"{m.split}/{mf.MANIFEST_NAME}")
+    target.put((json.dumps({"splits": index}) + "\n").encode(), mf.INDEX_NAME)
+    log(f"published {len(splits)} split(s) ({', '.join(splits)}): {len(files)} shards, {total / 1e6:.1f} MB, "
         f"then the manifests, to {url}")
-    return Published(url=url, splits=splits, files=len(files) + len(manifests) + 1, bytes=total)
+    return Published(url=url, splits=splits, files=len(files) + len(extra) + len(manifests) + 1, bytes=total)

@@ -144,6 +144,10 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
         cfg = _train_config(ctx, config_file, train_splits, model_set, quiet, opts)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        cfg.fetch_policy()             # a bad size is a usage error now, as for predict and evaluate
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard-cache-size") from None
     from pipeline.atomic import ensure_writable
     if _main_rank():                   # only rank 0 writes (other machines need not share its disk)
         ensure_writable(cfg.weights)   # before any step: not after an epoch of training
