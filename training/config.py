@@ -64,9 +64,9 @@ class TrainConfig:
     progress: bool = True
     # Shards at a URL (pipeline/remote.py): tries after the first on transient errors, the first
     # backoff (doubled each time), the network timeout, and a local cache of verified shards.
-    fetch_retries: int = 4
-    fetch_backoff: float = 0.5
-    fetch_timeout: float = 60.0
+    fetch_retries: int = FetchPolicy.retries
+    fetch_backoff: float = FetchPolicy.backoff
+    fetch_timeout: float = FetchPolicy.timeout
     shard_cache: str = ""              # folder ('' = no cache)
     shard_cache_size: str = "0"        # evict above this, e.g. 20G ('0' = no limit)
 
