@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make bench`` runs it):
   python -m bench.run_all [--quick] [--scale] [--work /tmp/phonerec-bench] [--out results]
-                          [--decode auto|run|skip] [--no-preprocessing]
+                          [--decode auto|run|skip] [--no-preprocessing] [--no-remote]
 
 1. Preprocessing (``bench/bench_shards.py``): generated corpora of 7,135 and 28,539 training
    utterances (a quarter of / all of train-clean-100; ``--scale`` adds 132,553), ``phonerec shards``
@@ -11,6 +11,10 @@ Usage (from the repository root; ``make bench`` runs it):
 2. Loader and training (``bench/bench_loader.py``) on the 28,539 corpus: ours vs
    ``baseline_lazy`` / ``baseline_memory``; plus a loader-only run on the 7,135 corpus for peak
    memory vs corpus size, and with ``--scale`` the full comparison on the 132,553 corpus.
+   Beside it (``bench/bench_remote.py``; ``--no-remote`` skips it): ours' loader on the same plan
+   reading the 28,539 corpus' shards from local disk, over HTTP from a server on 127.0.0.1 the
+   benchmark starts and stops, and over HTTP with a shard cache (cold, then warm): frames/s and
+   the ratio to local disk, with the delivered batches checked identical.
 3. Decoding (``bench/bench_decode.py``). The full decoding benchmark takes about 15 minutes on a
    2-core machine (pyctcdecode at beam 50), so ``--decode auto`` (default) reuses a full
    ``OUT/bench_decode.json`` when there is one and runs it otherwise; ``--decode run`` always runs it.
@@ -34,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import ROOT, bench_decode, bench_loader, bench_shards
+from bench import ROOT, bench_decode, bench_loader, bench_remote, bench_shards
 from bench.bench_shards import TRAIN, ensure_corpus
 from pipeline import manifest as mf
 from pipeline.atomic import write_text
@@ -113,11 +117,13 @@ def decoding(mode: str, quick: bool, out: Path, log=print) -> dict | None:
 
 
 def loader_runs(work: Path, main_n: int, small_n: int | None, scale_n: int | None, quick: bool,
-                log=print) -> dict:
+                log=print, remote: bool = True) -> dict:
     data, shards = ensure_shards(work, main_n, log=log)
     log(f"== loader + training: {main_n:,} training utterances")
     main = bench_loader.run(data, shards, quick=quick, log=log)
-    out = {"main": main, "memory_points": [], "scale": None}
+    out = {"main": main, "memory_points": [], "scale": None, "remote": None}
+    if remote:      # ours' loader again, same plan and cap: local disk vs HTTP on 127.0.0.1 vs HTTP + cache
+        out["remote"] = bench_remote.run(shards, main["config"], quick=quick, cache_root=work, log=log)
     if small_n:
         d, s = ensure_shards(work, small_n, log=log)
         log(f"== loader memory, {small_n:,} training utterances")
@@ -307,6 +313,29 @@ def _widths_section(res: dict) -> list[str]:
     return lines + [""]
 
 
+def _remote_section(res: dict, ours: dict | None) -> list[str]:
+    cfg, local = res["config"], res["passes"]["local"]
+    compared = sorted({p["compared_batches"] for p in res["passes"].values()})
+    lines = ["## Loader over HTTP (127.0.0.1)", "",
+             f"Ours' loader on the same plan as above (epoch 0, seed {cfg['seed']}, {cfg['workers']} workers, frame "
+             f"budget {cfg['max_frames']:,}; first {cfg['batches']} batches or {cfg['seconds']:g} s per pass), one "
+             f"pass after another in one fresh process: shards from the local folder, then from `{res['url']}` "
+             f"({res['server']}) serving that folder, then over HTTP with a shard cache folder that the first pass "
+             f"fills (cold) and the second reads (warm); the four passes {cfg['rounds']} time(s) in turn, each "
+             "figure its fastest round. bench/bench_remote.py.", "",
+             bench_remote.markdown(res), "",
+             "The server runs on the same machine: the ratios are the cost of the HTTP path (client, server, copies, "
+             "checksums, the cache's writes), not of a real network.", "",
+             f"Batches delivered identical to local disk's in every pass (crc32 of rows, lengths, labels and features "
+             f"of {'/'.join(str(n) for n in compared)} batches): {'yes' if res['same_batches'] else '**NO**'}; "
+             f"that crc32 took {local['check_s'] / max(local['seconds'], 1e-9):.0%} of the local pass's time "
+             "(every pass pays it)."]
+    lf = (ours or {}).get("loader_frames_per_s")
+    if isinstance(lf, (int, float)):
+        lines += ["", f"Ours' 2-worker loader figure above (its own process, no crc32): {lf:,.0f} frames/s."]
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     mach = report["machine"]
     lines = ["# phonerec benchmarks", "",
@@ -314,6 +343,8 @@ def markdown(report: dict) -> str:
              f"torch {mach['torch']}; load average at start {mach['loadavg_at_start']}.", "",
              f"Command: `{report['command']}` (wall time {report['wall_s'] / 60:.1f} min, {report['date']}).", ""]
     lines += _loader_section(report, "Loader and training: ours vs per-file baselines")
+    if report.get("remote"):
+        lines += _remote_section(report["remote"], report.get("ours"))
     rows = report.get("memory_scaling") or []
     if len(rows) >= 2:
         lines += ["## Peak memory vs corpus size (loader + workers, PSS, MB)", "",
@@ -362,6 +393,8 @@ def main(argv=None) -> dict:
                     help=f"skip the {WIDE}-features-per-frame corpus (its preprocessing and loader run)")
     ap.add_argument("--no-preprocessing", action="store_true",
                     help="skip bench_shards (reuse OUT/bench_shards.json and existing shards)")
+    ap.add_argument("--no-remote", action="store_true",
+                    help="skip the loader over HTTP on 127.0.0.1 (bench_remote: local disk vs HTTP vs HTTP + cache)")
     a = ap.parse_args(argv)
     t0 = time.time()
     command = " ".join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
@@ -374,7 +407,7 @@ def main(argv=None) -> dict:
 
     sizes = [n for n in (small, main_n, scale) if n]
     pre = preprocessing(sizes, a.work, a.out, a.no_preprocessing, a.quick)
-    loaders = loader_runs(a.work, main_n, small, scale, a.quick)
+    loaders = loader_runs(a.work, main_n, small, scale, a.quick, remote=not a.no_remote)
     dec = decoding(a.decode, a.quick, a.out)
     if not a.no_widths:
         report["widths"] = widths(a.work, main_n, pre, loaders["main"], a.quick)
@@ -385,6 +418,8 @@ def main(argv=None) -> dict:
     report["goals"] = {**main_res["goals"], "peak_memory_bounded": memory_goal(report["memory_scaling"])}
     if loaders["scale"]:
         report["scale"] = loaders["scale"]
+    if loaders["remote"]:
+        report["remote"] = loaders["remote"]
     report["preprocessing"] = pre
     report["decoding"] = dec
     if not a.quick:

@@ -102,3 +102,69 @@ def test_ablation_rows(fast, tmp_path, monkeypatch):
         raise AssertionError("a finished row must not run again")
     monkeypatch.setattr(ablation, "run_row", boom)
     ablation.main(args)
+
+
+def test_remote_loader_reads_the_same_batches(tiny_shards, tmp_path):
+    """bench/bench_remote.py: ours' loader over HTTP on 127.0.0.1 (no cache; cache cold, then warm)
+    delivers exactly the local-disk batches, which are the planned ones, and every figure is there."""
+    import time
+
+    from bench import bench_remote
+    from pipeline import manifest as mf
+    from training.plan import BatchOptions, plan_epoch
+
+    t0 = time.perf_counter()
+    # the whole epoch in every pass (the cap is above it): identical batches can be demanded
+    res = bench_remote.run(tiny_shards, quick=True, rounds=2, batches=10_000, seconds=120.0, cache_root=tmp_path,
+                           log=lambda *_: None)
+    assert time.perf_counter() - t0 < 60            # about 8 s; the limit only catches a hang
+    cfg, passes = res["config"], res["passes"]
+    m = mf.load(tiny_shards, cfg["split"])
+    plan = plan_epoch(m, seed=cfg["seed"], epoch=0, workers=cfg["workers"],
+                      opts=BatchOptions(max_frames=cfg["max_frames"], max_utts=cfg["max_utts"]))
+    local = passes["local"]
+    assert local["batches"] == local["planned_batches"] == len(plan.sequence()) > 1
+    assert local["rows_digest"] == bench_remote.rows_digest(plan.sequence())     # the plan's batches, in order
+    assert local["frames"] == sum(int(m.frames[b].sum()) for b in plan.sequence())
+    for name in bench_remote.PASSES:
+        p = passes[name]
+        assert _finite(res[f"loader_frames_per_s_{name}"]) and res[f"loader_frames_per_s_{name}"] > 0, name
+        assert _finite(res[f"loader_utts_per_s_{name}"]) and res[f"loader_utts_per_s_{name}"] > 0, name
+        if name != "local":
+            assert _finite(res[f"{name}_over_local"]) and res[f"{name}_over_local"] > 0, name
+        assert (p["batches"], p["compared_batches"], p["same_batches"]) == (local["batches"],) * 2 + (True,), name
+        assert p["rounds"] == 2 and p["frames_per_s"] == max(p["frames_per_s_rounds"]), name
+        assert (p["digest"], p["rows_digest"], p["frames"]) == (local["digest"], local["rows_digest"],
+                                                                 local["frames"]), name
+    assert res["same_batches"] is True
+    http, cold, warm = (passes[n]["counters"] for n in ("http", "http_cache_cold", "http_cache_warm"))
+    assert http["fetched"] >= len(m.shards) and http["cache_hits"] == 0 and http["retries"] == 0
+    assert cold["fetched"] >= len(m.shards) and cold["cache_hits"] == 0
+    assert warm["fetched"] == 0 and warm["cache_hits"] >= len(m.shards)      # the warm pass read the cache only
+    # the HTTP passes went through the benchmark's server: their shards (each round) plus the manifest
+    assert res["requests"] == {"GET 200": 2 * (http["fetched"] + cold["fetched"]) + 1}
+    assert res["url"].startswith("http://127.0.0.1:")
+    assert not list(tmp_path.iterdir())                 # the cache folder is removed at the end
+    md = bench_remote.markdown(res)
+    assert md.count("\n| ") == len(bench_remote.PASSES) and "HTTP + cache, warm" in md
+
+
+def test_remote_batch_crc_covers_the_data():
+    """The crc32 that proves the HTTP batches identical changes with any feature, label or row."""
+    import torch
+
+    from bench.bench_remote import batch_crc
+    from training.data import Batch
+
+    def batch():
+        g = torch.Generator().manual_seed(0)
+        return Batch(torch.randn(3, 7, 15, generator=g).half(), torch.tensor([7, 5, 2]),
+                     torch.randint(1, 40, (3, 4), generator=g), torch.tensor([4, 3, 1]), torch.tensor([10, 11, 12]))
+
+    ref = batch_crc(batch())
+    assert batch_crc(batch()) == ref
+    for change in (lambda b: b.feats[2, 1, 14].add_(1), lambda b: b.labels[0, 3].add_(1),
+                   lambda b: b.rows[1].add_(1), lambda b: b.lengths[2].add_(1)):
+        b = batch()
+        change(b)
+        assert batch_crc(b) != ref
