@@ -58,7 +58,7 @@ speech-corpus: setup
 	$(BIN)/phonerec synth-speech --data "$(DATA)" $(ARGS)
 
 # ---- benchmarks and the demo -------------------------------------------------------------
-# Everything side by side in one run (about 15 min on 2 cores, with a 28-features-per-frame corpus
+# Everything side by side in one run (about 16 min on 2 cores, with a 28-features-per-frame corpus
 # beside the 15 one; BENCH_ARGS=--scale adds the 132,553-utterance corpus, --no-widths drops the
 # 28 one): results/bench.json, bench.md, bench_lengths.png, bench_bars.png.
 BENCH_ARGS ?=
