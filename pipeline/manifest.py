@@ -135,9 +135,12 @@ class Manifest:
         assert self.directory is not None and self.url is None, "shards at a URL: use shard_locations()"
         return [self.directory / s.name for s in self.shards]
 
+    def shard_location(self, s: int) -> str:
+        """Shard s's path (as a string) or URL."""
+        return remote.join(self.location, self.shards[s].name)
+
     def shard_locations(self) -> list[str]:
-        """Each shard's path (as a string) or URL."""
-        return [remote.join(self.location, s.name) for s in self.shards]
+        return [self.shard_location(s) for s in range(len(self.shards))]
 
     def to_json(self) -> dict:
         return {

@@ -148,7 +148,7 @@ class ShardSource:
 
     def read(self, m: Manifest, s: int) -> bytes:
         """Shard s's checked bytes (ShardReadError naming the path or URL when they cannot be had)."""
-        location = m.shard_locations()[s]
+        location = m.shard_location(s)
         if not m.remote:
             return read_shard_bytes(m, s, Path(location))
         info = m.shards[s]
@@ -262,7 +262,7 @@ def read_shards(m: Manifest, shards: list[int],
     for s in shards:
         data = source.read(m, s)
         samples = _slice_shard(m, s, data)
-        out.update(samples if samples is not None else _parse_shard(m, s, data, m.shard_locations()[s]))
+        out.update(samples if samples is not None else _parse_shard(m, s, data, m.shard_location(s)))
     return out
 
 

@@ -163,7 +163,7 @@ def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: 
     problems = check_shards(m, policy=source.policy)     # missing or truncated shards: fail before decoding
     if problems:
         found = {shard_label(m, s): why for s, why in problems}
-        raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_locations()[problems[0][0]])}")
+        raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_location(problems[0][0]))}")
     return m, decode_split(loaded, m, ctx, source=source, **kwargs)
 
 
