@@ -194,9 +194,9 @@ def shard_reads(monkeypatch):
     reads: list[list[int]] = []
     real = tdata.read_shards
 
-    def spy(m, shards):
+    def spy(m, shards, source=None):
         reads.append(list(shards))
-        return real(m, shards)
+        return real(m, shards, source)
 
     monkeypatch.setattr(tdata, "read_shards", spy)
     return reads
