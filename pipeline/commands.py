@@ -8,7 +8,28 @@ from pathlib import Path
 
 import click
 
+from .remote import FetchPolicy
+
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+_P = FetchPolicy()
+
+# How shards at a URL are read (pipeline/remote.py): `shards --verify` and stage 2's readers.
+FETCH_OPTIONS = [
+    click.option("--fetch-retries", default=_P.retries, show_default=True, type=click.IntRange(min=0),
+                 help="Shards at a URL: tries after the first on a transient error (5xx, reset, timeout)."),
+    click.option("--fetch-backoff", default=_P.backoff, show_default=True, type=click.FloatRange(min=0),
+                 help="Seconds before the first retry; doubled each time (at most 8 s)."),
+    click.option("--fetch-timeout", default=_P.timeout, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds to connect and between reads."),
+]
+
+
+def _with(options):
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
 
 
 @click.command("shards")
@@ -40,9 +61,10 @@ DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 @click.option("--strict", is_flag=True, help="Fail on the first rejected utterance instead of reporting it.")
 @click.option("--verify", "verify_only", is_flag=True,
               help="Only verify existing shards: sha256, counts, members, every input accounted for.")
+@_with(FETCH_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, feature_dim, inventory, cmn, workers,
-           strict, verify_only, quiet):
+           strict, verify_only, fetch_retries, fetch_backoff, fetch_timeout, quiet):
     """Raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards.
 
     Rebuilds only what changed since the last run and finishes an interrupted run.
@@ -60,10 +82,12 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
         from .verify import verify
         names = [n for n in ",".join([train, dev, test]).split(",") if n]
         from .manifest import available_splits
-        have = available_splits(shards_dir)          # at a URL: its index.json (`phonerec publish`)
+        policy = FetchPolicy(retries=fetch_retries, backoff=fetch_backoff, timeout=fetch_timeout)
+        have = available_splits(shards_dir, policy)  # at a URL: its index.json (`phonerec publish`)
         if not have:
             raise click.ClickException(f"no manifests under {shards_dir}: run `phonerec shards` first")
-        results = verify(shards_dir, [n for n in names if n in have] or have, data if data.is_dir() else None)
+        results = verify(shards_dir, [n for n in names if n in have] or have, data if data.is_dir() else None,
+                         policy)
         bad = 0
         for split, problems in results.items():
             click.echo(f"{split}: {'OK' if not problems else f'{len(problems)} problem(s)'}")

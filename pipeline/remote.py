@@ -128,7 +128,8 @@ def with_retries(what: str, fn: Callable, policy: FetchPolicy, count: Count = _n
             if not transient(exc):
                 raise FetchError(f"cannot read {what} ({describe(exc)})") from None
             if attempt >= policy.retries:
-                raise FetchError(f"cannot read {what} after {attempt + 1} tries ({describe(exc)})") from None
+                tries = f"{attempt + 1} tries" if attempt else "1 try"
+                raise FetchError(f"cannot read {what} after {tries} ({describe(exc)})") from None
             count("retries", 1)
             time.sleep(policy.delay(attempt))
             attempt += 1

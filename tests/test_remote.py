@@ -599,3 +599,16 @@ def test_object_store_url_publish_verify_and_train(fast, source_shards, local_ru
         assert metrics(tmp_path)[0]["network"]["fetched"] == len(mf.load(url, TRAIN).shards)
     finally:
         store.rm(url[len("memory://"):].split("/")[0], recursive=True)
+
+
+def test_verify_over_http_takes_the_fetch_options(fast, published, server):
+    """`shards --verify` retries as the readers do, with the same options (--fetch-retries ...)."""
+    m = mf.load(published, TRAIN)
+    server.fail(rel(m, 1), 500, times=2)
+    res = cli("shards", "--verify", "--shards", server.url, "--data", fast[0], "--fetch-backoff", "0.01")
+    assert f"{TRAIN}: OK" in res.output and server.gets(rel(m, 1)) == 3
+    server.fail(rel(m, 1), 503, times=1)
+    res = cli("shards", "--verify", "--shards", server.url, "--fetch-retries", "0", ok=False)
+    assert f"{TRAIN}/{m.shards[1].name}: unreadable (cannot read {server.url}/{rel(m, 1)} after 1 try (HTTP 503))" \
+        in res.output
+    assert_one_line_error(res, "1 problem(s)")

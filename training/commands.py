@@ -6,6 +6,8 @@ import os
 
 import click
 
+from pipeline.commands import FETCH_OPTIONS
+
 from .config import DecodeConfig, TrainConfig, read_config_file
 
 _D = TrainConfig()
@@ -34,14 +36,10 @@ _SHARDS_HELP = ("Folder written by `phonerec shards`, or the URL it was publishe
 
 
 def _fetch_options(fn):
-    """Options for shards at a URL (train, predict, evaluate): retries, timeout, a local cache."""
+    """Options for shards at a URL (train, predict, evaluate): retries and timeout (shared with
+    `shards --verify`), and a local cache."""
     options = [
-        click.option("--fetch-retries", default=_D.fetch_retries, show_default=True, type=click.IntRange(min=0),
-                     help="Shards at a URL: tries after the first on a transient error (5xx, reset, timeout)."),
-        click.option("--fetch-backoff", default=_D.fetch_backoff, show_default=True, type=click.FloatRange(min=0),
-                     help="Seconds before the first retry; doubled each time (at most 8 s)."),
-        click.option("--fetch-timeout", default=_D.fetch_timeout, show_default=True,
-                     type=click.FloatRange(min=0, min_open=True), help="Seconds to connect and between reads."),
+        *FETCH_OPTIONS,
         click.option("--shard-cache", default=_D.shard_cache, metavar="DIR",
                      help="Keep verified shards fetched from a URL here; later epochs read them from disk."),
         click.option("--shard-cache-size", default=_D.shard_cache_size, show_default=True, metavar="SIZE",
