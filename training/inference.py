@@ -104,7 +104,8 @@ def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
 def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: int = 10, threads: int = 1,
                  greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True,
                  source: ShardSource | None = None) -> dict[int, dict]:
-    """Manifest row -> {"greedy": [...], "beam": [...]} for every utterance, gathered on every rank."""
+    """Manifest row -> {"greedy": [...], "beam": [...], "ref": labels or None} for every utterance,
+    gathered on every rank."""
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
                       opts=BatchOptions(max_frames=max(max_frames, int(m.frames.max(initial=1)))),
                       shuffle=False, balance=False)
@@ -119,8 +120,10 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
             lp, out_lens = restrict_to_labels(lp.float().cpu(), m.inventory), out_lens.cpu()
             g = greedy_decode(lp, out_lens) if greedy or beam_width <= 0 else [None] * len(out_lens)
             bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
-            for r, gh, bh in zip(batch.rows.tolist(), g, bm):
-                out[r] = {"greedy": gh, "beam": bh}
+            labels, llens = batch.labels.tolist(), batch.label_lengths.tolist()
+            for i, (r, gh, bh) in enumerate(zip(batch.rows.tolist(), g, bm)):
+                # The reference too (labelled splits): scoring then needs no second read of the shards.
+                out[r] = {"greedy": gh, "beam": bh, "ref": labels[i][: llens[i]] if m.labelled else None}
             bar.update(len(out_lens))
     except ShardReadError as exc:
         if not ctx.distributed:
@@ -237,24 +240,35 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None,
         raise CompatibilityError(f"split {m.split} has no transcripts to evaluate against")
     if m.num_utterances == 0:
         raise CompatibilityError(f"split {m.split} has no utterances: nothing to evaluate")
-    start, inv = m.shard_start, m.inventory
-    from .data import read_shards
+    inv = m.inventory
     rows_out = ["id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance"]
     dg = db = 0
     refs = 0
-    for s in range(len(m.shards)):           # references come from the shards, one shard at a time
-        samples = read_shards(m, [s], source)
-        for r in range(int(start[s]), int(start[s + 1])):
-            ref = inv.to_codes(samples[r][1])
-            g, b = inv.to_codes(hyps[r]["greedy"]), inv.to_codes(hyps[r]["beam"])
-            dgi, dbi = Levenshtein.distance(g, ref), Levenshtein.distance(b, ref)
-            dg, db, refs = dg + dgi, db + dbi, refs + len(ref)
-            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
+    for r, ref_labels in _references(m, hyps, source):
+        ref = inv.to_codes(ref_labels)
+        g, b = inv.to_codes(hyps[r]["greedy"]), inv.to_codes(hyps[r]["beam"])
+        dgi, dbi = Levenshtein.distance(g, ref), Levenshtein.distance(b, ref)
+        dg, db, refs = dg + dgi, db + dbi, refs + len(ref)
+        rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
     n = max(m.num_utterances, 1)
     if tsv is not None:
         write_text(tsv, "\n".join(rows_out) + "\n")
     return Evaluation(split=m.split, utterances=m.num_utterances, phonemes=refs, greedy_distance=dg / n,
                       beam_distance=db / n, greedy_per=dg / max(refs, 1), beam_per=db / max(refs, 1), tsv=tsv)
+
+
+def _references(m: mf.Manifest, hyps: dict[int, dict], source: ShardSource | None):
+    """(row, reference labels) in shard order: those decode_split kept beside the hypotheses, else
+    read from the shards one at a time."""
+    start = m.shard_start
+    for s in range(len(m.shards)):
+        rows = range(int(start[s]), int(start[s + 1]))
+        if all(hyps[r].get("ref") is not None for r in rows):
+            yield from ((r, hyps[r]["ref"]) for r in rows)
+            continue
+        from .data import read_shards
+        samples = read_shards(m, [s], source)
+        yield from ((r, samples[r][1]) for r in rows)
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
