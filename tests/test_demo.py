@@ -38,13 +38,13 @@ def _kinds_corpus(tmp_path: Path) -> tuple[Path, Path]:
     data, res = tmp_path / "data", tmp_path / "results"
     # dev: id, voice, reference length, greedy and beam distance
     dev = [("a1", "espeak-ng:en-us+f3", 10, 1, 0), ("a2", "espeak-ng:en-us+m3", 6, 2, 1),
-           ("b1", "festival:kal_diphone", 9, 1, 1), ("b2", "flite:slt", 5, 1, 0), ("c1", "festival:ked_diphone", 12, 4, 3)]
+           ("b1", "flite:kal16", 9, 1, 1), ("b2", "festival:cmu_us_slt_arctic_hts", 5, 1, 0), ("c1", "festival:ked_diphone", 12, 4, 3)]
     _write_tsv(data / "dev-clean" / "metadata.tsv", ["id", "voice", "text"], [(u, v, "Text.") for u, v, *_ in dev])
     _write_tsv(res / "evaluate-dev-clean.tsv", ["id", "reference", "greedy", "beam", "greedy_distance", "beam_distance"],
                [(u, "x" * n, "x", "x", g, b) for u, _, n, g, b in dev])
     # test: the references are ARPAbet in answers.tsv ("[SIL] AA B [SIL]" is "-ab-" in codes)
     test = [("t0", "espeak-ng:en-us+f4", "[SIL] AA B [SIL]", "-ab-", "-a-"),           # beam 0, greedy 1 (b)
-            ("t1", "flite:slt", "[SIL] AA [SIL]", "-b-", "-a-"),                    # beam 1 (a->b), greedy 0
+            ("t1", "flite:kal16", "[SIL] AA [SIL]", "-b-", "-a-"),                  # beam 1 (a->b), greedy 0
             ("t2", "festival:ked_diphone", "[SIL] B [SIL]", "", "-b-")]               # beam 3, greedy 0
     _write_tsv(data / "test-clean" / "metadata.tsv", ["id", "voice", "text"], [(u, v, "Text.") for u, v, *_ in test])
     _write_tsv(data / "test-clean" / sp.ANSWERS, sp.ANSWERS_COLUMNS,
@@ -84,7 +84,7 @@ def test_summary_per_kind_figures(tmp_path):
     test = info["voices"]["test-clean"]
     assert test["target"] == {"kinds": list(sp.TARGET_KINDS), "goal_per": 0.08, "utterances": 2, "phonemes": 7,
                               "greedy_per": 0.1429, "beam_per": 0.1429, "met": False}
-    assert test["voices"]["espeak-ng (all variants)"]["beam_per"] == 0.0 and test["voices"]["flite:slt"]["utterances"] == 1
+    assert test["voices"]["espeak-ng (all variants)"]["beam_per"] == 0.0 and test["voices"]["flite:kal16"]["utterances"] == 1
     assert json.loads((res / "summary.json").read_text())["voices"] == info["voices"]
 
     # without predict-<split>.tsv the test's greedy PER is unknown (shown as -); the beam is still scored
