@@ -222,7 +222,7 @@ def _read_raw(shards_dir: str | Path, split: str, policy: remote.FetchPolicy | N
     url = remote.is_url(shards_dir)
     where = remote.join(str(shards_dir), split, MANIFEST_NAME) if url else str(manifest_path(shards_dir, split))
     try:
-        text = remote.read_bytes(where, policy or remote.FetchPolicy()) if url else Path(where).read_bytes()
+        text = remote.read_location(where, policy)
     except FileNotFoundError:
         have = ", ".join(available_splits(shards_dir, policy)) or "none"
         raise ManifestError(f"no manifest for split {split!r} at {where} (splits with manifests: {have}); "

@@ -66,9 +66,7 @@ class Target:
             return []
 
     def _read(self, rel: str) -> bytes:
-        if self.local:
-            return Path(f"{self.root.rstrip('/')}/{rel}").read_bytes()
-        return remote.read_bytes(f"{self.url}/{rel}", self.policy)
+        return remote.read_location(f"{self.url}/{rel}", self.policy)
 
 
 def _write_atomic(dst: Path, data: bytes) -> None:

@@ -144,6 +144,13 @@ def read_bytes(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no
     return data
 
 
+def read_location(location: str, policy: FetchPolicy | None = None, count: Count = _no_count) -> bytes:
+    """A whole file from a local path or a URL (FileNotFoundError when it does not exist)."""
+    if is_url(location):
+        return read_bytes(location, policy or FetchPolicy(), count)
+    return Path(location).read_bytes()
+
+
 def size(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count) -> int | None:
     """The size of the file at a URL; None when it does not exist."""
     fs, path = filesystem(url, policy.timeout)

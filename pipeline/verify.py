@@ -19,17 +19,10 @@ from .shards import sha256_file
 
 def _read_rejected(shards_dir: str | Path, policy: remote.FetchPolicy | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    if remote.is_url(str(shards_dir)):
-        try:
-            text = remote.read_bytes(remote.join(str(shards_dir), "rejected.tsv"),
-                                     policy or remote.FetchPolicy()).decode(errors="replace")
-        except FileNotFoundError:
-            return out
-    else:
-        p = Path(shards_dir) / "rejected.tsv"
-        if not p.is_file():
-            return out
-        text = p.read_text(errors="replace")
+    try:
+        text = remote.read_location(remote.join(str(shards_dir), "rejected.tsv"), policy).decode(errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return out
     for row in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"):
         if row.get("split") is not None and row.get("utterance") is not None:
             out.setdefault(row["split"], set()).add(row["utterance"])
@@ -60,17 +53,10 @@ def _sizes(locations: list[str], policy: remote.FetchPolicy | None) -> list:
     return [one(loc) for loc in locations]
 
 
-def read_location(location: str, policy: remote.FetchPolicy | None = None) -> bytes:
-    """A whole file from a path or a URL (retried: pipeline/remote.py)."""
-    if remote.is_url(location):
-        return remote.read_bytes(location, policy or remote.FetchPolicy())
-    return Path(location).read_bytes()
-
-
 def _sha256_problem(location: str, expected: str, policy) -> str | None:
     try:
         digest = sha256_file(Path(location)) if not remote.is_url(location) else \
-            hashlib.sha256(read_location(location, policy)).hexdigest()
+            hashlib.sha256(remote.read_location(location, policy)).hexdigest()
     except (OSError, remote.FetchError) as exc:
         return f"unreadable ({getattr(exc, 'strerror', None) or exc})"
     return None if digest == expected else "sha256 differs from the manifest (corrupted or replaced)"
@@ -161,7 +147,7 @@ def verify_split(shards_dir: str | Path, split: str, data: Path | None = None,
             problems.append(f"{where}: {damaged[i]}")
             continue
         try:
-            blob = read_location(location, policy)
+            blob = remote.read_location(location, policy)
         except (OSError, remote.FetchError) as exc:
             problems.append(f"{where}: unreadable ({getattr(exc, 'strerror', None) or exc})")
             continue
