@@ -8,10 +8,8 @@ with a checkpoint). The zarr stores stay behind: readers need only shards and ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +81,13 @@ def _write_atomic(dst: Path, data: bytes) -> None:
 
 
 def _checked(m: mf.Manifest, s: int, path: Path) -> bytes:
-    """Shard s's bytes, refused unless they are what the manifest says (size and crc32, or sha256):
-    never publish what is already damaged here."""
-    info, data = m.shards[s], path.read_bytes()
-    same = len(data) == info.bytes and (
-        zlib.crc32(data) == info.crc32 if info.crc32 is not None else hashlib.sha256(data).hexdigest() == info.sha256)
-    if info.sha256 and not same:
-        raise mf.ManifestError(f"{m.split}/{info.name}: its bytes differ from the manifest (corrupted or replaced); run "
-                               f"`phonerec shards --verify --shards {path.parent.parent}` and rebuild before publishing")
+    """Shard s's bytes, refused unless they are what the manifest says: never publish what is
+    already damaged here."""
+    data = path.read_bytes()
+    problem = m.shard_problem(s, data)
+    if problem:
+        raise mf.ManifestError(f"{m.split}/{m.shards[s].name}: {problem}; run `phonerec shards --verify --shards "
+                               f"{path.parent.parent}` and rebuild before publishing")
     return data
 
 

@@ -10,10 +10,8 @@ workers reproduces EpochPlan.sequence().
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,37 +82,20 @@ def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
         ctc_lens=None if m.ctc_lens is None else m.ctc_lens[rows])
 
 
-def shard_problem(m: Manifest, s: int, data: bytes) -> str | None:
-    """What is wrong with shard s's bytes, checked against the manifest's size and crc32 (sha256
-    where the manifest has no crc32); None when they are what it says. crc32 catches the accidents
-    this guards against (truncation, bit rot, a byte changed in transit, another build's file) and
-    costs a quarter of sha256, which was over half of the loader's CPU time."""
-    info = m.shards[s]
-    if not info.sha256:
-        return None
-    if len(data) != info.bytes:
-        return f"has {len(data)} bytes, the manifest says {info.bytes} (truncated or replaced)"
-    if info.crc32 is not None:
-        kind, same = "crc32", zlib.crc32(data) == info.crc32
-    else:
-        kind, same = "sha256", hashlib.sha256(data).hexdigest() == info.sha256
-    return None if same else f"{kind} differs from the manifest (corrupted or replaced)"
-
-
 def _shard_error(location: str, problem: str, after: str = "") -> ShardReadError:
     sep = " " if problem.startswith("has ") else ": "
     return ShardReadError(f"shard {location}{sep}{problem}{after}; {repair_hint(location)}")
 
 
 def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:
-    """A local shard's bytes, checked against the manifest (shard_problem)."""
+    """A local shard's bytes, checked against the manifest (Manifest.shard_problem)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ShardReadError(f"missing shard {path}; {repair_hint(path)}") from None
     except OSError as exc:
         raise ShardReadError(f"cannot read shard {path} ({exc.strerror or exc}); {repair_hint(path)}") from None
-    problem = shard_problem(m, s, data)
+    problem = m.shard_problem(s, data)
     if problem:
         raise _shard_error(str(path), problem)
     return data
@@ -156,7 +137,7 @@ class ShardSource:
             if self.policy.cache and info.sha256 else None
         if cache is not None:
             data = cache.get(info.sha256, info.bytes)
-            if data is not None and shard_problem(m, s, data) is None:
+            if data is not None and m.shard_problem(s, data) is None:
                 self.count("cache_hits")
                 return data
             cache.drop(info.sha256)
@@ -171,7 +152,7 @@ class ShardSource:
                 raise ShardReadError(f"missing shard {location}; {repair_hint(location)}") from None
             except remote.FetchError as exc:
                 raise ShardReadError(f"{exc}; the shard could not be fetched: check the server and the URL") from None
-            problem = shard_problem(m, s, data)
+            problem = m.shard_problem(s, data)
             if problem is None:
                 if cache is not None:
                     cache.put(m.shards[s].sha256, data)
