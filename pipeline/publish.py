@@ -9,7 +9,6 @@ with a checkpoint). The zarr stores stay behind: readers need only shards and ma
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from . import manifest as mf
 from . import remote
+from .atomic import write_bytes
 from .verify import check_shards
 
 EXTRA_FILES = ("rejected.tsv", "stats.json")     # beside the splits: read by --verify and the reports
@@ -45,7 +45,7 @@ class Target:
     def put(self, data: bytes, rel: str) -> None:
         dst = f"{self.root.rstrip('/')}/{rel}"
         if self.local:
-            _write_atomic(Path(dst), data)
+            write_bytes(dst, data)
             return
         remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.pipe_file(dst, data), self.policy)
 
@@ -65,19 +65,6 @@ class Target:
 
     def _read(self, rel: str) -> bytes:
         return remote.read_location(f"{self.url}/{rel}", self.policy)
-
-
-def _write_atomic(dst: Path, data: bytes) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fout:
-            fout.write(data)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _checked(m: mf.Manifest, s: int, path: Path) -> bytes:
@@ -116,7 +103,7 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
                                    f"{shards_dir}` and rebuild before publishing")
         for s, path in enumerate(m.shard_paths()):
             _checked(m, s, path)
-    target = Target(_local_path(url) if url.startswith("file://") else url, policy)
+    target = Target(_local_path(url), policy)
     index = sorted(set(target.read_index()) | set(splits))
     target.remove(mf.INDEX_NAME)                     # first: no reader starts from an old manifest
     for m in manifests:

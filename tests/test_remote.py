@@ -134,7 +134,7 @@ def test_publish_writes_manifests_last_and_removes_old_ones_first(fast, source_s
     import pipeline.publish as pub
     target = tmp_path / "target"
     copies: list[tuple[str, set[str]]] = []      # (file copied, the manifests and index there at that moment)
-    real = pub._write_atomic
+    real = pub.write_bytes
 
     def spy(dst, data):
         there = {str(p.relative_to(target)) for p in target.rglob("*.json")
@@ -142,7 +142,7 @@ def test_publish_writes_manifests_last_and_removes_old_ones_first(fast, source_s
         copies.append((str(Path(dst).relative_to(target)), there))
         real(dst, data)
 
-    monkeypatch.setattr(pub, "_write_atomic", spy)
+    monkeypatch.setattr(pub, "write_bytes", spy)
     splits = [DEV, TEST, TRAIN]
 
     def check_order() -> list[str]:
