@@ -314,7 +314,7 @@ def evaluate(shards, weights, results, split, beam_width, threads, workers, devi
             m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
                                         workers=workers, progress=not quiet, require_utterances=True, source=source)
             if ctx.is_main:
-                ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv", source)
+                ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv")
                 summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
                 summary["beam_width"] = beam_width
                 write_json(Path(results) / f"evaluate-{split}.json", summary)

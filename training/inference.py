@@ -234,8 +234,8 @@ class Evaluation:
     tsv: Path | None = None
 
 
-def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None,
-             source: ShardSource | None = None) -> Evaluation:
+def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluation:
+    """Distances and PER of decode_split's hypotheses against the references it kept beside them."""
     if not m.labelled:
         raise CompatibilityError(f"split {m.split} has no transcripts to evaluate against")
     if m.num_utterances == 0:
@@ -244,8 +244,8 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None,
     rows_out = ["id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance"]
     dg = db = 0
     refs = 0
-    for r, ref_labels in _references(m, hyps, source):
-        ref = inv.to_codes(ref_labels)
+    for r in range(m.num_utterances):                    # manifest order: shard by shard
+        ref = inv.to_codes(hyps[r]["ref"])
         g, b = inv.to_codes(hyps[r]["greedy"]), inv.to_codes(hyps[r]["beam"])
         dgi, dbi = Levenshtein.distance(g, ref), Levenshtein.distance(b, ref)
         dg, db, refs = dg + dgi, db + dbi, refs + len(ref)
@@ -255,20 +255,6 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None,
         write_text(tsv, "\n".join(rows_out) + "\n")
     return Evaluation(split=m.split, utterances=m.num_utterances, phonemes=refs, greedy_distance=dg / n,
                       beam_distance=db / n, greedy_per=dg / max(refs, 1), beam_per=db / max(refs, 1), tsv=tsv)
-
-
-def _references(m: mf.Manifest, hyps: dict[int, dict], source: ShardSource | None):
-    """(row, reference labels) in shard order: those decode_split kept beside the hypotheses, else
-    read from the shards one at a time."""
-    start = m.shard_start
-    for s in range(len(m.shards)):
-        rows = range(int(start[s]), int(start[s + 1]))
-        if all(hyps[r].get("ref") is not None for r in rows):
-            yield from ((r, hyps[r]["ref"]) for r in rows)
-            continue
-        from .data import read_shards
-        samples = read_shards(m, [s], source)
-        yield from ((r, samples[r][1]) for r in rows)
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
