@@ -107,7 +107,7 @@ class Checkpoint:
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str | Path, map_location="cpu") -> Checkpoint:
-        """A checkpoint file's bytes (read on another rank: D.broadcast_bytes), loaded as load() does."""
+        """A checkpoint file's bytes (read on another rank: D.file_from_rank0), loaded as load() does."""
         return cls.from_dict(_read(Path(path), map_location, data), path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -68,6 +69,12 @@ def broadcast_bytes(ctx: Context, data: bytes | None) -> bytes | None:
     buf = buf.to(ctx.device)
     dist.broadcast(buf, src=0)
     return data if ctx.is_main else buf.cpu().numpy().tobytes()
+
+
+def file_from_rank0(ctx: Context, path: Path) -> bytes | None:
+    """The file's bytes as rank 0 reads them (None where rank 0 has no such file), on every rank;
+    collective. A checkpoint needs to be on rank 0's disk only."""
+    return broadcast_bytes(ctx, path.read_bytes() if ctx.is_main and path.is_file() else None)
 
 
 def barrier(ctx: Context) -> None:

@@ -66,7 +66,7 @@ def load_model(weights: str | Path, device: torch.device, name: str = BEST, ctx:
     sends it to the others: their machines need not share its disk."""
     path = resolve(weights, name)
     if ctx is not None and ctx.distributed:
-        blob = D.broadcast_bytes(ctx, path.read_bytes() if ctx.is_main and path.is_file() else None)
+        blob = D.file_from_rank0(ctx, path)
         if blob is None:
             raise CheckpointError(f"no checkpoint at {path} (on the machine of rank 0); train first (`phonerec "
                                   "train`) or point --weights at it")

@@ -97,7 +97,7 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
         return None
     last = Path(cfg.weights) / LAST
     # Rank 0 reads it and sends it to the others: their machines need not share its disk.
-    blob = D.broadcast_bytes(ctx, last.read_bytes() if ctx.is_main and last.is_file() else None)
+    blob = D.file_from_rank0(ctx, last)
     if blob is None:
         log(f"resume: no checkpoint at {last}, starting from scratch")
         return None
