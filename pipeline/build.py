@@ -181,6 +181,9 @@ def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict,
     if not _parse(train):
         raise LayoutError("no training split given (--train): statistics come from training data only")
     names = [n for n, _ in roles]
+    bad = [n for n in names if not mf.valid_split_name(n)]
+    if bad:          # a split is a folder under --data and under --shards: never a path that leaves them
+        raise LayoutError(f"{bad[0]!r} is not a split name (letters, digits, '.', '_', '-'; no '/' or '..')")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise LayoutError(f"split(s) {', '.join(dup)} named more than once across --train/--dev/--test")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .limits import MAX_WORKERS
 from .remote import FetchPolicy
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -21,7 +22,26 @@ FETCH_OPTIONS = [
                  help="Seconds before the first retry; doubled each time (at most 8 s)."),
     click.option("--fetch-timeout", default=_P.timeout, show_default=True, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds to connect and between reads."),
+    click.option("--fetch-min-rate", default="64K", show_default=True, metavar="SIZE",
+                 help="Bytes per second: a fetch that takes longer than --fetch-timeout + size / this is stalled, "
+                      "and retried like a 5xx."),
+    click.option("--max-manifest-size", default="64M", show_default=True, metavar="SIZE",
+                 help="Refuse a manifest or index.json larger than this (the largest real one is about 15 MB)."),
+    click.option("--expect-digest", default="", metavar="SHA256",
+                 help="Require the published index.json to have this sha256 (what `phonerec publish` printed; "
+                      "also --shards URL#sha256=...): then every manifest and shard must be what was published."),
 ]
+
+
+def fetch_policy(values: dict):
+    """The FetchPolicy of FETCH_OPTIONS' values (popped from `values`); a bad one is a usage error."""
+    from .remote import make_policy
+    try:
+        return make_policy(values.pop("fetch_retries"), values.pop("fetch_backoff"), values.pop("fetch_timeout"),
+                           values.pop("fetch_min_rate"), values.pop("max_manifest_size"),
+                           values.pop("expect_digest") or None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _with(options):
@@ -42,7 +62,7 @@ def _with(options):
               help="Comma-separated training splits (statistics come from these only).")
 @click.option("--dev", default="dev-clean", show_default=True, help="Comma-separated dev splits ('' for none).")
 @click.option("--test", default="test-clean", show_default=True, help="Comma-separated test splits ('' for none).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the tie-breaking order within equal lengths.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the tie-breaking order within equal lengths.")
 @click.option("--shard-size-mb", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Target shard size in MB.")
 @click.option("--min-shards", default=8, show_default=True, type=click.IntRange(min=1),
@@ -57,14 +77,15 @@ def _with(options):
                    "`symbol<TAB>code` lines (README: Raw layout). Recorded in the manifests: train, predict "
                    "and transcribe follow it.")
 @click.option("--cmn", is_flag=True, help="Subtract each utterance's own mean before global normalization.")
-@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Reader/writer processes.")
+@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(1, MAX_WORKERS),
+              help=f"Reader/writer processes (at most 4 x this machine's cores: {MAX_WORKERS}).")
 @click.option("--strict", is_flag=True, help="Fail on the first rejected utterance instead of reporting it.")
 @click.option("--verify", "verify_only", is_flag=True,
               help="Only verify existing shards: sha256, counts, members, every input accounted for.")
 @_with(FETCH_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, feature_dim, inventory, cmn, workers,
-           strict, verify_only, fetch_retries, fetch_backoff, fetch_timeout, quiet):
+           strict, verify_only, quiet, **fetch):
     """Raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards.
 
     Rebuilds only what changed since the last run and finishes an interrupted run.
@@ -82,7 +103,7 @@ def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, 
         from .verify import verify
         names = [n for n in ",".join([train, dev, test]).split(",") if n]
         from .manifest import available_splits
-        policy = FetchPolicy(retries=fetch_retries, backoff=fetch_backoff, timeout=fetch_timeout)
+        policy = fetch_policy(fetch)
         have = available_splits(shards_dir, policy)  # at a URL: its index.json (`phonerec publish`)
         if not have:
             raise click.ClickException(f"no manifests under {shards_dir}: run `phonerec shards` first")
@@ -133,8 +154,10 @@ def publish(shards_dir, url, splits, quiet):
     a manifest whose shards are not all there. The zarr stores are not copied.
     """
     from .publish import publish as run
-    run(shards_dir, url, list(splits) or None, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    done = run(shards_dir, url, list(splits) or None, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo(f"index digest: sha256 {done.digest}")
     click.echo(f"check it with: phonerec shards --verify --shards {url}")
+    click.echo(f"readers can pin it: --shards '{url}#sha256={done.digest}' (or --expect-digest {done.digest})")
 
 
 COMMANDS = [shards, publish]

@@ -8,6 +8,7 @@ with a checkpoint). The zarr stores stay behind: readers need only shards and ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Published:
     splits: list[str]
     files: int
     bytes: int
+    digest: str = ""      # sha256 of the index.json written: what a reader pins (--expect-digest)
 
 
 class Target:
@@ -42,28 +44,42 @@ class Target:
         self.fs, self.root = remote.filesystem(url, policy.timeout) if remote.is_url(url) else (None, url)
         self.local = self.fs is None
 
+    def _dst(self, rel: str) -> str:
+        """Where `rel` goes, proven to lie under the target (a folder, or the key prefix of s3/gs)."""
+        remote.confined(self.root if self.local else self.url, *rel.split("/"))
+        return f"{self.root.rstrip('/')}/{rel}"
+
     def put(self, data: bytes, rel: str) -> None:
-        dst = f"{self.root.rstrip('/')}/{rel}"
+        dst = self._dst(rel)
         if self.local:
             write_bytes(dst, data)
             return
         remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.pipe_file(dst, data), self.policy)
 
     def remove(self, rel: str) -> None:
-        dst = f"{self.root.rstrip('/')}/{rel}"
+        dst = self._dst(rel)
         if self.local:
             Path(dst).unlink(missing_ok=True)
         elif remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.exists(dst), self.policy):
             remote.with_retries(f"{self.url}/{rel}", lambda: self.fs.rm_file(dst), self.policy)
 
     def read_index(self) -> list[str]:
+        """The splits the target's index lists (none when it has no index or a damaged one: this
+        publish writes a new one)."""
         try:
-            raw = json.loads(self._read(mf.INDEX_NAME))
-            return [str(s) for s in raw["splits"]]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return mf.read_index(json.loads(self._read(mf.INDEX_NAME)), f"{self.url}/{mf.INDEX_NAME}")[0]
+        except (FileNotFoundError, ValueError, RecursionError, mf.ManifestError):
             return []
 
+    def digest(self, rel: str) -> str | None:
+        """sha256 of a file already at the target (None: not there)."""
+        try:
+            return hashlib.sha256(self._read(rel)).hexdigest()
+        except FileNotFoundError:
+            return None
+
     def _read(self, rel: str) -> bytes:
+        self._dst(rel)
         return remote.read_location(f"{self.url}/{rel}", self.policy)
 
 
@@ -104,7 +120,13 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
         for s, path in enumerate(m.shard_paths()):
             _checked(m, s, path)
     target = Target(_local_path(url), policy)
-    index = sorted(set(target.read_index()) | set(splits))
+    digests = {m.split: hashlib.sha256(mf.manifest_path(shards_dir, m.split).read_bytes()).hexdigest()
+               for m in manifests}
+    for split in sorted(set(target.read_index()) - set(splits)):   # published before: still listed
+        digest = target.digest(f"{split}/{mf.MANIFEST_NAME}")
+        if digest is not None:
+            digests[split] = digest
+    index = mf.index_bytes(list(digests), digests)
     target.remove(mf.INDEX_NAME)                     # first: no reader starts from an old manifest
     for m in manifests:
         target.remove(f"{m.split}/{mf.MANIFEST_NAME}")
@@ -119,7 +141,8 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
         target.put((shards_dir / name).read_bytes(), name)
     for m in manifests:                              # last: every shard they list is there
         target.put(mf.manifest_path(shards_dir, m.split).read_bytes(), f"{m.split}/{mf.MANIFEST_NAME}")
-    target.put((json.dumps({"splits": index}) + "\n").encode(), mf.INDEX_NAME)
+    target.put(index, mf.INDEX_NAME)
     log(f"published {len(splits)} split(s) ({', '.join(splits)}): {len(files)} shards, {total / 1e6:.1f} MB, "
         f"then the manifests, to {url}")
-    return Published(url=url, splits=splits, files=len(files) + len(extra) + len(manifests) + 1, bytes=total)
+    return Published(url=url, splits=splits, files=len(files) + len(extra) + len(manifests) + 1, bytes=total,
+                     digest=hashlib.sha256(index).hexdigest())

@@ -4,17 +4,30 @@
 protocol fsspec knows). Everything here goes through fsspec: HTTP needs aiohttp (installed with
 phonerec), s3:// and gs:// the optional extras `phonerec[s3]` / `phonerec[gcs]`.
 
-Transient failures (connection refused or reset, a body cut short, timeouts, HTTP 5xx, 408, 429)
-are retried with exponential backoff a bounded number of times and counted; a missing file (404)
-or a refused one (403) is not retried. What still fails raises FetchError naming the URL.
+The server is not trusted (README: Trust). Every read is bounded: a shard is streamed up to
+the size its manifest records (a Content-Length that disagrees is refused before the body; a body
+that runs on is cut at one byte over), anything else up to `FetchPolicy.max_manifest`, and every
+fetch has an overall deadline of `timeout + size / min_rate` seconds besides the per-read timeout.
+Transient failures (connection refused or reset, a body cut short, a stall, timeouts, HTTP 5xx,
+408, 429) are retried with exponential backoff a bounded number of times and counted; only a
+404/410 is a missing file, and a 403 or any other 4xx is not retried. What still fails raises
+FetchError naming the URL. HTTP(S) is read with the standard library (one stream per fetch, every
+status seen as it is); other protocols through fsspec.
+
+Every path built from outside data (a manifest's shard names, a cache file's name, a publish
+target's keys) goes through `confined`, which proves the result lies under its root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
+import posixpath
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +43,14 @@ class FetchError(PhonerecError):
     """A URL that could not be read after the retries (or at all: missing, refused)."""
 
 
+class Oversized(FetchError):
+    """A server that announces or sends more bytes than may be read (never retried)."""
+
+
+class ConfinementError(PhonerecError, ValueError):
+    """A path built from outside data that would leave its root (`../`, an absolute name)."""
+
+
 def is_url(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and URL.match(spec) is not None
 
@@ -39,6 +60,45 @@ def join(base: str, *parts: str) -> str:
     if not is_url(base):
         return str(Path(base).joinpath(*parts))
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def confined(root: str | os.PathLike, *parts: str) -> str:
+    """root/part/part, proven to lie strictly under root: a local path (symlinks resolved) or a URL
+    (its path normalized: an s3/gs key prefix, a folder on a server). ConfinementError otherwise."""
+    for part in parts:
+        if not isinstance(part, str) or not part or "\\" in part or "\0" in part or part.startswith("/") or \
+                any(c in part for c in "\r\n"):
+            raise ConfinementError(f"{part!r} is not a relative path under {root}")
+    if not is_url(str(root)):
+        base = Path(root).resolve()
+        out = base.joinpath(*parts).resolve()
+        if out == base or not out.is_relative_to(base):
+            raise ConfinementError(f"{'/'.join(parts)!r} leaves {root}")
+        return str(Path(root).joinpath(*parts))
+    root = str(root)
+    cut = root.index("://") + 3
+    head, _, path = root[cut:].partition("/")
+    base = posixpath.normpath("/" + path) if path else "/"
+    out = posixpath.normpath(posixpath.join(base, *parts))
+    if out == base or not out.startswith(base.rstrip("/") + "/"):
+        raise ConfinementError(f"{'/'.join(parts)!r} leaves {root}")
+    return join(root, *parts)
+
+
+PIN = re.compile(r"#sha256=([0-9a-fA-F]{64})$")
+
+
+def unpin(spec: str | os.PathLike, policy: FetchPolicy | None = None) -> tuple[str | os.PathLike, str | None]:
+    """(location without a `#sha256=<digest>` suffix, the digest to require: the suffix's or the
+    policy's expect_digest). FetchError when both are given and differ."""
+    found = PIN.search(str(spec)) if isinstance(spec, str) else None
+    given = policy.expect_digest.lower() if policy is not None and policy.expect_digest else None
+    if found is None:
+        return spec, given
+    digest = found.group(1).lower()
+    if given is not None and given != digest:
+        raise FetchError(f"{spec}: its #sha256= digest and --expect-digest differ; give one")
+    return spec[:found.start()], digest
 
 
 def parent(location: str, levels: int = 1) -> str:
@@ -62,9 +122,42 @@ class FetchPolicy:
     timeout: float = 60.0         # seconds to connect, and between two reads of a body
     cache: str | None = None      # folder for verified shards (None: no cache)
     cache_bytes: int = 0          # evict least recently used shards above this size (0: no limit)
+    # A fetch slower than this on average (after `timeout` seconds of grace) is stalled: retried.
+    min_rate: int = 64 * 1024     # bytes/s
+    # A manifest, index.json or report larger than this is refused (the largest real manifest,
+    # train-clean-360's, is about 15 MB).
+    max_manifest: int = 64 * 2**20
+    # sha256 of the index.json `phonerec publish` printed (--expect-digest, or URL#sha256=...): every
+    # manifest read must then be the one that index lists, and every shard its sha256.
+    expect_digest: str | None = None
 
     def delay(self, attempt: int) -> float:
         return min(self.backoff * 2 ** attempt, 8.0)
+
+    def deadline(self, nbytes: int) -> float:
+        """Seconds one fetch of `nbytes` may take in all (a stalled server cannot hang a run)."""
+        return self.timeout + nbytes / self.min_rate
+
+
+def make_policy(retries: int = FetchPolicy.retries, backoff: float = FetchPolicy.backoff,
+                timeout: float = FetchPolicy.timeout, min_rate: str | int = "64K", max_manifest: str | int = "64M",
+                expect_digest: str | None = None, cache: str | None = None, cache_size: str | int = "0") -> FetchPolicy:
+    """A FetchPolicy from option values (sizes as '64K', '20G'); ValueError naming the option."""
+    if retries < 0 or backoff < 0 or timeout <= 0:
+        raise ValueError("--fetch-retries and --fetch-backoff must be >= 0 and --fetch-timeout > 0")
+    def size_of(option: str, value) -> int:
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+    rate, cap = size_of("--fetch-min-rate", min_rate), size_of("--max-manifest-size", max_manifest)
+    if rate <= 0 or cap <= 0:
+        raise ValueError("--fetch-min-rate and --max-manifest-size must be above 0")
+    if expect_digest and not re.fullmatch(r"[0-9a-fA-F]{64}", expect_digest):
+        raise ValueError(f"--expect-digest {expect_digest[:80]!r}: not a sha256 (64 hex digits)")
+    return FetchPolicy(retries=retries, backoff=backoff, timeout=timeout, cache=cache or None,
+                       cache_bytes=size_of("--shard-cache-size", cache_size), min_rate=rate, max_manifest=cap,
+                       expect_digest=expect_digest.lower() if expect_digest else None)
 
 
 # What a read counts: files fetched, transient failures retried, shards fetched again after a
@@ -104,7 +197,8 @@ def transient(exc: BaseException) -> bool:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status >= 500 or status in (408, 429)
-    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError, EOFError)):
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError, EOFError,
+                        http.client.HTTPException)):
         return True
     return type(exc).__module__.split(".")[0] in ("aiohttp", "botocore", "google")
 
@@ -122,7 +216,7 @@ def with_retries(what: str, fn: Callable, policy: FetchPolicy, count: Count = _n
     while True:
         try:
             return fn()
-        except FileNotFoundError:
+        except (FileNotFoundError, FetchError):
             raise
         except Exception as exc:  # noqa: BLE001 - classified by transient()
             if not transient(exc):
@@ -135,30 +229,144 @@ def with_retries(what: str, fn: Callable, policy: FetchPolicy, count: Count = _n
             attempt += 1
 
 
-def read_bytes(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count) -> bytes:
-    """The whole file at a URL (FileNotFoundError when it does not exist)."""
-    fs, path = filesystem(url, policy.timeout)
-    data = with_retries(url, lambda: fs.cat_file(path), policy, count)
+CHUNK = 1 << 20
+
+
+def _is_http(url: str) -> bool:
+    return URL.match(url).group(1).lower() in ("http", "https")
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib would also follow one to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl[:100]} refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_Redirects())
+
+
+def _http_open(url: str, policy: FetchPolicy, method: str = "GET"):
+    """The response to one request; 404/410 raise FileNotFoundError, other statuses the HTTPError
+    (its .status says whether it is transient)."""
+    req = urllib.request.Request(url, method=method, headers={"Accept-Encoding": "identity",
+                                                              "User-Agent": "phonerec"})
+    try:
+        return _OPENER.open(req, timeout=policy.timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code in (404, 410):
+            raise FileNotFoundError(f"HTTP {exc.code}: {url}") from None
+        raise
+
+
+def _declared(n, limit: int, exact: bool, url: str) -> None:
+    """Refuse before the body when the announced size is not what may be read."""
+    if n is None:
+        return
+    if exact and n != limit:
+        raise Oversized(f"cannot read {url}: the server announces {n} bytes, the manifest says {limit} "
+                        "(replaced, or another build's file)")
+    if not exact and n > limit:
+        raise Oversized(f"cannot read {url}: {n} bytes, over the {limit / 2**20:.0f} MiB limit on manifests and "
+                        "indexes (--max-manifest-size)")
+
+
+def _drain(read1, url: str, limit: int, exact: bool, policy: FetchPolicy, started: float) -> bytes:
+    """Read with read1(n) up to limit + 1 bytes, within the fetch's deadline."""
+    buf = bytearray()
+    deadline = started + policy.deadline(limit)
+    while True:
+        chunk = read1(min(CHUNK, limit + 1 - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            what = "the manifest says" if exact else "the limit on manifests and indexes is"
+            raise Oversized(f"cannot read {url}: the server sent more than {limit} bytes ({what} {limit})")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stalled: {len(buf)} of {limit if exact else '?'} bytes in "
+                               f"{time.monotonic() - started:.0f} s, slower than --fetch-min-rate")
+    if exact and len(buf) != limit:
+        raise EOFError(f"body cut short: {len(buf)} of {limit} bytes")
+    return bytes(buf)
+
+
+def _http_get(url: str, limit: int, exact: bool, policy: FetchPolicy) -> bytes:
+    started = time.monotonic()
+    with _http_open(url, policy) as resp:
+        length = resp.headers.get("Content-Length")
+        try:
+            _declared(None if length is None else int(length), limit, exact, url)
+        except ValueError:
+            raise FetchError(f"cannot read {url}: Content-Length {length[:40]!r} is not a number") from None
+        return _drain(resp.read1, url, limit, exact, policy, started)
+
+
+def _fs_get(fs, path: str, url: str, limit: int, exact: bool, policy: FetchPolicy) -> bytes:
+    started = time.monotonic()
+    with fs.open(path, "rb") as f:
+        size = getattr(f, "size", None)
+        _declared(None if size is None else int(size), limit, exact, url)
+        return _drain(f.read, url, limit, exact, policy, started)
+
+
+def read_bytes(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count,
+               size: int | None = None) -> bytes:
+    """The file at a URL, exactly `size` bytes (a shard: its manifest's size) or at most the policy's
+    manifest limit; FileNotFoundError when it does not exist (404/410), FetchError otherwise."""
+    limit, exact = (int(size), True) if size is not None else (policy.max_manifest, False)
+    if _is_http(url):
+        fn = lambda: _http_get(url, limit, exact, policy)  # noqa: E731
+    else:
+        fs, path = filesystem(url, policy.timeout)
+        fn = lambda: _fs_get(fs, path, url, limit, exact, policy)  # noqa: E731
+    data = with_retries(url, fn, policy, count)
     count("fetched", 1)
     count("bytes", len(data))
     return data
 
 
-def read_location(location: str, policy: FetchPolicy | None = None, count: Count = _no_count) -> bytes:
-    """A whole file from a local path or a URL (FileNotFoundError when it does not exist)."""
+def read_location(location: str, policy: FetchPolicy | None = None, count: Count = _no_count,
+                  size: int | None = None) -> bytes:
+    """A file from a local path or a URL, bounded as read_bytes bounds it (FileNotFoundError when
+    it does not exist)."""
+    policy = policy or FetchPolicy()
     if is_url(location):
-        return read_bytes(location, policy or FetchPolicy(), count)
-    return Path(location).read_bytes()
+        return read_bytes(location, policy, count, size)
+    limit = size if size is not None else policy.max_manifest
+    with open(location, "rb") as f:
+        if size is None and os.fstat(f.fileno()).st_size > limit:
+            raise Oversized(f"cannot read {location}: {os.fstat(f.fileno()).st_size} bytes, over the "
+                            f"{limit / 2**20:.0f} MiB limit on manifests and indexes (--max-manifest-size)")
+        return f.read(limit + 1)
+
+
+def _http_size(url: str, policy: FetchPolicy) -> int | None:
+    with _http_open(url, policy, "HEAD") as resp:
+        length = resp.headers.get("Content-Length")
+        return int(length) if length is not None and length.isdigit() else None
 
 
 def size(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count) -> int | None:
-    """The size of the file at a URL; None when it does not exist."""
+    """The size of the file at a URL; None when it does not exist (404/410). A server error is
+    retried as any other read."""
+    if _is_http(url):
+        try:
+            return with_retries(url, lambda: _http_size(url, policy), policy, count)
+        except FileNotFoundError:
+            return None
     fs, path = filesystem(url, policy.timeout)
     try:
         info = with_retries(url, lambda: fs.info(path), policy, count)
     except FileNotFoundError:
         return None
     return None if info.get("size") is None else int(info["size"])
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ShardCache:
@@ -169,7 +377,11 @@ class ShardCache:
         self.folder, self.max_bytes = Path(folder), int(max_bytes)
 
     def path(self, sha256: str) -> Path:
-        return self.folder / f"{sha256}.tar"
+        """The cached file of a shard: its name is a sha256 (64 lowercase hex digits, nothing else)
+        and the path is proven to lie in the cache folder."""
+        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+            raise ConfinementError(f"{str(sha256)[:80]!r} is not a sha256: no cache file is named after it")
+        return Path(confined(self.folder, f"{sha256}.tar"))
 
     def get(self, sha256: str, nbytes: int) -> bytes | None:
         """The cached shard (the caller checks its checksum), or None."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import atomic, manifest as mf
+from . import atomic, manifest as mf, remote
 from .features import bytes_per_frame
 from .manifest import Stats
 from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
@@ -232,7 +232,7 @@ def _finished_info(path: Path, frames: np.ndarray) -> tuple[mf.ShardInfo, dict[s
 def build_split(store: CorpusStore, stats: Stats, shards_dir: str | Path, opts: ShardOptions, *,
                 workers: int = 2, progress: bool = True) -> mf.Manifest:
     """Write (or finish writing) the shards and manifest of one split; idempotent and resumable."""
-    out_dir = Path(shards_dir) / store.split
+    out_dir = Path(remote.confined(shards_dir, store.split))
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(store, stats, opts)
     old, old_names = _previous(shards_dir, store.split, fp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -53,10 +54,10 @@ def _sizes(locations: list[str], policy: remote.FetchPolicy | None) -> list:
     return [one(loc) for loc in locations]
 
 
-def _sha256_problem(location: str, expected: str, policy) -> str | None:
+def _sha256_problem(location: str, expected: str, policy, nbytes: int) -> str | None:
     try:
         digest = sha256_file(Path(location)) if not remote.is_url(location) else \
-            hashlib.sha256(remote.read_location(location, policy)).hexdigest()
+            hashlib.sha256(remote.read_location(location, policy, size=nbytes)).hexdigest()
     except (OSError, remote.FetchError) as exc:
         return f"unreadable ({getattr(exc, 'strerror', None) or exc})"
     return None if digest == expected else "sha256 differs from the manifest (corrupted or replaced)"
@@ -80,7 +81,7 @@ def check_shards(m: mf.Manifest, *, full: bool = False,
             problems.append((s, f"{size} bytes, the manifest says {info.bytes} (truncated or replaced)"))
             continue
         if full and info.sha256:
-            problem = _sha256_problem(location, info.sha256, policy)
+            problem = _sha256_problem(location, info.sha256, policy, info.bytes)
             if problem:
                 problems.append((s, problem))
     return problems
@@ -147,7 +148,7 @@ def verify_split(shards_dir: str | Path, split: str, data: Path | None = None,
             problems.append(f"{where}: {damaged[i]}")
             continue
         try:
-            blob = remote.read_location(location, policy)
+            blob = remote.read_location(location, policy, size=info.bytes)
         except (OSError, remote.FetchError) as exc:
             problems.append(f"{where}: unreadable ({getattr(exc, 'strerror', None) or exc})")
             continue
@@ -204,7 +205,11 @@ def cross_split_duplicates(shards_dir: str | Path, splits: list[str],
 
 def verify(shards_dir: str | Path, splits: list[str] | None = None, data: str | Path | None = None,
            policy: remote.FetchPolicy | None = None) -> dict[str, list[str]]:
-    """Problems per split of a shards folder or URL (empty lists: verified)."""
+    """Problems per split of a shards folder or URL (empty lists: verified); a pinned digest
+    (URL#sha256=... or the policy's) is required of the index, the manifests and every shard."""
+    shards_dir, pin = remote.unpin(str(shards_dir), policy)
+    if pin:
+        policy = dataclasses.replace(policy or remote.FetchPolicy(), expect_digest=pin)
     shards_dir = str(shards_dir) if remote.is_url(str(shards_dir)) else Path(shards_dir)
     splits = splits or mf.available_splits(shards_dir, policy)
     out = {s: verify_split(shards_dir, s, Path(data) if data else None, policy) for s in splits}

@@ -9,6 +9,7 @@ what the same run from the local folder gives (`assert_same_run`), faults includ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -108,7 +109,10 @@ def test_published_tree_verifies_over_http(fast, source_shards, published):
     assert got == want
     for name in want - {"index.json"}:
         assert (published / name).read_bytes() == (source_shards / name).read_bytes(), name
-    assert json.loads((published / "index.json").read_text()) == {"splits": sorted(splits)}
+    assert json.loads((published / "index.json").read_text()) == {
+        "splits": sorted(splits),
+        "manifests": {s: hashlib.sha256((source_shards / s / "manifest.json").read_bytes()).hexdigest()
+                      for s in sorted(splits)}}
     assert temp_leftovers(published) == [] and temp_leftovers(source_shards) == []
 
     with ShardServer(published) as srv:
@@ -408,42 +412,43 @@ def test_bad_cache_size_is_one_line(published, tmp_path):
 def test_shard_cache_evicts_least_recently_used(tmp_path):
     cache = ShardCache(tmp_path / "c", max_bytes=250)
     blob = {k: bytes([i]) * 100 for i, k in enumerate("abcdef")}
+    sha = {k: k * 64 for k in blob}                              # cache files are named by sha256
 
     def files() -> set[str]:
-        return {p.stem for p in (tmp_path / "c").glob("*.tar")}
+        return {p.stem[0] for p in (tmp_path / "c").glob("*.tar")}
 
     def total() -> int:
         return sum(p.stat().st_size for p in (tmp_path / "c").glob("*.tar"))
 
     def age(**mtimes) -> None:
         for k, t in mtimes.items():
-            os.utime(cache.path(k), (t, t))
+            os.utime(cache.path(sha[k]), (t, t))
 
-    cache.put("a", blob["a"])
-    cache.put("b", blob["b"])
-    assert files() == {"a", "b"} and cache.path("a").name == "a.tar"
+    cache.put(sha["a"], blob["a"])
+    cache.put(sha["b"], blob["b"])
+    assert files() == {"a", "b"} and cache.path(sha["a"]).name == f"{sha['a']}.tar"
     age(a=1000, b=2000)
-    cache.put("c", blob["c"])                                   # 300 > 250: the oldest (a) goes
+    cache.put(sha["c"], blob["c"])                                   # 300 > 250: the oldest (a) goes
     assert files() == {"b", "c"} and total() <= 250
     age(b=3000, c=4000)
-    assert cache.get("b", 100) == blob["b"]                     # reading b makes c the least recently used
-    cache.put("d", blob["d"])
+    assert cache.get(sha["b"], 100) == blob["b"]                     # reading b makes c the least recently used
+    cache.put(sha["d"], blob["d"])
     assert files() == {"b", "d"}
-    assert cache.get("b", 99) is None and cache.get("zz", 100) is None
-    cache.put("e", b"x" * 251)                                  # bigger than the limit: never kept
+    assert cache.get(sha["b"], 99) is None and cache.get("0" * 64, 100) is None
+    cache.put(sha["e"], b"x" * 251)                                  # bigger than the limit: never kept
     assert files() == {"b", "d"}
     future = time.time() + 10 ** 6
     age(b=future, d=future + 1)                                 # the new file is the oldest: kept anyway
-    cache.put("f", blob["f"])
+    cache.put(sha["f"], blob["f"])
     assert files() == {"d", "f"} and total() <= 250
-    cache.drop("d")
-    cache.drop("d")                                             # dropping twice is harmless
+    cache.drop(sha["d"])
+    cache.drop(sha["d"])                                             # dropping twice is harmless
     assert files() == {"f"}
     assert temp_leftovers(tmp_path) == []
 
     unlimited = ShardCache(tmp_path / "u")
     for k, b in blob.items():
-        unlimited.put(k, b)
+        unlimited.put(sha[k], b)
     assert unlimited.evict() == [] and len(list((tmp_path / "u").glob("*.tar"))) == len(blob)
 
 

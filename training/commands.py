@@ -8,7 +8,7 @@ import click
 
 from pipeline.commands import FETCH_OPTIONS
 
-from .config import DecodeConfig, TrainConfig, read_config_file
+from .config import DecodeConfig, TrainConfig, ranged, read_config_file
 
 _D = TrainConfig()
 _DD = DecodeConfig()
@@ -52,13 +52,12 @@ def _fetch_options(fn):
 
 def _source(opts: dict, workers: int):
     """The ShardSource of the fetch options (popped from opts); a bad size is a usage error."""
-    from .config import fetch_policy
+    from .config import FETCH_KEYS, fetch_policy
     from .data import ShardSource
     try:
-        policy = fetch_policy(opts.pop("fetch_retries"), opts.pop("fetch_backoff"), opts.pop("fetch_timeout"),
-                              opts.pop("shard_cache"), opts.pop("shard_cache_size"))
+        policy = fetch_policy({k: opts.pop(k) for k in FETCH_KEYS})
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--shard-cache-size") from None
+        raise click.UsageError(str(exc)) from None
     return ShardSource.create(policy, workers)
 
 
@@ -86,7 +85,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--results", default=_D.results, show_default=True, help="Folder for metrics.jsonl and curves.png.")
 @click.option("--train", "train_splits", default=_D.train, show_default=True, help="Comma-separated training splits.")
 @click.option("--dev", default=_D.dev, show_default=True, help="Dev split for per-epoch validation ('' for none).")
-@click.option("--epochs", default=_D.epochs, show_default=True)
+@click.option("--epochs", type=ranged("epochs", int), default=_D.epochs, show_default=True)
 @click.option("--preset", default=_D.preset, show_default=True,
               type=_PresetChoice(),
               help="Model architecture; parameters at 15 features and 43 classes (time downsampling): "
@@ -94,31 +93,31 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
                    "f22-best 19.76 M, s24-pblstm 19.04 M, f22-best-cpu 2.54 M, s24-pblstm-cpu 2.82 M (x4).")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override a model setting, e.g. --set lstm_layers=2 --set conv_channels=[128,128].")
-@click.option("--seed", default=_D.seed, show_default=True, help="Fixes data order, initialisation and augmentation.")
-@click.option("--max-frames", default=_D.max_frames, show_default=True,
+@click.option("--seed", type=ranged("seed", int), default=_D.seed, show_default=True, help="Fixes data order, initialisation and augmentation.")
+@click.option("--max-frames", type=ranged("max_frames", int), default=_D.max_frames, show_default=True,
               help="Frame budget per batch: utterances x longest utterance <= this.")
-@click.option("--max-utts", default=_D.max_utts, show_default=True, help="At most this many utterances per batch.")
-@click.option("--workers", default=_D.workers, show_default=True, help="DataLoader workers per rank (0 = in-process).")
-@click.option("--lr", default=_D.lr, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--weight-decay", default=_D.weight_decay, show_default=True)
+@click.option("--max-utts", type=ranged("max_utts", int), default=_D.max_utts, show_default=True, help="At most this many utterances per batch.")
+@click.option("--workers", type=ranged("workers", int), default=_D.workers, show_default=True, help="DataLoader workers per rank (0 = in-process; at most 4 x this machine's cores).")
+@click.option("--lr", type=ranged("lr", float), default=_D.lr, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=ranged("weight_decay", float), default=_D.weight_decay, show_default=True)
 @click.option("--scheduler", default=_D.scheduler, show_default=True,
               type=click.Choice(["cosine", "onecycle", "plateau", "none"]),
               help="cosine: warm-up then cosine per step; plateau: ReduceLROnPlateau on dev distance.")
-@click.option("--warmup", default=_D.warmup, show_default=True, help="Warm-up fraction of all steps (cosine).")
-@click.option("--plateau-patience", default=_D.plateau_patience, show_default=True)
-@click.option("--plateau-factor", default=_D.plateau_factor, show_default=True)
-@click.option("--clip", default=_D.clip, show_default=True, help="Gradient-norm clipping (0 = off).")
+@click.option("--warmup", type=ranged("warmup", float), default=_D.warmup, show_default=True, help="Warm-up fraction of all steps (cosine).")
+@click.option("--plateau-patience", type=ranged("plateau_patience", int), default=_D.plateau_patience, show_default=True)
+@click.option("--plateau-factor", type=ranged("plateau_factor", float), default=_D.plateau_factor, show_default=True)
+@click.option("--clip", type=ranged("clip", float), default=_D.clip, show_default=True, help="Gradient-norm clipping (0 = off).")
 @click.option("--amp/--no-amp", default=_D.amp, show_default=True, help="Mixed precision (CUDA only).")
 @click.option("--spec-augment/--no-spec-augment", default=_D.spec_augment, show_default=True,
               help="Time and feature masking on training batches.")
-@click.option("--time-masks", default=_D.time_masks, show_default=True)
-@click.option("--time-width", default=_D.time_width, show_default=True)
-@click.option("--freq-masks", default=_D.freq_masks, show_default=True)
-@click.option("--freq-width", default=_D.freq_width, show_default=True)
-@click.option("--noise-std", default=_D.noise_std, show_default=True, help="Gaussian input noise (0 = off).")
-@click.option("--checkpoint-every", default=_D.checkpoint_every, show_default=True,
+@click.option("--time-masks", type=ranged("time_masks", int), default=_D.time_masks, show_default=True)
+@click.option("--time-width", type=ranged("time_width", int), default=_D.time_width, show_default=True)
+@click.option("--freq-masks", type=ranged("freq_masks", int), default=_D.freq_masks, show_default=True)
+@click.option("--freq-width", type=ranged("freq_width", int), default=_D.freq_width, show_default=True)
+@click.option("--noise-std", type=ranged("noise_std", float), default=_D.noise_std, show_default=True, help="Gaussian input noise (0 = off).")
+@click.option("--checkpoint-every", type=ranged("checkpoint_every", int), default=_D.checkpoint_every, show_default=True,
               help="Also write weights/last.pt every N steps (0 = at epoch ends only).")
-@click.option("--max-steps", default=_D.max_steps, show_default=True, help="Cap on steps per epoch (0 = all).")
+@click.option("--max-steps", type=ranged("max_steps", int), default=_D.max_steps, show_default=True, help="Cap on steps per epoch (0 = all).")
 @click.option("--resume", is_flag=True, help="Continue from weights/last.pt at its exact step.")
 @click.option("--skip-bad-shards", is_flag=True, default=_D.skip_bad_shards,
               help="Check every shard's sha256 first and train without the damaged ones (reported in the log, "
@@ -145,7 +144,7 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
     try:
         cfg.fetch_policy()             # a bad size is a usage error now, as for predict and evaluate
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--shard-cache-size") from None
+        raise click.UsageError(str(exc)) from None
     from pipeline.atomic import ensure_writable
     if _main_rank():                   # only rank 0 writes (other machines need not share its disk)
         ensure_writable(cfg.weights)   # before any step: not after an epoch of training
@@ -205,7 +204,7 @@ def _auto_threads(ctx, param, value):
     return max((os.cpu_count() or 1) // ranks, 1)
 
 
-_threads = click.option("--threads", default=_DD.threads, show_default=True, callback=_auto_threads,
+_threads = click.option("--threads", type=ranged("threads", int), default=_DD.threads, show_default=True, callback=_auto_threads,
                         help="Beam-search threads per rank (0 = CPUs / ranks on this machine).")
 _weights = click.option("--weights", default=_DD.weights, show_default=True,
                         help="Checkpoint folder (uses best.pt) or a checkpoint file.")
@@ -219,9 +218,9 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
         _weights,
         click.option("--results", default=_DD.results, show_default=True, help=results_help),
         click.option("--split", default=split, show_default=True, help=split_help),
-        click.option("--beam-width", default=beam, show_default=True, help="Beam width (0 = greedy)."),
+        click.option("--beam-width", type=ranged("beam_width", int), default=beam, show_default=True, help="Beam width (0 = greedy; at most 1024)."),
         _threads,
-        click.option("--workers", default=_DD.workers, show_default=True, help="DataLoader workers per rank."),
+        click.option("--workers", type=ranged("workers", int), default=_DD.workers, show_default=True, help="DataLoader workers per rank (at most 4 x this machine's cores)."),
         _device,
         _fetch_options,
     ]
@@ -339,7 +338,7 @@ def _network_note(m, source) -> None:
 @click.command("transcribe")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @_weights
-@click.option("--beam-width", default=_DD.transcribe_beam, show_default=True, help="Beam width (0 = greedy).")
+@click.option("--beam-width", type=ranged("beam_width", int), default=_DD.transcribe_beam, show_default=True, help="Beam width (0 = greedy; at most 1024).")
 @click.option("--arpabet", is_flag=True, help="Print ARPAbet symbols instead of the one-character codes.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols marked).")

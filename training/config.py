@@ -11,17 +11,67 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.remote import FetchPolicy, parse_size
+from pipeline.limits import MAX_WORKERS
+from pipeline.remote import FetchPolicy, make_policy
 
 from .plan import DEFAULT_MAX_FRAMES
 
+# Caps that keep a typo from starting a thousand processes or a search that cannot fit in memory.
+MAX_BEAM = 1024                                  # beam width
+MAX_THREADS = 1024
 
-def fetch_policy(retries: int, backoff: float, timeout: float, cache: str, cache_size: str) -> FetchPolicy:
-    """How shards at a URL are read (ValueError for a bad size or a negative count)."""
-    if retries < 0 or backoff < 0 or timeout <= 0:
-        raise ValueError("--fetch-retries and --fetch-backoff must be >= 0 and --fetch-timeout > 0")
-    return FetchPolicy(retries=retries, backoff=backoff, timeout=timeout, cache=cache or None,
-                       cache_bytes=parse_size(cache_size))
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option takes (open: the bound itself excluded)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def click_type(self, kind: type):
+        import click
+        if kind is int:
+            return click.IntRange(min=self.low, max=self.high)
+        return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low)
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{value!r} is not a number"
+        if self.low is not None and (value < self.low or self.open_low and value == self.low):
+            return f"{value} is {'not above' if self.open_low else 'below'} {self.low}"
+        if self.high is not None and value > self.high:
+            return f"{value} is above {self.high}"
+        return None
+
+
+# Every numeric option's range: the flags (click types) and recipe files (TrainConfig.from_dict) alike.
+RANGES: dict[str, Range] = {
+    "epochs": Range(1), "seed": Range(0), "max_frames": Range(1), "max_utts": Range(1),
+    "workers": Range(0, MAX_WORKERS), "lr": Range(0, open_low=True), "weight_decay": Range(0),
+    "warmup": Range(0, 1), "plateau_patience": Range(0), "plateau_factor": Range(0, 1, open_low=True),
+    "clip": Range(0), "time_masks": Range(0), "time_width": Range(0), "freq_masks": Range(0),
+    "freq_width": Range(0), "noise_std": Range(0), "checkpoint_every": Range(0), "max_steps": Range(0),
+    "max_bad_steps": Range(1), "fetch_retries": Range(0), "fetch_backoff": Range(0),
+    "fetch_timeout": Range(0, open_low=True), "beam_width": Range(0, MAX_BEAM), "threads": Range(0, MAX_THREADS),
+}
+
+
+def ranged(name: str, kind: type = int):
+    """The click type of a numeric option, from RANGES."""
+    return RANGES[name].click_type(kind)
+
+
+# The options of how shards at a URL are read (pipeline/commands.py's FETCH_OPTIONS, and the cache).
+FETCH_KEYS = ("fetch_retries", "fetch_backoff", "fetch_timeout", "fetch_min_rate", "max_manifest_size",
+              "expect_digest", "shard_cache", "shard_cache_size")
+
+
+def fetch_policy(opts: dict) -> FetchPolicy:
+    """How shards at a URL are read, from the FETCH_KEYS of `opts` (ValueError for a bad value)."""
+    return make_policy(opts["fetch_retries"], opts["fetch_backoff"], opts["fetch_timeout"], opts["fetch_min_rate"],
+                       opts["max_manifest_size"], opts["expect_digest"] or None, opts["shard_cache"],
+                       opts["shard_cache_size"])
 
 
 @dataclass
@@ -67,6 +117,9 @@ class TrainConfig:
     fetch_retries: int = FetchPolicy.retries
     fetch_backoff: float = FetchPolicy.backoff
     fetch_timeout: float = FetchPolicy.timeout
+    fetch_min_rate: str = "64K"        # bytes/s: a slower fetch is stalled (FetchPolicy.deadline)
+    max_manifest_size: str = "64M"     # a larger manifest or index.json is refused
+    expect_digest: str = ""            # the published index.json's sha256 ('' = not pinned)
     shard_cache: str = ""              # folder ('' = no cache)
     shard_cache_size: str = "0"        # evict above this, e.g. 20G ('0' = no limit)
 
@@ -77,15 +130,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def fetch_policy(self) -> FetchPolicy:
-        return fetch_policy(self.fetch_retries, self.fetch_backoff, self.fetch_timeout, self.shard_cache,
-                            self.shard_cache_size)
+        return fetch_policy(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from a recipe and flags: unknown keys and out-of-range numbers are ValueErrors."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        for key, value in d.items():
+            problem = RANGES[key].problem(value) if key in RANGES else None
+            if problem:
+                raise ValueError(f"{key} (--{key.replace('_', '-')}): {problem}")
         return cls(**d)
 
     @classmethod

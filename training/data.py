@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,7 @@ class ShardSource:
         """Fetch (with retries); a failed checksum is fetched once more before it is an error."""
         for attempt in (1, 2):
             try:
-                data = remote.read_bytes(location, self.policy, self.count)
+                data = remote.read_bytes(location, self.policy, self.count, size=m.shards[s].bytes)
             except FileNotFoundError:
                 raise ShardReadError(f"missing shard {location}; {repair_hint(location)}") from None
             except remote.FetchError as exc:
@@ -424,6 +425,13 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
     return torch.zeros((plan.workers, prefetch * plan.workers + 2, max(most, 1)), dtype=torch.uint8).share_memory_()
 
 
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """Ctrl-C and SIGTERM reach the whole process group; the trainer alone acts on them (checkpoint,
+    exit 130) and then ends its workers, which would otherwise die mid-fetch with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory: bool = False,
                 prefetch: int = 4, source: ShardSource | None = None) -> DataLoader:
     """The DataLoader of one epoch plan. Without pinned memory (CPU training) workers write into a
@@ -434,4 +442,5 @@ def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory
     # Its own generator: making an iterator draws a base seed, which from torch's global generator
     # would shift every dropout mask after a resume (the draw lands after the restored RNG state).
     return ShardLoader(PlannedShards(m, plan, start_step, ring, source), batch_size=None, num_workers=plan.workers,
-                       pin_memory=pin_memory, generator=torch.Generator(), **kwargs)
+                       pin_memory=pin_memory, generator=torch.Generator(),
+                       worker_init_fn=_worker_ignores_stop_signals if plan.workers else None, **kwargs)

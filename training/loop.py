@@ -16,6 +16,7 @@ damaged shard) is taken by a vote (an all-reduce), so a DDP run never hangs on o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -69,12 +70,27 @@ def gather_messages(ctx: D.Context, mine: str | None) -> list[str]:
     return [p for p in parts if p]
 
 
+class StopRequested(Exception):
+    """A stop signal that arrived while the step waited for data (StopSignals.waiting)."""
+
+
 class StopSignals:
-    """SIGINT/SIGTERM ask for a checkpoint at the next step boundary; a second one aborts."""
+    """SIGINT/SIGTERM ask for a checkpoint at the next step boundary; a second one aborts. While
+    the loop waits for data (`waiting()`: a fetch from a stalled server may take minutes), the
+    first one also interrupts the wait, so the run checkpoints and stops now."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._waiting = False
         self._old = {}
+
+    @contextlib.contextmanager
+    def waiting(self):
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,6 +101,9 @@ class StopSignals:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if self._waiting:
+            self._waiting = False
+            raise StopRequested
 
     def __exit__(self, *exc):
         for sig, h in self._old.items():
@@ -211,23 +230,29 @@ def stop_on_data_error(run: Run, st: TrainState, exc: DataError, where: str) -> 
 
 # ------------------------------------------------------------------------------------ a step
 
-def next_batch(run: Run, st: TrainState, batches, epoch_steps: int, bar) -> Batch:
-    """The next planned batch; a rank that cannot read it stops every rank (a vote)."""
+def next_batch(run: Run, st: TrainState, batches, epoch_steps: int, bar) -> Batch | None:
+    """The next planned batch, or None when a stop signal interrupted the wait for it (on any
+    rank: a vote); a rank that cannot read it stops every rank (a vote)."""
     ctx = run.ctx
-    error = None
+    error, batch = None, None
     try:
-        batch = next(batches)
+        with run.stop.waiting():
+            batch = next(batches)
+    except StopRequested:
+        pass
     except StopIteration:          # cannot happen with a correct plan; never hang if it does
         error = (f"the loader of rank {ctx.rank} ended after {st.step} of the {epoch_steps} planned "
                  f"steps of epoch {st.epoch + 1}")
     except ShardReadError as exc:
         error = error_message(exc)
     # Every rank votes, so all stop together (a DDP run never hangs on one rank's bad shard).
-    if (D.all_sum(ctx, [float(error is not None)])[0] if ctx.distributed else error is not None):
+    errors, stops = D.all_sum(ctx, [float(error is not None), float(run.stop.requested)]) if ctx.distributed else \
+        (float(error is not None), float(run.stop.requested))
+    if errors:
         bar.close()
         getattr(batches, "_shutdown_workers", lambda: None)()
         stop_on_data_error(run, st, DataError(gather_messages(ctx, error)), f"training data, epoch {st.epoch + 1}")
-    return batch
+    return None if stops and (batch is None or ctx.distributed) else batch
 
 
 def train_step(run: Run, st: TrainState, batch: Batch) -> float:
@@ -313,6 +338,13 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
         if first < epoch_steps else iter([])
     while st.step < epoch_steps:
         batch = next_batch(run, st, batches, epoch_steps, bar)
+        if batch is None:               # a stop signal while waiting for data: checkpoint this step
+            getattr(batches, "_shutdown_workers", lambda: None)()
+            after_step(run, st, 1.0)
+            bar.close()
+            run.log(f"stopped at epoch {st.epoch + 1}, step {st.step} while waiting for data: checkpoint "
+                    f"{run.weights / LAST}; continue with --resume")
+            return {"stopped": True, "signal": True, "epoch": st.epoch, "step": st.step}
         t_got = time.perf_counter()
         st.acc["wait"] += t_got - t_ready
         stop_votes = train_step(run, st, batch)
