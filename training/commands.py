@@ -8,10 +8,18 @@ import click
 
 from pipeline.commands import FETCH_OPTIONS
 
-from .config import DecodeConfig, TrainConfig, ranged, read_config_file
+from .config import RANGES, DecodeConfig, TrainConfig, read_config_file
 
 _D = TrainConfig()
 _DD = DecodeConfig()
+
+
+def ranged(name: str, kind: type = int):
+    """The click type of a numeric option, from config.RANGES (so a flag and a recipe agree)."""
+    r = RANGES[name]
+    if kind is int:
+        return click.IntRange(min=r.low, max=r.high)
+    return click.FloatRange(min=r.low, max=r.high, min_open=r.open_low)
 
 
 class _PresetChoice(click.Choice):

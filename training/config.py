@@ -29,12 +29,6 @@ class Range:
     high: float | None = None
     open_low: bool = False
 
-    def click_type(self, kind: type):
-        import click
-        if kind is int:
-            return click.IntRange(min=self.low, max=self.high)
-        return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low)
-
     def problem(self, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
@@ -45,7 +39,7 @@ class Range:
         return None
 
 
-# Every numeric option's range: the flags (click types) and recipe files (TrainConfig.from_dict) alike.
+# Every numeric option's range: the flags (commands.ranged) and recipe files (TrainConfig.from_dict) alike.
 RANGES: dict[str, Range] = {
     "epochs": Range(1), "seed": Range(0), "max_frames": Range(1), "max_utts": Range(1),
     "workers": Range(0, MAX_WORKERS), "lr": Range(0, open_low=True), "weight_decay": Range(0),
@@ -55,11 +49,6 @@ RANGES: dict[str, Range] = {
     "max_bad_steps": Range(1), "fetch_retries": Range(0), "fetch_backoff": Range(0),
     "fetch_timeout": Range(0, open_low=True), "beam_width": Range(0, MAX_BEAM), "threads": Range(0, MAX_THREADS),
 }
-
-
-def ranged(name: str, kind: type = int):
-    """The click type of a numeric option, from RANGES."""
-    return RANGES[name].click_type(kind)
 
 
 # The options of how shards at a URL are read (pipeline/commands.py's FETCH_OPTIONS, and the cache).

@@ -399,6 +399,23 @@ class _Batches:
 
     def _shutdown_workers(self) -> None:
         getattr(self._it, "_shutdown_workers", lambda: None)()
+        self._kill_workers()            # what the shutdown's terminate() left: workers ignore SIGTERM
+
+    def stop(self) -> None:
+        """End the workers now (after a stop signal): one may be blocked in a stalled fetch. The
+        DataLoader's SIGCHLD handler would report the killed workers as failures: it is set aside."""
+        old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            self._kill_workers()
+            self._shutdown_workers()
+        finally:
+            signal.signal(signal.SIGCHLD, old)
+
+    def _kill_workers(self) -> None:
+        for w in getattr(self._it, "_workers", []):
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=5)
 
 
 class ShardLoader(DataLoader):

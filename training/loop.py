@@ -70,8 +70,9 @@ def gather_messages(ctx: D.Context, mine: str | None) -> list[str]:
     return [p for p in parts if p]
 
 
-class StopRequested(Exception):
-    """A stop signal that arrived while the step waited for data (StopSignals.waiting)."""
+class StopRequested(BaseException):
+    """A stop signal that arrived while the step waited for data (StopSignals.waiting). Not an
+    Exception, so that no retry loop or error mapping on the way (a fetch's) can swallow it."""
 
 
 class StopSignals:
@@ -339,7 +340,7 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
     while st.step < epoch_steps:
         batch = next_batch(run, st, batches, epoch_steps, bar)
         if batch is None:               # a stop signal while waiting for data: checkpoint this step
-            getattr(batches, "_shutdown_workers", lambda: None)()
+            getattr(batches, "stop", lambda: None)()
             after_step(run, st, 1.0)
             bar.close()
             run.log(f"stopped at epoch {st.epoch + 1}, step {st.step} while waiting for data: checkpoint "
