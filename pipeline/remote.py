@@ -245,7 +245,8 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_Redirects())
+# No proxies from the environment (as aiohttp, which read http(s):// before, ignored them too).
+_OPENER = urllib.request.build_opener(_Redirects(), urllib.request.ProxyHandler({}))
 
 
 def _http_open(url: str, policy: FetchPolicy, method: str = "GET"):
@@ -284,8 +285,9 @@ def _drain(read1, url: str, limit: int, exact: bool, policy: FetchPolicy, starte
             break
         buf += chunk
         if len(buf) > limit:
-            what = "the manifest says" if exact else "the limit on manifests and indexes is"
-            raise Oversized(f"cannot read {url}: the server sent more than {limit} bytes ({what} {limit})")
+            what = "the size its manifest records" if exact else "the limit on manifests and indexes, " \
+                "--max-manifest-size"
+            raise Oversized(f"cannot read {url}: the server sent more than {limit} bytes ({what})")
         if time.monotonic() > deadline:
             raise TimeoutError(f"stalled: {len(buf)} of {limit if exact else '?'} bytes in "
                                f"{time.monotonic() - started:.0f} s, slower than --fetch-min-rate")

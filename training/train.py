@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import manifest as mf
+from pipeline import remote
 from pipeline.atomic import write_json
 from pipeline.remote import FetchPolicy
 from pipeline.verify import check_shards
@@ -185,9 +186,11 @@ def _screen_shards(ctx: D.Context, manifests: dict[str, mf.Manifest | None], ski
     found = _damaged_shards(ctx, manifests, full=skip, policy=policy)
     new = {k: v for k, v in found.items() if k not in keep_out}
     if new and not skip:
-        raise TrainingError(f"{damage_report(new)}. Run `phonerec shards --verify --shards "
-                            f"{shards_dir}`, delete the damaged shards and rerun `phonerec shards` to rewrite "
-                            "them, or train without them with --skip-bad-shards")
+        repair = ("rebuild them where the shards were built and publish them again (`phonerec publish`)"
+                  if remote.is_url(str(shards_dir)) else "delete the damaged shards and rerun `phonerec shards` to "
+                  "rewrite them")
+        raise TrainingError(f"{damage_report(new)}. Run `phonerec shards --verify --shards {shards_dir}`, {repair}, "
+                            "or train without them with --skip-bad-shards")
     report: list[dict] = []
     out: dict[str, mf.Manifest | None] = {}
     for role, m in manifests.items():
