@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .limits import MAX_WORKERS
-from .remote import FetchPolicy
+from .remote import MAX_MANIFEST, MIN_RATE, FetchPolicy
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 _P = FetchPolicy()
@@ -22,10 +22,10 @@ FETCH_OPTIONS = [
                  help="Seconds before the first retry; doubled each time (at most 8 s)."),
     click.option("--fetch-timeout", default=_P.timeout, show_default=True, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds to connect and between reads."),
-    click.option("--fetch-min-rate", default="64K", show_default=True, metavar="SIZE",
+    click.option("--fetch-min-rate", default=MIN_RATE, show_default=True, metavar="SIZE",
                  help="Bytes per second: a fetch that takes longer than --fetch-timeout + size / this is stalled, "
                       "and retried like a 5xx."),
-    click.option("--max-manifest-size", default="64M", show_default=True, metavar="SIZE",
+    click.option("--max-manifest-size", default=MAX_MANIFEST, show_default=True, metavar="SIZE",
                  help="Refuse a manifest or index.json larger than this (the largest real one is about 15 MB)."),
     click.option("--expect-digest", default="", metavar="SHA256",
                  help="Require the published index.json to have this sha256 (what `phonerec publish` printed; "
@@ -35,11 +35,9 @@ FETCH_OPTIONS = [
 
 def fetch_policy(values: dict):
     """The FetchPolicy of FETCH_OPTIONS' values (popped from `values`); a bad one is a usage error."""
-    from .remote import make_policy
+    from .remote import POLICY_OPTIONS, make_policy
     try:
-        return make_policy(values.pop("fetch_retries"), values.pop("fetch_backoff"), values.pop("fetch_timeout"),
-                           values.pop("fetch_min_rate"), values.pop("max_manifest_size"),
-                           values.pop("expect_digest") or None)
+        return make_policy(**{k: values.pop(k) for k in POLICY_OPTIONS if k in values})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

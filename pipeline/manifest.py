@@ -34,7 +34,7 @@ class ManifestError(PhonerecError):
 # here, before anything reads it, and a failure is one ManifestError naming the file and field.
 
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256 = remote.SHA256
 MAX_FEATURE_DIM = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 UTTERANCE_ID = re.compile(r"[^\x00]{1,4096}")     # a raw file's stem (shown safely: layout.safe_text)

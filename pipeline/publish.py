@@ -120,8 +120,8 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
         for s, path in enumerate(m.shard_paths()):
             _checked(m, s, path)
     target = Target(_local_path(url), policy)
-    digests = {m.split: hashlib.sha256(mf.manifest_path(shards_dir, m.split).read_bytes()).hexdigest()
-               for m in manifests}
+    texts = {m.split: mf.manifest_path(shards_dir, m.split).read_bytes() for m in manifests}
+    digests = {split: hashlib.sha256(text).hexdigest() for split, text in texts.items()}
     for split in sorted(set(target.read_index()) - set(splits)):   # published before: still listed
         digest = target.digest(f"{split}/{mf.MANIFEST_NAME}")
         if digest is not None:
@@ -140,7 +140,7 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
     for name in extra:
         target.put((shards_dir / name).read_bytes(), name)
     for m in manifests:                              # last: every shard they list is there
-        target.put(mf.manifest_path(shards_dir, m.split).read_bytes(), f"{m.split}/{mf.MANIFEST_NAME}")
+        target.put(texts[m.split], f"{m.split}/{mf.MANIFEST_NAME}")
     target.put(index, mf.INDEX_NAME)
     log(f"published {len(splits)} split(s) ({', '.join(splits)}): {len(files)} shards, {total / 1e6:.1f} MB, "
         f"then the manifests, to {url}")

@@ -36,6 +36,7 @@ from .errors import PhonerecError
 
 URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 DOCUMENTED = ("http", "https", "s3", "gs", "file")
+SHA256 = re.compile(r"[0-9a-f]{64}")    # a sha256 as manifests, indexes and cache names write it
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
@@ -113,6 +114,24 @@ def parent(location: str, levels: int = 1) -> str:
     return location[:cut] + "/".join(parts[:max(len(parts) - levels, 1)])
 
 
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """'20G', '500M', '1.5T', '0' -> bytes (powers of 1024)."""
+    if isinstance(text, int):
+        return text
+    found = SIZE.match(str(text))
+    if not found:
+        raise ValueError(f"{text!r} is not a size (e.g. 20G, 500M, 0 for no limit)")
+    return int(float(found.group(1)) * 1024 ** "_kmgt".index(found.group(2).lower() or "_"))
+
+
+# The defaults of --fetch-min-rate and --max-manifest-size as the options write them.
+MIN_RATE = "64K"
+MAX_MANIFEST = "64M"
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     """How URLs are read: tries, backoff, timeout, and where verified shards are cached."""
@@ -123,10 +142,10 @@ class FetchPolicy:
     cache: str | None = None      # folder for verified shards (None: no cache)
     cache_bytes: int = 0          # evict least recently used shards above this size (0: no limit)
     # A fetch slower than this on average (after `timeout` seconds of grace) is stalled: retried.
-    min_rate: int = 64 * 1024     # bytes/s
+    min_rate: int = parse_size(MIN_RATE)          # bytes/s
     # A manifest, index.json or report larger than this is refused (the largest real manifest,
     # train-clean-360's, is about 15 MB).
-    max_manifest: int = 64 * 2**20
+    max_manifest: int = parse_size(MAX_MANIFEST)
     # sha256 of the index.json `phonerec publish` printed (--expect-digest, or URL#sha256=...): every
     # manifest read must then be the one that index lists, and every shard its sha256.
     expect_digest: str | None = None
@@ -139,25 +158,34 @@ class FetchPolicy:
         return self.timeout + nbytes / self.min_rate
 
 
-def make_policy(retries: int = FetchPolicy.retries, backoff: float = FetchPolicy.backoff,
-                timeout: float = FetchPolicy.timeout, min_rate: str | int = "64K", max_manifest: str | int = "64M",
-                expect_digest: str | None = None, cache: str | None = None, cache_size: str | int = "0") -> FetchPolicy:
-    """A FetchPolicy from option values (sizes as '64K', '20G'); ValueError naming the option."""
-    if retries < 0 or backoff < 0 or timeout <= 0:
+# The option names (and TrainConfig fields) make_policy takes: FETCH_OPTIONS' and the cache's.
+POLICY_OPTIONS = ("fetch_retries", "fetch_backoff", "fetch_timeout", "fetch_min_rate", "max_manifest_size",
+                  "expect_digest", "shard_cache", "shard_cache_size")
+
+
+def make_policy(fetch_retries: int = FetchPolicy.retries, fetch_backoff: float = FetchPolicy.backoff,
+                fetch_timeout: float = FetchPolicy.timeout, fetch_min_rate: str | int = MIN_RATE,
+                max_manifest_size: str | int = MAX_MANIFEST, expect_digest: str | None = None,
+                shard_cache: str | None = None, shard_cache_size: str | int = "0") -> FetchPolicy:
+    """A FetchPolicy from the POLICY_OPTIONS' values (sizes as '64K', '20G'); ValueError naming the
+    option."""
+    if fetch_retries < 0 or fetch_backoff < 0 or fetch_timeout <= 0:
         raise ValueError("--fetch-retries and --fetch-backoff must be >= 0 and --fetch-timeout > 0")
+
     def size_of(option: str, value) -> int:
         try:
             return parse_size(value)
         except ValueError as exc:
             raise ValueError(f"{option}: {exc}") from None
-    rate, cap = size_of("--fetch-min-rate", min_rate), size_of("--max-manifest-size", max_manifest)
+    rate, cap = size_of("--fetch-min-rate", fetch_min_rate), size_of("--max-manifest-size", max_manifest_size)
     if rate <= 0 or cap <= 0:
         raise ValueError("--fetch-min-rate and --max-manifest-size must be above 0")
-    if expect_digest and not re.fullmatch(r"[0-9a-fA-F]{64}", expect_digest):
+    digest = expect_digest.lower() if expect_digest else None
+    if digest and not SHA256.fullmatch(digest):
         raise ValueError(f"--expect-digest {expect_digest[:80]!r}: not a sha256 (64 hex digits)")
-    return FetchPolicy(retries=retries, backoff=backoff, timeout=timeout, cache=cache or None,
-                       cache_bytes=size_of("--shard-cache-size", cache_size), min_rate=rate, max_manifest=cap,
-                       expect_digest=expect_digest.lower() if expect_digest else None)
+    return FetchPolicy(retries=fetch_retries, backoff=fetch_backoff, timeout=fetch_timeout, cache=shard_cache or None,
+                       cache_bytes=size_of("--shard-cache-size", shard_cache_size), min_rate=rate, max_manifest=cap,
+                       expect_digest=digest)
 
 
 # What a read counts: files fetched, transient failures retried, shards fetched again after a
@@ -340,9 +368,10 @@ def read_location(location: str, policy: FetchPolicy | None = None, count: Count
         return read_bytes(location, policy, count, size)
     limit = size if size is not None else policy.max_manifest
     with open(location, "rb") as f:
-        if size is None and os.fstat(f.fileno()).st_size > limit:
-            raise Oversized(f"cannot read {location}: {os.fstat(f.fileno()).st_size} bytes, over the "
-                            f"{limit / 2**20:.0f} MiB limit on manifests and indexes (--max-manifest-size)")
+        found = os.fstat(f.fileno()).st_size
+        if size is None and found > limit:
+            raise Oversized(f"cannot read {location}: {found} bytes, over the {limit / 2**20:.0f} MiB limit on "
+                            "manifests and indexes (--max-manifest-size)")
         return f.read(limit + 1)
 
 
@@ -366,9 +395,6 @@ def size(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count
     except FileNotFoundError:
         return None
     return None if info.get("size") is None else int(info["size"])
-
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ShardCache:
@@ -436,16 +462,3 @@ class ShardCache:
             total -= nbytes
             removed.append(p)
         return removed
-
-
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int) -> int:
-    """'20G', '500M', '1.5T', '0' -> bytes (powers of 1024)."""
-    if isinstance(text, int):
-        return text
-    found = SIZE.match(str(text))
-    if not found:
-        raise ValueError(f"{text!r} is not a size (e.g. 20G, 500M, 0 for no limit)")
-    return int(float(found.group(1)) * 1024 ** "_kmgt".index(found.group(2).lower() or "_"))

@@ -60,10 +60,12 @@ def _fetch_options(fn):
 
 def _source(opts: dict, workers: int):
     """The ShardSource of the fetch options (popped from opts); a bad size is a usage error."""
-    from .config import FETCH_KEYS, fetch_policy
+    from pipeline.remote import POLICY_OPTIONS
+
+    from .config import fetch_policy
     from .data import ShardSource
     try:
-        policy = fetch_policy({k: opts.pop(k) for k in FETCH_KEYS})
+        policy = fetch_policy({k: opts.pop(k) for k in POLICY_OPTIONS})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     return ShardSource.create(policy, workers)

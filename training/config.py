@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.limits import MAX_WORKERS
-from pipeline.remote import FetchPolicy, make_policy
+from pipeline.remote import MAX_MANIFEST, MIN_RATE, POLICY_OPTIONS, FetchPolicy, make_policy
 
 from .plan import DEFAULT_MAX_FRAMES
 
@@ -51,16 +51,9 @@ RANGES: dict[str, Range] = {
 }
 
 
-# The options of how shards at a URL are read (pipeline/commands.py's FETCH_OPTIONS, and the cache).
-FETCH_KEYS = ("fetch_retries", "fetch_backoff", "fetch_timeout", "fetch_min_rate", "max_manifest_size",
-              "expect_digest", "shard_cache", "shard_cache_size")
-
-
 def fetch_policy(opts: dict) -> FetchPolicy:
-    """How shards at a URL are read, from the FETCH_KEYS of `opts` (ValueError for a bad value)."""
-    return make_policy(opts["fetch_retries"], opts["fetch_backoff"], opts["fetch_timeout"], opts["fetch_min_rate"],
-                       opts["max_manifest_size"], opts["expect_digest"] or None, opts["shard_cache"],
-                       opts["shard_cache_size"])
+    """How shards at a URL are read, from the POLICY_OPTIONS of `opts` (ValueError for a bad value)."""
+    return make_policy(**{k: opts[k] for k in POLICY_OPTIONS})
 
 
 @dataclass
@@ -106,8 +99,8 @@ class TrainConfig:
     fetch_retries: int = FetchPolicy.retries
     fetch_backoff: float = FetchPolicy.backoff
     fetch_timeout: float = FetchPolicy.timeout
-    fetch_min_rate: str = "64K"        # bytes/s: a slower fetch is stalled (FetchPolicy.deadline)
-    max_manifest_size: str = "64M"     # a larger manifest or index.json is refused
+    fetch_min_rate: str = MIN_RATE     # bytes/s: a slower fetch is stalled (FetchPolicy.deadline)
+    max_manifest_size: str = MAX_MANIFEST  # a larger manifest or index.json is refused
     expect_digest: str = ""            # the published index.json's sha256 ('' = not pinned)
     shard_cache: str = ""              # folder ('' = no cache)
     shard_cache_size: str = "0"        # evict above this, e.g. 20G ('0' = no limit)

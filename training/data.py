@@ -13,6 +13,7 @@ import dataclasses
 import io
 import re
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -418,9 +419,23 @@ class _Batches:
                 w.join(timeout=5)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 class ShardLoader(DataLoader):
     def __iter__(self):
-        return _Batches(super().__iter__(), self.dataset.ring)
+        # Workers are forked here with the trainer's signal handlers; until their init function
+        # ignores Ctrl-C/SIGTERM those would run in them. Blocked across the fork, a signal that
+        # arrives meanwhile reaches the trainer when this returns, and never a worker.
+        blocked = self.num_workers > 0 and threading.current_thread() is threading.main_thread()
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            it = super().__iter__()
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return _Batches(it, self.dataset.ring)
 
 
 def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
@@ -445,8 +460,9 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
 def _worker_ignores_stop_signals(worker_id: int) -> None:
     """Ctrl-C and SIGTERM reach the whole process group; the trainer alone acts on them (checkpoint,
     exit 130) and then ends its workers, which would otherwise die mid-fetch with a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked across the fork (ShardLoader)
 
 
 def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory: bool = False,
