@@ -33,7 +33,7 @@ import torch
 
 NEG = float("-inf")
 _HASH_MUL = 0x100000001B3            # FNV-64 prime (odd): int64 products wrap, a polynomial hash mod 2**64
-_LOW32 = 0xFFFFFFFF
+_FRAC = 2.0 ** -28                    # tie-break step: candidate numbers up to 2**28
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,9 @@ class _Frames:
     run_nb: torch.Tensor     # [B, S+1, C] log P(label c all along)
     run_x: torch.Tensor      # [B, S+1, C] log P(label c, then blank to the end of the run)
     has_run: list[bool]      # step s has a non-empty run in some row
+    tail: bool               # some row ends in a non-empty run
     count: torch.Tensor      # [B] searched frames per sorted row
-    tiebreak: torch.Tensor   # [W + M] _LOW32 - candidate number (stays, then the grid)
+    tiebreak: torch.Tensor   # [W + M] candidate number * _FRAC (stays, then the grid)
     own: torch.Tensor        # [W] each beam's first column in the flat [W * (K + 1)] extensions
     neg: torch.Tensor        # [B, W] -inf
     lm_cand: torch.Tensor | None   # [B, S, K + 1] the candidates' LM symbols
@@ -120,15 +121,19 @@ def _pack(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, f
     lp = lp.float()
     cand, cv, rank = _candidates(lp, opts)
     run_b, run_nb, run_x, nonempty = _runs(log_probs, valid, active, size, opts.blank)
-    searching = count[:, None] > torch.arange(size, device=dev)
-    has_run = (nonempty[:, :size] & searching).any(0).tolist()
+    if nonempty is None:
+        has_run = [False] * size
+    else:
+        searching = count[:, None] > torch.arange(size, device=dev)
+        has_run = (nonempty[:, :size] & searching).any(0).tolist()
     width, k1 = opts.beam_width, cand.shape[-1]
     grid_p, grid_r = _grid(width, k1 - 1, full=fusion is not None, device=dev)
-    tiebreak = _LOW32 - torch.arange(width + len(grid_p), device=dev)
+    tiebreak = torch.arange(width + len(grid_p), device=dev, dtype=torch.float64) * _FRAC
     own = torch.arange(width, device=dev) * k1
     neg = torch.full((batch, width), NEG, device=dev)
     lm_cand = fusion.index[cand] if fusion is not None else None
-    return _Frames(order, steps, lp, pos, cand, cv, rank, run_b, run_nb, run_x, has_run, count,
+    tail = nonempty is not None and bool(nonempty.gather(1, count[:, None]).any())
+    return _Frames(order, steps, lp, pos, cand, cv, rank, run_b, run_nb, run_x, has_run, tail, count,
                    tiebreak, own, neg, lm_cand, grid_p, grid_r)
 
 
@@ -154,8 +159,8 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions):
     # beyond the W + 2 likeliest classes none can enter the top W (ties go to the lower rank)
     k = max(1, min(kept, classes - 1, opts.beam_width + 2))
     masked = lp if keep is None else lp.masked_fill(~keep, NEG)
-    keys = _keys(masked, _LOW32 - torch.arange(classes, device=dev))
-    keys[..., opts.blank] = torch.iinfo(torch.long).min                   # never a candidate
+    keys = _int_keys(masked, torch.arange(classes, device=dev))
+    keys[..., opts.blank] = torch.iinfo(torch.long).min                  # never before a real class
     cand = keys.topk(k, dim=-1, sorted=True).indices
     cv = masked.gather(2, cand)
     rank = torch.full((batch, size, classes), k, dtype=torch.int16, device=dev)
@@ -164,6 +169,14 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions):
     cand = torch.cat([cand, torch.full_like(cand[..., :1], opts.blank)], -1)
     cv = torch.cat([cv, torch.full_like(cv[..., :1], NEG)], -1)
     return cand, cv, rank
+
+
+def _int_keys(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """int64 keys in the order of ``_keys`` (score, then lower index), from the float32 bits
+    (faster on big tensors; TorchScript cannot view bits, hence ``_keys`` in the loop)."""
+    bits = scores.contiguous().view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (ordered.long() << 32) | (0xFFFFFFFF - index)
 
 
 def _runs(log_probs, valid, active, size, blank):
@@ -178,9 +191,9 @@ def _runs(log_probs, valid, active, size, blank):
     nruns = size + 2                                   # the last one takes the padding, then is dropped
     shape = (batch, nruns, classes)
     many = int(skipped.sum(1).max()) if batch else 0
-    if many == 0:
-        zero = torch.zeros(shape, dtype=torch.float64, device=dev)
-        return _run_tables(zero[..., blank], zero, torch.full_like(zero, NEG), zero[..., blank] > 0, size, blank)
+    if many == 0:                                      # nothing skipped: no tables (never read)
+        none = torch.zeros(batch, 1, classes, device=dev)
+        return none[..., 0], none, none, None
     pos = torch.sort((~skipped).to(torch.int8), dim=1, stable=True).indices[:, :many]
     real = skipped.gather(1, pos)
     run = torch.cumsum(active.long(), 1).gather(1, pos).masked_fill(~real, size + 1)
@@ -210,31 +223,19 @@ def _run_tables(run_b, run_nb, run_x, nonempty, size, blank):
     return run_b[:, keep].float(), run_nb[:, keep].float(), run_x[:, keep].float(), nonempty[:, keep]
 
 
-def _keys(scores: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
-    """One int64 per candidate ordering by score, then by ``tiebreak`` (``_LOW32 - index``: the
-    lower index first): unique, so ``topk`` is exact. Float bits order as signed ints once the
-    negative ones have their magnitude bits flipped."""
-    bits = scores.contiguous().view(torch.int32)
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (ordered.long() << 32) | tiebreak
+# Beam state, stacked so that a step moves a beam with one gather: ``f [B, 3, W]`` float32 (the
+# masses b and nb, the last token's best log-prob so far), ``i [B, 6, W]`` int64 (the rows below).
+HASH, PARENT, LAST, LENGTH, STATE, PEAK_T = 0, 1, 2, 3, 4, 5
 
 
-class _Beams:
-    """The beams of every (sorted) utterance: ``f [B, 3, W]`` the masses (b, nb) and the last
-    token's best log-prob so far, ``lm [B, W]`` the LM part of the score, ``i [B, 6, W]`` the prefix
-    hash, its parent's hash, the last label, the length, the LM state and the frame of that best
-    log-prob: stacked so that a step moves a beam's state with one gather."""
-
-    HASH, PARENT, LAST, LENGTH, STATE, PEAK_T = range(6)
-
-    def __init__(self, batch: int, width: int, blank: int, lm_state: int, device):
-        self.f = torch.full((batch, 3, width), NEG, dtype=torch.float32, device=device)
-        self.f[:, 0, 0] = 0.0                      # the empty prefix, all-blank so far
-        self.lm = torch.zeros(batch, width, dtype=torch.float32, device=device)
-        self.i = torch.zeros(batch, 6, width, dtype=torch.long, device=device)
-        self.i[:, self.PARENT] = -1
-        self.i[:, self.LAST] = blank
-        self.i[:, self.STATE] = lm_state
+def _initial(batch: int, width: int, blank: int, lm_state: int, device):
+    f = torch.full((batch, 3, width), NEG, dtype=torch.float32, device=device)
+    f[:, 0, 0] = 0.0                           # the empty prefix, all-blank so far: the only live beam
+    i = torch.zeros(batch, 6, width, dtype=torch.long, device=device)
+    i[:, PARENT] = -1
+    i[:, LAST] = blank
+    i[:, STATE] = lm_state
+    return f, i, torch.zeros(batch, width, dtype=torch.float32, device=device)
 
 
 class _Fusion:
@@ -245,124 +246,151 @@ class _Fusion:
         self.lm, self.beta = lm, float(beta)
         self.width = len(lm.symbols)
         self.rows = lm.table.shape[0]
-        self.table = (lm.table.to(device, torch.float32) * float(alpha)).reshape(-1)
+        self.table = (lm.table.to(device, torch.float32) * float(alpha)).reshape(-1).contiguous()
         index = lm.label_index.to(device)
         self.index = torch.where(index >= 0, index, lm.eos)    # the blank (never extended) -> any valid row
-
-    def extend(self, state: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
-        """[n, W] states x [n, K] symbols -> [n, W, K] weighted log-probs + beta."""
-        return self.table[state[:, :, None] * self.width + sym[:, None, :]] + self.beta
-
-    def next(self, state: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
-        return (state % (self.rows // self.width)) * self.width + sym if self.rows > 1 else state
 
     def end(self, state: torch.Tensor) -> torch.Tensor:
         return self.table[state * self.width + self.lm.eos]
 
 
-def _step(beams: _Beams, fr: _Frames, s: int, n: int, fusion: _Fusion | None, bp: torch.Tensor, blank: int):
-    """One searched frame for the first n (sorted) utterances: stays, extensions, merges, top W."""
-    b, nb, bi = beams.f[:n, 0], beams.f[:n, 1], beams.i[:n]
-    last, width = bi[:, _Beams.LAST], b.shape[1]
-    if fr.has_run[s]:                          # the skipped frames before this one: stays only
-        b, nb = (torch.logaddexp(b + fr.run_b[:n, s, None], nb + fr.run_x[:n, s].gather(1, last)),
-                 nb + fr.run_nb[:n, s].gather(1, last))
-    lpf, cv = fr.lp[:n, s], fr.cv[:n, s]
-    k1 = cv.shape[1]                           # K candidates + the dummy column (-inf)
-    tot = torch.logaddexp(b, nb)
-    lp_last = lpf.gather(1, last)
-    stay_b, stay_nb = tot + lpf[:, blank, None], nb + lp_last
-    at = fr.rank[:n, s].gather(1, last).long()   # each beam's last label among the candidates (K: absent)
-    own = fr.own[:width]
-    ext = (tot[:, :, None] + cv[:, None, :]).view(n, width * k1)
-    ext.scatter_(1, own + at, b + cv.gather(1, at))     # a repeated label extends only paths ending in blank
-    gained, kill = _merge(bi, b, tot, lp_last, at, k1, own)
-    stay_nb = torch.logaddexp(stay_nb, gained)
-    ext.scatter_(1, kill, NEG)
-    stay = torch.logaddexp(stay_b, stay_nb)
-    # beams in order of mass (stable: ties by index); the candidates, by (beam position, class rank)
-    perm = torch.sort(tot, dim=1, descending=True, stable=True).indices
-    grid = torch.add(fr.grid_r, perm.index_select(1, fr.grid_p), alpha=k1)   # flat index into ext
-    ext_lm = None
-    if fusion is not None:
-        lm = beams.lm[:n]
-        stay = stay + lm
-        ext_lm = (lm[:, :, None] + fusion.extend(bi[:, _Beams.STATE], fr.lm_cand[:n, s])).view(n, width * k1)
-    chosen = ext.gather(1, grid) if ext_lm is None else (ext + ext_lm).gather(1, grid)
-    scores = torch.cat([stay, chosen], 1)
-    top = _keys(scores, fr.tiebreak).topk(width, dim=1, sorted=True).indices
-    is_ext = top >= width
-    e = grid.gather(1, (top - width).clamp(min=0))
-    _advance(beams, fr, s, n, is_ext, torch.where(is_ext, e // k1, top), e, stay_b, stay_nb, lp_last, ext,
-             ext_lm, fusion, bp)
+def _keys(scores: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """float64 keys ordering candidates by float32 score, then by lower index: ``frac [M]`` is
+    index * 2**-28, and the key moves the score down by that fraction of the gap to the next
+    float32 below, which float64 holds exactly: unique keys, so ``topk`` is exact and the same on
+    any device. -inf stays -inf (dead candidates, whose order never matters)."""
+    gap = (scores - torch.nextafter(scores, torch.full_like(scores, float("-inf")))).double()
+    key = scores.double() - frac * gap
+    return torch.where(torch.isfinite(key), key, scores.double())
 
 
-def _merge(bi, b, tot, lp_last, at, k1, own):
+def _merge(bi: torch.Tensor, b: torch.Tensor, tot: torch.Tensor, lp_last: torch.Tensor, at: torch.Tensor,
+           k1: int, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Extension (i, c) is beam j when j's parent hash is i's hash (the first such i: live beams come
     first) and c is j's last label: the mass each live j gains (-inf: none) and where to drop that
     candidate (its flat index, or j's own dummy column)."""
-    match = bi[:, _Beams.HASH, None, :] == bi[:, _Beams.PARENT, :, None]     # [n, j, i]
+    match = bi[:, 0, None, :] == bi[:, 1, :, None]                     # [n, j, i]: hash(i) == parent(j)
     src = match.to(torch.uint8).argmax(-1)
-    has = match.any(-1) & (tot > NEG)
-    last = bi[:, _Beams.LAST]
+    has = match.any(-1) & (tot > float("-inf"))
+    last = bi[:, 2]
     from_b = last.gather(1, src) == last
     gained = torch.where(from_b, b.gather(1, src), tot.gather(1, src)) + lp_last
-    return torch.where(has, gained, NEG), torch.where(has, src * k1 + at, own + (k1 - 1))
+    return torch.where(has, gained, float("-inf")), torch.where(has, src * k1 + at, own + (k1 - 1))
 
 
-def _advance(beams, fr, s, n, is_ext, parent, e, stay_b, stay_nb, lp_last, ext, ext_lm, fusion, bp):
-    """Make the chosen candidates the new beams (``parent [n, W]`` the beam each comes from, ``e``
-    the flat index of the extension into ``ext [n, W * (K + 1)]`` where ``is_ext``) and record the
-    step's pointers: parent, emitted class or -1, the frame of the parent's last token's peak."""
-    ci = e % fr.cv.shape[2]
-    cls = fr.cand[:n, s].gather(1, ci)
-    g = beams.i[:n].gather(2, parent[:, None, :].expand(-1, 6, -1))
-    h, state, peak_t = g[:, _Beams.HASH], g[:, _Beams.STATE], g[:, _Beams.PEAK_T]
-    if fusion is not None:
-        state = fusion.next(state, fr.lm_cand[:n, s].gather(1, ci))
-        beams.lm[:n] = torch.where(is_ext, ext_lm.gather(1, e), beams.lm[:n].gather(1, parent))
-    gf = torch.stack([stay_b, stay_nb, lp_last, beams.f[:n, 2]], 1).gather(2, parent[:, None, :].expand(-1, 4, -1))
-    up = gf[:, 2] > gf[:, 3]                   # the last label peaks here (ctcdecode's timestep)
-    frame = fr.frame[:n, s, None].expand(-1, parent.shape[1])
-    grown = torch.stack([h * _HASH_MUL + cls + 1, h, cls, g[:, _Beams.LENGTH] + 1, state, frame], 1)
-    g[:, _Beams.PEAK_T] = torch.where(up, frame, peak_t)
-    beams.i[:n] = torch.where(is_ext[:, None], grown, g)
-    kept = torch.stack([gf[:, 0], gf[:, 1], torch.maximum(gf[:, 2], gf[:, 3])], 1)
-    new = torch.stack([fr.neg[:n], ext.gather(1, e), fr.cv[:n, s].gather(1, ci)], 1)
-    beams.f[:n] = torch.where(is_ext[:, None], new, kept)
-    bp[s, :n] = torch.stack([parent, torch.where(is_ext, cls, -1), peak_t], 1)
+def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, lp: torch.Tensor,
+          cand: torch.Tensor, cv: torch.Tensor, rank: torch.Tensor, frame: torch.Tensor, run_b: torch.Tensor,
+          run_nb: torch.Tensor, run_x: torch.Tensor, steps: list[int], has_run: list[bool],
+          grid_p: torch.Tensor, grid_r: torch.Tensor, tiebreak: torch.Tensor, own: torch.Tensor,
+          neg: torch.Tensor, blank: int, table: torch.Tensor | None, lm_cand: torch.Tensor | None,
+          lm_width: int, lm_rows: int, beta: float, hash_mul: int) -> None:
+    """Every searched frame, in place on the state ``f``, ``i``, ``lm`` and the pointers ``bp``.
+    Step s works on the first ``steps[s]`` (sorted) utterances: the others are done."""
+    width, k1 = f.shape[2], cv.shape[2]
+    for s in range(len(steps)):
+        n = steps[s]
+        b, nb, bi = f[:n, 0], f[:n, 1], i[:n]
+        last = bi[:, 2]
+        if has_run[s]:                         # the skipped frames before this one: stays only
+            b, nb = (torch.logaddexp(b + run_b[:n, s, None], nb + run_x[:n, s].gather(1, last)),
+                     nb + run_nb[:n, s].gather(1, last))
+        lpf, cvs = lp[:n, s], cv[:n, s]
+        tot = torch.logaddexp(b, nb)
+        lp_last = lpf.gather(1, last)
+        stay_b, stay_nb = tot + lpf[:, blank, None], nb + lp_last
+        at = rank[:n, s].gather(1, last).long()   # each beam's last label among the candidates (K: absent)
+        ext = (tot[:, :, None] + cvs[:, None, :]).view(n, width * k1)
+        ext.scatter_(1, own + at, b + cvs.gather(1, at))   # a repeated label extends only paths ending in blank
+        gained, kill = _merge(bi, b, tot, lp_last, at, k1, own)
+        stay_nb = torch.logaddexp(stay_nb, gained)
+        ext.scatter_(1, kill, float("-inf"))
+        stay = torch.logaddexp(stay_b, stay_nb)
+        # beams in order of mass (stable: ties by index); the candidates by (beam position, class rank)
+        perm = torch.sort(tot, dim=1, descending=True, stable=True).indices
+        grid = torch.add(grid_r, perm.index_select(1, grid_p), alpha=k1)    # flat index into ext
+        ext_lm = ext
+        if table is not None and lm_cand is not None:
+            stay = stay + lm[:n]
+            fused = table[bi[:, 4, :, None] * lm_width + lm_cand[:n, s, None, :]] + beta
+            ext_lm = (lm[:n, :, None] + fused).view(n, width * k1)
+            scores = torch.cat([stay, (ext + ext_lm).gather(1, grid)], 1)
+        else:
+            scores = torch.cat([stay, ext.gather(1, grid)], 1)
+        top = _keys(scores, tiebreak).topk(width, dim=1, sorted=True).indices
+        is_ext = top >= width
+        e = grid.gather(1, (top - width).clamp(min=0))
+        parent = torch.where(is_ext, e // k1, top)
+        ci = e % k1
+        cls = cand[:n, s].gather(1, ci)
+        g = bi.gather(2, parent[:, None, :].expand(-1, 6, -1))
+        h, state, peak_t = g[:, 0], g[:, 4], g[:, 5]
+        if table is not None and lm_cand is not None:
+            sym = lm_cand[:n, s].gather(1, ci)
+            state = torch.where(is_ext, (state % (lm_rows // lm_width)) * lm_width + sym if lm_rows > 1 else state,
+                                state)
+            lm[:n] = torch.where(is_ext, ext_lm.gather(1, e), lm[:n].gather(1, parent))
+        gf = torch.stack([stay_b, stay_nb, lp_last, f[:n, 2]], 1).gather(2, parent[:, None, :].expand(-1, 4, -1))
+        up = gf[:, 2] > gf[:, 3]                 # the last label peaks here (ctcdecode's timestep)
+        now = frame[:n, s, None].expand(-1, width)
+        grown = torch.stack([h * hash_mul + cls + 1, h, cls, g[:, 3] + 1, state, now], 1)
+        g[:, 5] = torch.where(up, now, peak_t)
+        g[:, 4] = state
+        i[:n] = torch.where(is_ext[:, None], grown, g)
+        kept = torch.stack([gf[:, 0], gf[:, 1], torch.maximum(gf[:, 2], gf[:, 3])], 1)
+        new = torch.stack([neg[:n], ext.gather(1, e), cvs.gather(1, ci)], 1)
+        f[:n] = torch.where(is_ext[:, None], new, kept)
+        bp[s, :n] = torch.stack([parent, torch.where(is_ext, cls, -1), peak_t], 1)
 
 
-def _tail(beams: _Beams, fr: _Frames) -> None:
-    """Each utterance's last run of skipped frames (after its last searched frame)."""
-    at = fr.count[:, None]
-    last = beams.i[:, _Beams.LAST]
-    classes = fr.run_nb.shape[2]
-    b, nb = beams.f[:, 0], beams.f[:, 1]
-    rb = fr.run_b.gather(1, at)
-    rnb = fr.run_nb.gather(1, at[..., None].expand(-1, -1, classes))[:, 0].gather(1, last)
-    rx = fr.run_x.gather(1, at[..., None].expand(-1, -1, classes))[:, 0].gather(1, last)
-    beams.f[:, 0], beams.f[:, 1] = torch.logaddexp(b + rb, nb + rx), nb + rnb
-
-
-def _backtrack(bp: torch.Tensor, cur: torch.Tensor, lengths: torch.Tensor, last_peak: torch.Tensor):
+def _backtrack(bp: torch.Tensor, cur: torch.Tensor, lengths: torch.Tensor, last_peak: torch.Tensor,
+               size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens and their peak frames [B, W, L] of the beams ``cur [B, W]``, read back through the
     step pointers ``bp [S, B, 3, W]`` (parent, emitted class or -1, parent's last-token peak)."""
-    batch, width = cur.shape
-    size = int(lengths.max()) if lengths.numel() else 0
+    batch, width = cur.shape[0], cur.shape[1]
     tokens = torch.zeros(batch, width, size + 1, dtype=torch.long, device=cur.device)
     frames = torch.zeros_like(tokens)
     pos = lengths.long() - 1
-    frames.scatter_(2, torch.where(pos >= 0, pos, size)[..., None], last_peak[..., None])
+    frames.scatter_(2, torch.where(pos >= 0, pos, size)[:, :, None], last_peak[:, :, None])
     for s in range(bp.shape[0] - 1, -1, -1):
         step = bp[s].gather(2, cur[:, None, :].expand(-1, 3, -1))
         emitted = (step[:, 1] >= 0) & (pos >= 0)
-        at = torch.where(emitted, pos, size)[..., None]
-        tokens.scatter_(2, at, step[:, 1, :, None])
-        frames.scatter_(2, torch.where(emitted & (pos >= 1), pos - 1, size)[..., None], step[:, 2, :, None])
+        tokens.scatter_(2, torch.where(emitted, pos, size)[:, :, None], step[:, 1, :, None])
+        frames.scatter_(2, torch.where(emitted & (pos >= 1), pos - 1, size)[:, :, None], step[:, 2, :, None])
         pos = pos - emitted.long()
         cur = step[:, 0]
-    return tokens[..., :size], frames[..., :size]
+    return tokens[:, :, :size], frames[:, :, :size]
+
+
+def _scripted(fn):
+    """TorchScript of a hot function when this torch can make it (the search is bound by per-op
+    overhead: scripted, a step costs about a third); else the function itself, same results."""
+    try:
+        return torch.jit.script(fn)
+    except Exception:  # noqa: BLE001 - TorchScript missing or unable: plain Python is the fallback
+        return fn
+
+
+_LOOP, _BACKTRACK = _loop, _backtrack
+SCRIPTED = False
+
+
+def use_torchscript(on: bool = True) -> None:
+    """Run the search's loops as TorchScript (default where available) or as plain Python."""
+    global _LOOP, _BACKTRACK, SCRIPTED
+    _LOOP, _BACKTRACK = (_scripted(_loop), _scripted(_backtrack)) if on else (_loop, _backtrack)
+    SCRIPTED = _LOOP is not _loop
+
+
+def _tail(f: torch.Tensor, i: torch.Tensor, fr: _Frames) -> None:
+    """Each utterance's last run of skipped frames (after its last searched frame)."""
+    at = fr.count[:, None]
+    last = i[:, LAST]
+    classes = fr.run_nb.shape[2]
+    b, nb = f[:, 0], f[:, 1]
+    rb = fr.run_b.gather(1, at)
+    rnb = fr.run_nb.gather(1, at[..., None].expand(-1, -1, classes))[:, 0].gather(1, last)
+    rx = fr.run_x.gather(1, at[..., None].expand(-1, -1, classes))[:, 0].gather(1, last)
+    f[:, 0], f[:, 1] = torch.logaddexp(b + rb, nb + rx), nb + rnb
 
 
 @torch.no_grad()
@@ -375,21 +403,28 @@ def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, 
     lengths = lengths.to(dev, torch.long)
     fusion = _Fusion(lm, opts.alpha, opts.beta, dev) if lm is not None else None
     fr = _pack(log_probs, lengths, opts, fusion)
-    beams = _Beams(batch, width, opts.blank, lm.bos_state if lm is not None else 0, dev)
+    f, i, lm_part = _initial(batch, width, opts.blank, lm.bos_state if lm is not None else 0, dev)
     bp = torch.full((len(fr.steps), batch, 3, width), -1, dtype=torch.long, device=dev)
     bp[:, :, 0] = torch.arange(width, device=dev)          # rows done searching stay put
-    for s, n in enumerate(fr.steps):
-        _step(beams, fr, s, n, fusion, bp, opts.blank)
-    _tail(beams, fr)
-    acoustic = torch.logaddexp(beams.f[:, 0], beams.f[:, 1])
-    total = acoustic + beams.lm
+    _LOOP(f, i, lm_part, bp, fr.lp, fr.cand, fr.cv, fr.rank, fr.frame, fr.run_b, fr.run_nb, fr.run_x,
+          fr.steps, fr.has_run, fr.grid_p, fr.grid_r, fr.tiebreak, fr.own, fr.neg, opts.blank,
+          None if fusion is None else fusion.table, fr.lm_cand, 0 if fusion is None else fusion.width,
+          0 if fusion is None else fusion.rows, 0.0 if fusion is None else fusion.beta, _HASH_MUL)
+    if fr.tail:
+        _tail(f, i, fr)
+    acoustic = torch.logaddexp(f[:, 0], f[:, 1])
+    total = acoustic + lm_part
     if fusion is not None:
-        total = total + fusion.end(beams.i[:, _Beams.STATE])
+        total = total + fusion.end(i[:, STATE])
     total = torch.where(acoustic > NEG, total, NEG)
-    rank = _keys(total, _LOW32 - torch.arange(width, device=dev)).topk(width, dim=1, sorted=True).indices
-    lens = beams.i[:, _Beams.LENGTH].gather(1, rank).masked_fill(total.gather(1, rank) == NEG, 0)
-    tokens, peaks = _backtrack(bp, rank, lens, beams.i[:, _Beams.PEAK_T].gather(1, rank))
+    rank = _int_keys(total, torch.arange(width, device=dev)).topk(width, dim=1).indices
+    lens = i[:, LENGTH].gather(1, rank).masked_fill(total.gather(1, rank) == NEG, 0)
+    size = int(lens.max()) if lens.numel() else 0
+    tokens, peaks = _BACKTRACK(bp, rank, lens, i[:, PEAK_T].gather(1, rank), size)
     unsort = torch.empty_like(fr.order)
     unsort[fr.order] = torch.arange(batch, device=dev)
     return Result(tokens[unsort].int(), lens[unsort].int(), peaks[unsort].int(),
                   acoustic.gather(1, rank)[unsort], total.gather(1, rank)[unsort])
+
+
+use_torchscript(True)
