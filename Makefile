@@ -15,11 +15,16 @@ TORCH_VERSION ?= 2.13.0
 TORCHRUN_ARGS ?= --standalone
 TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node="$(NGPU)"
 
-.PHONY: setup shards publish train predict evaluate test bench demo speech-corpus help
+# A phone n-gram LM (ARPA) for predict/evaluate: LM=weights/phones-4gram.arpa after `make lm`
+LM ?=
+ORDER ?= 4
+LM_ARGS = $(if $(LM),--lm "$(LM)")
+
+.PHONY: setup shards publish train lm predict evaluate test bench demo speech-corpus help
 
 help:
-	@echo "make demo | setup | shards | publish | train | predict | evaluate | test | bench | speech-corpus"
-	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) ARGS='$(ARGS)'"
+	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | speech-corpus"
+	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +49,15 @@ publish: setup
 train: setup
 	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(ARGS)
 
+# evaluate with LM=... and no --alpha/--beta in ARGS prints the best LM weights; give them to predict in ARGS
+lm: setup
+	$(BIN)/phonerec lm --shards "$(SHARDS)" --weights "$(WEIGHTS)" --order "$(ORDER)" $(ARGS)
+
 predict: setup
-	$(TORCHRUN) -m phonerec predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
+	$(TORCHRUN) -m phonerec predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(LM_ARGS) $(ARGS)
 
 evaluate: setup
-	$(BIN)/phonerec evaluate --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(ARGS)
+	$(BIN)/phonerec evaluate --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(LM_ARGS) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -31,6 +31,7 @@ def main() -> None:
       predict       beam-decode the test split into results/submission.csv
       evaluate      greedy and beam distance on a labelled split
       transcribe    decode individual .npy feature files (or .wav recordings)
+      lm            estimate a phone n-gram LM (ARPA) on the training transcripts, for --lm
       summary       a short report of a run (corpus, padding, training time, scores)
     """
 

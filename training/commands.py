@@ -221,6 +221,37 @@ _weights = click.option("--weights", default=_DD.weights, show_default=True,
 _device = click.option("--device", default=_DD.device, show_default=True, help="auto, cpu or cuda.")
 
 
+_BEAM_OPTIONS = [
+    click.option("--decoder", type=click.Choice(["torch", "fast-ctc-decode"]), default=_DD.decoder, show_default=True,
+                 help="torch: the batched prefix beam search (decoding/search.py; CPU or GPU, n-best, LM); "
+                      "fast-ctc-decode: the previous decoder, kept for one release to compare (no LM)."),
+    click.option("--lm", default=_DD.lm, metavar="FILE.arpa",
+                 help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search."),
+    click.option("--alpha", type=ranged("alpha", float), default=_DD.alpha, show_default=True,
+                 help="LM weight (with --lm)."),
+    click.option("--beta", type=ranged("beta", float), default=_DD.beta, show_default=True,
+                 help="Bonus per phone (with --lm)."),
+    click.option("--blank-skip", type=ranged("blank_skip", float), default=_DD.blank_skip, show_default=True,
+                 help="Frames whose blank probability reaches this extend no hypothesis (their blank and "
+                      "repeat paths are still summed exactly); above 1: search every frame."),
+]
+
+
+def _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip, grid=()):
+    from .inference import BeamSettings
+    return BeamSettings(width=beam_width, threads=threads, decoder=decoder, lm=lm, alpha=alpha, beta=beta,
+                        blank_skip=blank_skip, grid=tuple(grid))
+
+
+def _with_options(options):
+    """Apply a list of click options in the order they are listed."""
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
 def _split_options(split: str, split_help: str, beam: int, results_help: str):
     """The options `predict` and `evaluate` share (defaults from DecodeConfig)."""
     options = [
@@ -229,17 +260,13 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
         click.option("--results", default=_DD.results, show_default=True, help=results_help),
         click.option("--split", default=split, show_default=True, help=split_help),
         click.option("--beam-width", type=ranged("beam_width", int), default=beam, show_default=True, help="Beam width (0 = greedy; at most 1024)."),
+        *_BEAM_OPTIONS,
         _threads,
         click.option("--workers", type=ranged("workers", int), default=_DD.workers, show_default=True, help="DataLoader workers per rank (at most 4 x this machine's cores)."),
         _device,
         _fetch_options,
     ]
-
-    def apply(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-    return apply
+    return _with_options(options)
 
 
 @click.command("predict")
@@ -249,8 +276,8 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
               help="The submission's header. [default: the test split's template's (random_submission.csv or "
                    "sample_submission.csv under the split), else index,label]")
 @click.option("--quiet", is_flag=True)
-def predict(shards, weights, results, split, beam_width, threads, workers, device, output, header, quiet,
-            **fetch):
+def predict(shards, weights, results, split, beam_width, decoder, lm, alpha, beta, blank_skip, threads, workers,
+            device, output, header, quiet, **fetch):
     """Beam-decode a split (the test split) into <results>/submission.csv (index,label, or the
     header of the template the test split ships).
 
@@ -268,6 +295,7 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
     from .inference import decode_checkpoint, submission_header, submission_rows, write_predictions, write_submission
 
     source = _source(fetch, workers)
+    beam = _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip)
 
     def go():
         if _main_rank():
@@ -275,14 +303,14 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
         columns = submission_header(mf.load(shards, split, source.policy), header)
         ctx = D.init(device)
         try:
-            m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
-                                        workers=workers, progress=not quiet, source=source)
+            m, hyps = decode_checkpoint(weights, shards, split, ctx, workers=workers, progress=not quiet,
+                                        source=source, beam=beam)
             if ctx.is_main:
                 rows, missing = submission_rows(m, hyps)
                 out = Path(results) / output
                 write_submission(out, rows, columns)
                 write_predictions(Path(results) / f"predict-{split}.tsv", m, hyps)
-                click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, beam width {beam_width}); "
+                click.echo(f"wrote {out}: {len(rows)} rows ({m.num_utterances} decoded, {_describe(beam)}); "
                            f"ids and greedy decodes beside it in predict-{split}.tsv")
                 if m.num_utterances == 0:
                     click.echo(f"warning: split {m.split} has no utterances: the submission has {len(rows)} rows",
@@ -299,43 +327,32 @@ def predict(shards, weights, results, split, beam_width, threads, workers, devic
 @click.command("evaluate")
 @_split_options(_DD.evaluate_split, "A labelled split.", _DD.evaluate_beam, "Where the per-utterance TSV goes.")
 @click.option("--quiet", is_flag=True)
-def evaluate(shards, weights, results, split, beam_width, threads, workers, device, quiet, **fetch):
+@click.pass_context
+def evaluate(ctx, shards, weights, results, split, beam_width, decoder, lm, alpha, beta, blank_skip, threads, workers,
+             device, quiet, **fetch):
     """Mean Levenshtein distance and phoneme error rate, greedy and beam, on a labelled split.
 
+    With --lm and no --alpha/--beta, also decodes with each pair of a small grid of LM weights,
+    prints their PER and scores the beam with the best pair (the one to give `predict`).
     Writes <results>/evaluate-<split>.tsv (id, reference, greedy, beam, distances) and
     <results>/evaluate-<split>.json.
     """
-    import json
-    from pathlib import Path
+    from .inference import LM_GRID, evaluate_split
 
-    from pipeline.atomic import ensure_writable, write_json
-
-    from . import distributed as D
-    from .inference import decode_checkpoint, evaluate as score
-
+    given = any(ctx.get_parameter_source(p) not in (click.core.ParameterSource.DEFAULT, None) for p in ("alpha", "beta"))
+    grid = LM_GRID if lm and not given and beam_width > 0 else ()
     source = _source(fetch, workers)
+    beam = _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip, grid)
+    _run_inference(lambda: evaluate_split(weights, shards, results, split, beam, device=device, workers=workers,
+                                          progress=not quiet, source=source, echo=click.echo))
 
-    def go():
-        if _main_rank():
-            ensure_writable(results)    # before decoding the whole split, not after
-        ctx = D.init(device)
-        try:
-            m, hyps = decode_checkpoint(weights, shards, split, ctx, beam_width=beam_width, threads=threads,
-                                        workers=workers, progress=not quiet, require_utterances=True, source=source)
-            if ctx.is_main:
-                ev = score(m, hyps, Path(results) / f"evaluate-{split}.tsv")
-                summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
-                summary["beam_width"] = beam_width
-                write_json(Path(results) / f"evaluate-{split}.json", summary)
-                click.echo(f"{split}: {ev.utterances} utterances, {ev.phonemes} phonemes\n"
-                           f"  greedy: distance {ev.greedy_distance:.3f}, PER {100 * ev.greedy_per:.2f}%\n"
-                           f"  beam {beam_width}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
-                           f"  per utterance: {ev.tsv}")
-                click.echo(json.dumps(summary))
-                _network_note(m, source)
-        finally:
-            D.shutdown(ctx)
-    _run_inference(go)
+
+def _describe(beam) -> str:
+    """'beam width 50, torch decoder, LM phones.arpa (alpha 0.5, beta 1)'."""
+    if beam.width <= 0:
+        return "greedy"
+    lm = f", LM {beam.lm} (alpha {beam.alpha:g}, beta {beam.beta:g})" if beam.lm else ""
+    return f"beam width {beam.width}, {beam.decoder} decoder{lm}"
 
 
 def _network_note(m, source) -> None:
@@ -349,12 +366,13 @@ def _network_note(m, source) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @_weights
 @click.option("--beam-width", type=ranged("beam_width", int), default=_DD.transcribe_beam, show_default=True, help="Beam width (0 = greedy; at most 1024).")
+@_with_options(_BEAM_OPTIONS)
 @click.option("--arpabet", is_flag=True, help="Print ARPAbet symbols instead of the one-character codes.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols marked).")
 @_threads
 @_device
-def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
+def transcribe(files, weights, beam_width, decoder, lm, alpha, beta, blank_skip, arpabet, plot, threads, device):
     """Decode raw feature files (.npy [T,15]) or recordings (.wav/.flac/.ogg, any sample rate;
     features extracted as `phonerec synth-speech` does); prints `name<TAB>labels`, as in a
     submission.
@@ -368,6 +386,8 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
     from . import distributed as D
     from .inference import load_model, plot_posteriorgram, transcribe as run
 
+    beam = _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip)
+
     def go():
         ctx = D.Context(device=D.init(device).device)
         loaded = load_model(weights, ctx.device)
@@ -375,7 +395,7 @@ def transcribe(files, weights, beam_width, arpabet, plot, threads, device):
         first = None
         for f in files:               # one file at a time: a bad file is reported and the others decoded
             try:
-                out = run(loaded, [Path(f)], ctx.device, beam_width=beam_width, threads=threads)
+                out = run(loaded, [Path(f)], ctx.device, beam)
             except UtteranceError as exc:
                 failed.append(f"cannot read features {exc}")
                 if len(files) > 1:
@@ -421,4 +441,34 @@ def summary(shards, weights, results, split, data, as_json):
     click.echo(json.dumps(info, indent=1) if as_json else render(info))
 
 
-COMMANDS: list = [train, predict, evaluate, transcribe, summary]
+
+
+
+@click.command("lm")
+@click.option("--shards", default=_DD.shards, show_default=True, help=_SHARDS_HELP)
+@click.option("--train", "splits", default=TrainConfig().train, show_default=True,
+              help="Comma-separated labelled splits whose transcripts the LM is estimated on.")
+@click.option("--order", type=ranged("order", int), default=_DD.lm_order, show_default=True,
+              help="n of the n-gram (the decoder holds a dense table: up to 4 for ~45 phones).")
+@click.option("--out", default=None, metavar="FILE.arpa",
+              help="Where the ARPA file goes.  [default: <weights>/phones-<order>gram.arpa]")
+@click.option("--weights", default=_DD.weights, show_default=True, help="The default --out folder.")
+@click.option("--quiet", is_flag=True)
+@_fetch_options
+def lm(shards, splits, order, out, weights, quiet, **fetch):
+    """Estimate a phone n-gram language model (interpolated Kneser-Ney) on the training split's
+    transcripts and write it as an ARPA file, for `predict`/`evaluate`/`transcribe --lm`.
+
+    `evaluate --lm FILE` then searches a small grid of LM weights on the dev split and prints the
+    best --alpha/--beta for predict.
+    """
+    from pathlib import Path
+
+    from .phone_lm import build_lm
+
+    out = out or str(Path(weights) / f"phones-{order}gram.arpa")
+    source = _source(fetch, 0)
+    info = _run_inference(lambda: build_lm(shards, splits, order, out, source, progress=not quiet))
+    click.echo(f"wrote {info['path']}: order {order}, {info['sentences']} transcripts, {info['phones']} phones, "
+               f"n-grams per order {info['ngrams']}")
+COMMANDS: list = [train, predict, evaluate, transcribe, lm, summary]

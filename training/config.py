@@ -48,6 +48,7 @@ RANGES: dict[str, Range] = {
     "freq_width": Range(0), "noise_std": Range(0), "checkpoint_every": Range(0), "max_steps": Range(0),
     "max_bad_steps": Range(1), "fetch_retries": Range(0), "fetch_backoff": Range(0),
     "fetch_timeout": Range(0, open_low=True), "beam_width": Range(0, MAX_BEAM), "threads": Range(0, MAX_THREADS),
+    "alpha": Range(0, 10), "beta": Range(-10, 10), "blank_skip": Range(0, open_low=True), "order": Range(1, 6),
 }
 
 
@@ -154,6 +155,12 @@ class DecodeConfig:
     evaluate_beam: int = 20
     transcribe_beam: int = 50
     threads: int = 0                   # beam-search threads per rank (0 = CPUs / ranks on this machine)
+    decoder: str = "torch"             # torch (decoding/search.py) | fast-ctc-decode (the previous one, optional)
+    lm: str = ""                       # an ARPA phone LM (`phonerec lm`, KenLM, SRILM); '' for none
+    alpha: float = 0.5                 # LM weight (shallow fusion) ...
+    beta: float = 1.0                  # ... and bonus per phone; evaluate searches a grid when not given
+    blank_skip: float = 0.999          # frames with P(blank) >= this extend nothing (> 1: search every frame)
+    lm_order: int = 4                  # `phonerec lm`
     workers: int = 2                   # DataLoader workers per rank
     device: str = "auto"
     output: str = "submission.csv"     # file name inside --results

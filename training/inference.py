@@ -7,7 +7,9 @@ writes the outputs in the split's original order (the manifest's `index`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +31,51 @@ from pipeline.vocab import F22, Inventory, InventoryError
 from . import distributed as D
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
 from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
-from .decode import CTCBeamDecoder, beam_decode, greedy_decode, restrict_to_labels
+from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
 
 
 class CompatibilityError(PhonerecError):
     """Weights and shards (or files) that do not belong together."""
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    """How a split is beam-decoded: the decoding commands' options. ``width`` 0: greedy only.
+    ``grid``: also decode with each (alpha, beta) (evaluate's search for the LM weights)."""
+    width: int = 10
+    threads: int = 1
+    decoder: str = "torch"
+    lm: str = ""
+    alpha: float = 0.5
+    beta: float = 1.0
+    blank_skip: float = BLANK_SKIP
+    grid: tuple[tuple[float, float], ...] = ()
+
+    def decoders(self, inventory: Inventory) -> dict:
+        """(alpha, beta) or "beam" -> the CTCBeamDecoder; {} for greedy only. The LM is read once."""
+        if self.width <= 0:
+            return {}
+        lm = load_lm(self.lm, inventory.symbols) if self.lm else None
+
+        def make(alpha, beta):
+            return CTCBeamDecoder(labels=inventory.symbols, lm=lm, alpha=alpha, beta=beta,
+                                  cutoff_top_n=inventory.num_classes, beam_width=self.width,
+                                  num_processes=max(self.threads, 1), log_probs_input=True,
+                                  blank_skip=self.blank_skip, backend=self.decoder)
+        out = {"beam": make(self.alpha, self.beta)}
+        out.update({pair: make(*pair) for pair in self.grid})
+        return out
+
+
+def top_hypotheses(decoder: CTCBeamDecoder, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """The best hypothesis of each utterance (log-probs on any device)."""
+    if decoder.backend != "torch":
+        res, _, _, lens = decoder.decode(log_probs, lengths)
+        return [res[i, 0, : int(lens[i, 0])].tolist() for i in range(res.shape[0])]
+    r = decoder.search(log_probs, lengths.to(log_probs.device))
+    return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
 
 
 @dataclass
@@ -101,11 +141,13 @@ def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
 
 
 @torch.no_grad()
-def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: int = 10, threads: int = 1,
+def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: BeamSettings = BeamSettings(),
                  greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True,
                  source: ShardSource | None = None) -> dict[int, dict]:
-    """Manifest row -> {"greedy": [...], "beam": [...], "ref": labels or None} for every utterance,
-    gathered on every rank."""
+    """Manifest row -> {"greedy": [...], "beam": [...], "ref": labels or None, (alpha, beta): [...] for
+    each of ``beam.grid``} for every utterance, gathered on every rank. The search runs where the
+    model does (log-probs stay on the GPU)."""
+    decoders = beam.decoders(m.inventory)
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
                       opts=BatchOptions(max_frames=max(max_frames, int(m.frames.max(initial=1)))),
                       shuffle=False, balance=False)
@@ -117,13 +159,15 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam_width: 
         for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda", source=source):
             b = batch.to(ctx.device)
             lp, out_lens = loaded.model(b.feats.float(), b.lengths)
-            lp, out_lens = restrict_to_labels(lp.float().cpu(), m.inventory), out_lens.cpu()
-            g = greedy_decode(lp, out_lens) if greedy or beam_width <= 0 else [None] * len(out_lens)
-            bm = beam_decode(lp, out_lens, beam_width=beam_width, threads=threads) if beam_width > 0 else g
+            lp, out_lens = restrict_to_labels(lp.float(), m.inventory), out_lens.cpu()
+            g = greedy_decode(lp, out_lens) if greedy or not decoders else [None] * len(out_lens)
+            found = {key: top_hypotheses(dec, lp, out_lens) for key, dec in decoders.items()}
+            found.setdefault("beam", g)
             labels, llens = batch.labels.tolist(), batch.label_lengths.tolist()
-            for i, (r, gh, bh) in enumerate(zip(batch.rows.tolist(), g, bm)):
+            for i, r in enumerate(batch.rows.tolist()):
                 # The reference too (labelled splits): scoring then needs no second read of the shards.
-                out[r] = {"greedy": gh, "beam": bh, "ref": labels[i][: llens[i]] if m.labelled else None}
+                out[r] = {"greedy": g[i], "ref": labels[i][: llens[i]] if m.labelled else None,
+                          **{key: hyps[i] for key, hyps in found.items()}}
             bar.update(len(out_lens))
     except ShardReadError as exc:
         if not ctx.distributed:
@@ -288,9 +332,10 @@ def features_for(loaded: Loaded, path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_width: int = 10,
-               threads: int = 1) -> list[tuple[Path, list[int], list[int], torch.Tensor]]:
+def transcribe(loaded: Loaded, paths: list[Path], device: torch.device,
+               beam: BeamSettings = BeamSettings()) -> list[tuple[Path, list[int], list[int], torch.Tensor]]:
     """(file, hypothesis, frame of each token, log-probs [T', C]) per file."""
+    decoder = beam.decoders(loaded.inventory).get("beam")
     out = []
     for p in paths:
         try:
@@ -300,10 +345,8 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device, beam_wid
         x = torch.from_numpy(feats)[None].to(device)
         lp, ol = loaded.model(x, torch.tensor([x.shape[1]], device=device))
         lp, ol = restrict_to_labels(lp.float().cpu(), loaded.inventory), ol.cpu()
-        if beam_width > 0:
-            symbols = loaded.inventory.symbols
-            res, _, steps, lens = CTCBeamDecoder(labels=symbols, beam_width=beam_width, num_processes=threads,
-                                                 cutoff_top_n=len(symbols)).decode(lp, ol, compute_scores=False)
+        if decoder is not None:
+            res, _, steps, lens = decoder.decode(lp, ol)
             n = int(lens[0, 0])
             hyp, frames = res[0, 0, :n].tolist(), steps[0, 0, :n].tolist()
         else:
@@ -337,3 +380,67 @@ def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], fram
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+# evaluate's search for the LM weights (with --lm and no --alpha/--beta): 12 decodes of the split
+LM_GRID: tuple[tuple[float, float], ...] = tuple((a, b) for a in (0.25, 0.5, 1.0, 1.5) for b in (0.0, 1.0, 2.0))
+
+
+def grid_table(m: mf.Manifest, hyps: dict[int, dict], grid) -> list[dict]:
+    """Mean distance and PER of each (alpha, beta) of the grid, best (lowest PER) first."""
+    inv = m.inventory
+    refs = [inv.to_codes(hyps[r]["ref"]) for r in range(m.num_utterances)]
+    phonemes = max(sum(map(len, refs)), 1)
+    rows = []
+    for pair in grid:
+        dist = sum(Levenshtein.distance(inv.to_codes(hyps[r][pair]), refs[r]) for r in range(m.num_utterances))
+        rows.append({"alpha": pair[0], "beta": pair[1], "distance": dist / max(m.num_utterances, 1),
+                     "per": dist / phonemes})
+    return sorted(rows, key=lambda r: (r["per"], r["alpha"], r["beta"]))
+
+
+def evaluate_split(weights, shards, results, split: str, beam: BeamSettings, *, device: str = "auto",
+                   workers: int = 2, progress: bool = True, source: ShardSource | None = None, echo=print) -> None:
+    """`phonerec evaluate`: decode a labelled split, pick the LM weights when a grid is given, write
+    <results>/evaluate-<split>.tsv and .json and print the figures (rank 0)."""
+    import json
+
+    from pipeline.atomic import ensure_writable, write_json
+
+    source = source or ShardSource()
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        ensure_writable(results)    # before decoding the whole split, not after
+    ctx = D.init(device)
+    try:
+        m, hyps = decode_checkpoint(weights, shards, split, ctx, beam=beam, workers=workers, progress=progress,
+                                    require_utterances=True, source=source)
+        if not ctx.is_main:
+            return
+        table = grid_table(m, hyps, beam.grid) if beam.grid else []
+        if table:
+            best = (table[0]["alpha"], table[0]["beta"])
+            for r in hyps.values():
+                r["beam"] = r[best]
+            beam = dataclasses.replace(beam, alpha=best[0], beta=best[1])
+        ev = evaluate(m, hyps, Path(results) / f"evaluate-{split}.tsv")
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
+        summary.update(beam_width=beam.width, decoder=beam.decoder, lm=beam.lm or None,
+                       alpha=beam.alpha if beam.lm else None, beta=beam.beta if beam.lm else None)
+        if table:
+            summary["lm_grid"] = table
+        write_json(Path(results) / f"evaluate-{split}.json", summary)
+        for r in table:
+            echo(f"  alpha {r['alpha']:<5g} beta {r['beta']:<4g} PER {100 * r['per']:.2f}%")
+        lm = f" + LM (alpha {beam.alpha:g}, beta {beam.beta:g})" if beam.lm else ""
+        echo(f"{split}: {ev.utterances} utterances, {ev.phonemes} phonemes\n"
+             f"  greedy: distance {ev.greedy_distance:.3f}, PER {100 * ev.greedy_per:.2f}%\n"
+             f"  beam {beam.width}{lm}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
+             f"  per utterance: {ev.tsv}")
+        if table:
+            echo(f"  best LM weights: --alpha {beam.alpha:g} --beta {beam.beta:g} (give them to predict)")
+        echo(json.dumps(summary))
+        if m.remote:
+            from .loop import network_line
+            echo(network_line(source.totals()))
+    finally:
+        D.shutdown(ctx)

@@ -1,0 +1,193 @@
+"""``CTCBeamDecoder``: ctcdecode's interface over the batched torch search (``decoding.search``),
+with an optional phone n-gram LM; the fast-ctc-decode backend is kept for one release to compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from pipeline.vocab import BLANK, VOCAB
+
+from .ctc import check_lengths, ctc_log_likelihood, default_labels, prune_probs
+from .lm import DenseLM, dense, read_arpa
+from .search import SearchOptions, search
+
+DECODERS = ("torch", "fast-ctc-decode")
+BLANK_SKIP = 0.999      # frames with P(blank) >= this extend nothing (their stays are exact)
+
+# fast-ctc-decode returns a string; class c is rendered as chr(_CHAR_BASE + c) so it maps back exactly.
+_CHAR_BASE = 0x100
+# fast-ctc-decode extends every label whose probability is not below its threshold, zeros included;
+# the smallest normal float32 makes pruned (zeroed) classes really skipped.
+_MIN_CUT = float(np.finfo(np.float32).tiny)
+
+
+def load_lm(path, labels: Sequence[str], blank: int = BLANK) -> DenseLM:
+    """An ARPA file (``phonerec lm``, KenLM, SRILM) as the dense table the search reads."""
+    return dense(read_arpa(path), labels, blank=blank, path=path)
+
+
+class CTCBeamDecoder:
+    """Prefix beam search with the interface of ``ctcdecode.CTCBeamDecoder``.
+
+    ``decode(probs [B, T, C], seq_lens [B])`` returns, on the CPU, ``beam_results [B, W, T]`` int32,
+    ``beam_scores [B, W]`` float32, ``timesteps [B, W, T]`` int32 and ``out_lens [B, W]`` int32, all
+    W rows filled best first (n-best, distinct; a row past the number of distinct hypotheses has
+    length 0 and score +inf); the best hypothesis of utterance i is
+    ``beam_results[i][0][:out_lens[i][0]]``. As in ctcdecode, ``beam_scores`` is minus the search's
+    own acoustic CTC log-mass of the hypothesis (LM part left out; lower is better): a lower bound
+    of the exact probability, whose pruned alignments it misses. ``timesteps``: the frame where each
+    token's probability peaks while the hypothesis stays on it, as ctcdecode reports them.
+
+    The search runs on ``probs.device``. ``num_processes`` > 1 splits a CPU batch over that many
+    threads (the search's loop releases the GIL when TorchScript runs it). ``cutoff_top_n`` /
+    ``cutoff_prob`` restrict each frame to ctcdecode's candidate classes; ``blank_skip``: frames
+    whose blank probability reaches it extend nothing (1.0 would skip only certain frames; > 1:
+    search every frame). ``model_path``: an ARPA phone LM over ``labels`` fused with weight
+    ``alpha`` and a bonus ``beta`` per token (ignored without an LM, as in ctcdecode); or ``lm``, a
+    ``DenseLM`` already read. ``labels=None`` accepts any class count (no LM then).
+    ``backend="fast-ctc-decode"``: the previous decoder (top beam only, no LM), for comparison.
+    """
+
+    def __init__(self, labels: Sequence[str] | None = VOCAB, model_path=None, alpha: float = 0.0,
+                 beta: float = 0.0, cutoff_top_n: int = 40, cutoff_prob: float = 1.0, beam_width: int = 100,
+                 num_processes: int = 4, blank_id: int = BLANK, log_probs_input: bool = False, *,
+                 blank_skip: float = BLANK_SKIP, backend: str = "torch", lm: DenseLM | None = None) -> None:
+        if beam_width < 1 or num_processes < 1 or cutoff_top_n < 1:
+            raise ValueError("beam_width, num_processes and cutoff_top_n must be >= 1")
+        if not 0.0 < cutoff_prob <= 1.0:
+            raise ValueError("cutoff_prob must be in (0, 1]")
+        if not 0.0 < blank_skip:
+            raise ValueError("blank_skip must be > 0")
+        if backend not in DECODERS:
+            raise ValueError(f"unknown decoder {backend!r}: one of {', '.join(DECODERS)}")
+        self.labels = None if labels is None else tuple(labels)
+        if model_path is not None and lm is None:
+            if self.labels is None:
+                raise ValueError("a language model needs the labels")
+            lm = load_lm(model_path, self.labels, blank_id)
+        if lm is not None and backend != "torch":
+            raise ValueError(f"the {backend} decoder takes no language model")
+        self.lm, self.alpha, self.beta = lm, float(alpha), float(beta)
+        self.beam_width, self.num_processes, self.blank_id = int(beam_width), int(num_processes), int(blank_id)
+        self.cutoff_top_n, self.cutoff_prob = int(cutoff_top_n), float(cutoff_prob)
+        self.log_probs_input, self.blank_skip, self.backend = bool(log_probs_input), float(blank_skip), backend
+
+    def options(self, classes: int) -> SearchOptions:
+        return SearchOptions(beam_width=self.beam_width, blank=self.blank_id,
+                             cutoff_top_n=min(self.cutoff_top_n, classes), cutoff_prob=self.cutoff_prob,
+                             blank_skip=self.blank_skip, alpha=self.alpha, beta=self.beta)
+
+    def _check(self, probs, seq_lens):
+        probs = torch.as_tensor(probs).detach()
+        if probs.dim() != 3:
+            raise ValueError("probs must be [B, T, C]")
+        batch, frames, classes = probs.shape
+        if self.labels is not None and len(self.labels) != classes:
+            raise ValueError(f"{len(self.labels)} labels but {classes} classes in probs")
+        if not 0 <= self.blank_id < classes:
+            raise ValueError(f"blank_id {self.blank_id} out of range for {classes} classes")
+        if self.lm is not None and self.lm.label_index.numel() != classes:
+            raise ValueError(f"the language model covers {self.lm.label_index.numel()} classes, probs have {classes}")
+        lens = check_lengths(torch.full((batch,), frames) if seq_lens is None else seq_lens, batch, frames)
+        x = probs.float()
+        log_probs = x if self.log_probs_input else torch.log(x)
+        if torch.isnan(log_probs).any():
+            raise ValueError("probs hold NaN")
+        return log_probs, lens
+
+    def decode(self, probs: torch.Tensor, seq_lens=None, *, compute_scores: bool = True):
+        """(beam_results, beam_scores, timesteps, out_lens) on the CPU; see the class docstring.
+        ``compute_scores`` only matters to the fast-ctc-decode backend (exact rescoring)."""
+        log_probs, lens = self._check(probs, seq_lens)
+        if self.backend == "fast-ctc-decode":
+            return _fast_ctc_decode(self, log_probs, lens, compute_scores)
+        res = self.search(log_probs, lens)
+        batch, frames = log_probs.shape[:2]
+        width, size = self.beam_width, res.tokens.shape[2]
+        beam_results = torch.zeros(batch, width, frames, dtype=torch.int32)
+        timesteps = torch.zeros(batch, width, frames, dtype=torch.int32)
+        beam_results[..., :size] = res.tokens.cpu()
+        timesteps[..., :size] = res.frames.cpu()
+        return beam_results, (-res.acoustic).cpu(), timesteps, res.lengths.cpu()
+
+    def search(self, log_probs: torch.Tensor, lengths: torch.Tensor):
+        """``decoding.search.Result`` of normalised ``log_probs`` on their device (no checks, no
+        copies): the n-best with both scores, for callers that want more than ``decode``'s tuple."""
+        opts = self.options(log_probs.shape[-1])
+        workers = min(self.num_processes, log_probs.shape[0])
+        if workers <= 1 or log_probs.device.type != "cpu":
+            return search(log_probs, lengths.to(log_probs.device), opts, self.lm)
+        chunks = [c for c in torch.arange(log_probs.shape[0]).chunk(workers) if len(c)]
+        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            parts = list(pool.map(lambda c: search(log_probs[c], lengths[c], opts, self.lm), chunks))
+        return _concat(parts)
+
+
+def _concat(parts):
+    """One Result from the Results of consecutive chunks of a batch (token axes padded)."""
+    from .search import Result
+    size = max(p.tokens.shape[2] for p in parts)
+    pad = lambda x: torch.nn.functional.pad(x, (0, size - x.shape[2]))    # noqa: E731
+    return Result(torch.cat([pad(p.tokens) for p in parts]), torch.cat([p.lengths for p in parts]),
+                  torch.cat([pad(p.frames) for p in parts]), torch.cat([p.acoustic for p in parts]),
+                  torch.cat([p.total for p in parts]))
+
+
+def _fast_ctc_decode(dec: CTCBeamDecoder, log_probs, lens, compute_scores: bool):
+    """The previous backend: fast-ctc-decode's Rust search, one utterance per call, top beam only
+    (rows 1.. empty), its own rough timesteps; the score is the exact CTC log-likelihood, negated."""
+    try:
+        import fast_ctc_decode
+    except ImportError:
+        raise ImportError("--decoder fast-ctc-decode needs the fast-ctc-decode package: "
+                          "pip install fast-ctc-decode") from None
+    log_probs = log_probs.cpu()
+    batch, frames, classes = log_probs.shape
+    p = prune_probs(log_probs.exp(), dec.cutoff_top_n, dec.cutoff_prob)
+    order = [dec.blank_id] + [c for c in range(classes) if c != dec.blank_id]   # blank first
+    arr = np.ascontiguousarray(p[..., order].numpy(), dtype=np.float32)
+    alphabet = [chr(_CHAR_BASE + c) for c in order]
+    lengths, width = lens.tolist(), dec.beam_width
+
+    def one(i: int):
+        return fast_ctc_decode.beam_search(arr[i, : lengths[i]], alphabet, width, _MIN_CUT)
+
+    with ThreadPoolExecutor(max_workers=min(dec.num_processes, max(batch, 1))) as pool:
+        results = list(pool.map(one, range(batch)))
+    beam_results = torch.zeros(batch, width, frames, dtype=torch.int32)
+    timesteps = torch.zeros_like(beam_results)
+    out_lens = torch.zeros(batch, width, dtype=torch.int32)
+    scores = torch.full((batch, width), float("inf"))
+    hyps = [[ord(ch) - _CHAR_BASE for ch in seq] for seq, _ in results]
+    for i, (hyp, (_, path)) in enumerate(zip(hyps, results)):
+        if hyp:
+            beam_results[i, 0, : len(hyp)] = torch.tensor(hyp, dtype=torch.int32)
+            timesteps[i, 0, : len(hyp)] = torch.as_tensor(np.asarray(path, dtype=np.int32))
+        out_lens[i, 0] = len(hyp)
+    if compute_scores:
+        scores[:, 0] = -ctc_log_likelihood(log_probs, lens, hyps, dec.blank_id).float()
+    return beam_results, scores, timesteps, out_lens
+
+
+def beam_decode(log_probs: torch.Tensor, lengths, beam_width: int = 10, threads: int = 1,
+                top_n: int | None = None, top_p: float | None = None, *, backend: str = "torch",
+                lm: DenseLM | None = None, alpha: float = 0.0, beta: float = 0.0,
+                labels: Sequence[str] | None = None) -> list[list[int]]:
+    """The top hypothesis per utterance of ``log_probs [B, T, C]`` (no pruning unless top_n / top_p)."""
+    classes = log_probs.shape[-1]
+    decoder = CTCBeamDecoder(labels=labels or default_labels(classes), beam_width=beam_width,
+                             num_processes=threads, cutoff_top_n=classes if top_n is None else top_n,
+                             cutoff_prob=1.0 if top_p is None else top_p, log_probs_input=True,
+                             backend=backend, lm=lm, alpha=alpha, beta=beta)
+    if backend != "torch":
+        results, _, _, out_lens = decoder.decode(log_probs, lengths, compute_scores=False)
+        return [results[i, 0, : int(out_lens[i, 0])].tolist() for i in range(results.shape[0])]
+    log_probs, lens = decoder._check(log_probs, lengths)
+    res = decoder.search(log_probs, lens)
+    tokens, n = res.tokens[:, 0].cpu().tolist(), res.lengths[:, 0].cpu().tolist()
+    return [t[:k] for t, k in zip(tokens, n)]
