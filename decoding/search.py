@@ -255,28 +255,28 @@ class _Fusion:
         return self.table[state * self.width + self.lm.eos]
 
 
-def _keys(scores: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+def _keys(scores: torch.Tensor, frac: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
     """float64 keys ordering candidates by float32 score, then by lower index: ``frac [M]`` is
     index * 2**-28, and the key moves the score down by that fraction of the gap to the next
     float32 below, which float64 holds exactly: unique keys, so ``topk`` is exact and the same on
-    any device. -inf stays -inf (dead candidates, whose order never matters)."""
-    gap = (scores - torch.nextafter(scores, torch.full_like(scores, float("-inf")))).double()
-    key = scores.double() - frac * gap
-    return torch.where(torch.isfinite(key), key, scores.double())
+    any device. ``floor`` (a 0-dim -1e30) stands in for -inf (dead candidates, whose order among
+    themselves never matters)."""
+    s = torch.maximum(scores, floor)
+    gap = s - torch.nextafter(s, floor)
+    return s.double() - frac * gap.double()
 
 
 def _merge(bi: torch.Tensor, b: torch.Tensor, tot: torch.Tensor, lp_last: torch.Tensor, at: torch.Tensor,
-           k1: int, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           k1: int, dummy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Extension (i, c) is beam j when j's parent hash is i's hash (the first such i: live beams come
-    first) and c is j's last label: the mass each live j gains (-inf: none) and where to drop that
-    candidate (its flat index, or j's own dummy column)."""
+    first) and c is j's last label: (the mass each live j gains, -inf for none, whether or not c is
+    a candidate; where that candidate is in the flat ext, or j's own dummy column)."""
     match = bi[:, 0, None, :] == bi[:, 1, :, None]                     # [n, j, i]: hash(i) == parent(j)
     src = match.to(torch.uint8).argmax(-1)
     has = match.any(-1) & (tot > float("-inf"))
     last = bi[:, 2]
-    from_b = last.gather(1, src) == last
-    gained = torch.where(from_b, b.gather(1, src), tot.gather(1, src)) + lp_last
-    return torch.where(has, gained, float("-inf")), torch.where(has, src * k1 + at, own + (k1 - 1))
+    gained = torch.where(last.gather(1, src) == last, b.gather(1, src), tot.gather(1, src)) + lp_last
+    return torch.where(has, gained, float("-inf")), torch.where(has, src * k1 + at, dummy)
 
 
 def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, lp: torch.Tensor,
@@ -288,6 +288,8 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
     """Every searched frame, in place on the state ``f``, ``i``, ``lm`` and the pointers ``bp``.
     Step s works on the first ``steps[s]`` (sorted) utterances: the others are done."""
     width, k1 = f.shape[2], cv.shape[2]
+    dummy = own + (k1 - 1)                     # each beam's own dummy column (-inf) in ext
+    floor = torch.full((), -1e30, device=f.device)
     for s in range(len(steps)):
         n = steps[s]
         b, nb, bi = f[:n, 0], f[:n, 1], i[:n]
@@ -302,7 +304,7 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
         at = rank[:n, s].gather(1, last).long()   # each beam's last label among the candidates (K: absent)
         ext = (tot[:, :, None] + cvs[:, None, :]).view(n, width * k1)
         ext.scatter_(1, own + at, b + cvs.gather(1, at))   # a repeated label extends only paths ending in blank
-        gained, kill = _merge(bi, b, tot, lp_last, at, k1, own)
+        gained, kill = _merge(bi, b, tot, lp_last, at, k1, dummy)
         stay_nb = torch.logaddexp(stay_nb, gained)
         ext.scatter_(1, kill, float("-inf"))
         stay = torch.logaddexp(stay_b, stay_nb)
@@ -317,7 +319,7 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
             scores = torch.cat([stay, (ext + ext_lm).gather(1, grid)], 1)
         else:
             scores = torch.cat([stay, ext.gather(1, grid)], 1)
-        top = _keys(scores, tiebreak).topk(width, dim=1, sorted=True).indices
+        top = _keys(scores, tiebreak, floor).topk(width, dim=1, sorted=True).indices
         is_ext = top >= width
         e = grid.gather(1, (top - width).clamp(min=0))
         parent = torch.where(is_ext, e // k1, top)
