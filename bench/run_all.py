@@ -15,10 +15,12 @@ Usage (from the repository root; ``make bench`` runs it):
    reading the 28,539 corpus' shards from local disk, over HTTP from a server on 127.0.0.1 the
    benchmark starts and stops, and over HTTP with a shard cache (cold, then warm): frames/s and
    the ratio to local disk, with the delivered batches checked identical.
-3. Decoding (``bench/bench_decode.py``). The full decoding benchmark takes about 15 minutes on a
-   2-core machine (pyctcdecode at beam 50), so ``--decode auto`` (default) reuses a full
+3. Decoding (``bench/bench_decode.py``): the torch search against fast-ctc-decode and a numpy
+   reference search at widths 1/10/50/100 (about 6 minutes on a 2-core machine, most of it the
+   other two decoders at width 100), so ``--decode auto`` (default) reuses a full
    ``OUT/bench_decode.json`` when there is one and runs it otherwise; ``--decode run`` always runs it.
-   ``--quick`` runs its quick variant.
+   ``--quick`` runs its quick variant. ``--decode-model SHARDS WEIGHTS`` adds the PER rows on a
+   trained checkpoint's dev split (greedy, beam 10/50, with and without a phone LM).
 
 Outputs: ``OUT/bench.json`` (everything), ``OUT/bench.md`` (tables), ``OUT/bench_lengths.png``
 (training-split length histogram with the shard boundaries), ``OUT/bench_bars.png`` (ours vs
@@ -97,10 +99,12 @@ def preprocessing(sizes: list[int], work: Path, out: Path, skip: bool, quick: bo
     return res
 
 
-def decoding(mode: str, quick: bool, out: Path, log=print) -> dict | None:
+def decoding(mode: str, quick: bool, out: Path, log=print, model=None) -> dict | None:
     path = out / "bench_decode.json"
     if mode == "skip":
         return None
+    if model:
+        mode = "run"
     if mode == "auto" and not quick and path.is_file():
         res = json.loads(path.read_text())
         if not res.get("config", {}).get("quick"):
@@ -111,6 +115,10 @@ def decoding(mode: str, quick: bool, out: Path, log=print) -> dict | None:
     log(f"== decoding: bench_decode {'quick' if quick else 'full'}")
     res = bench_decode.run(quick=quick, log=lambda *a: None)
     res["markdown"] = bench_decode.markdown(res)
+    if model:
+        log(f"== decoding: a trained model's dev split ({model[1]})")
+        res["model"] = bench_decode.model_rows(*model, log=lambda *a: None)
+        res["model"]["markdown"] = bench_decode.model_markdown(res["model"])
     if not quick:
         _write_json(path, res)
     return res
@@ -374,6 +382,10 @@ def markdown(report: dict) -> str:
         if dec.get("source"):
             lines += [f"- {dec['source']}"]
         lines.append("")
+        if dec.get("model"):
+            cfg = dec["model"]["config"]
+            lines += [f"### Real model output: {cfg['weights']} on {cfg['split']} ({cfg['utterances']} utterances)", "",
+                      dec["model"]["markdown"], "", f"- {cfg['note']}", ""]
     lines += ["Definitions: see the docstring of bench/bench_loader.py. Timings on a shared machine vary with "
               "other jobs; the contention line above shows how busy it was.", ""]
     return "\n".join(lines)
@@ -388,7 +400,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=Path("/tmp/phonerec-bench"), help="corpus and shard cache")
     ap.add_argument("--out", type=Path, default=ROOT / "results", help="results folder")
     ap.add_argument("--decode", choices=("auto", "run", "skip"), default="auto",
-                    help="auto: reuse a full OUT/bench_decode.json if present, else run it (about 15 min)")
+                    help="auto: reuse a full OUT/bench_decode.json if present, else run it (about 6 min)")
+    ap.add_argument("--decode-model", nargs=2, metavar=("SHARDS", "WEIGHTS"),
+                    help="also decode a trained checkpoint's dev split: PER without and with a phone LM")
     ap.add_argument("--no-widths", action="store_true",
                     help=f"skip the {WIDE}-features-per-frame corpus (its preprocessing and loader run)")
     ap.add_argument("--no-preprocessing", action="store_true",
@@ -408,7 +422,7 @@ def main(argv=None) -> dict:
     sizes = [n for n in (small, main_n, scale) if n]
     pre = preprocessing(sizes, a.work, a.out, a.no_preprocessing, a.quick)
     loaders = loader_runs(a.work, main_n, small, scale, a.quick, remote=not a.no_remote)
-    dec = decoding(a.decode, a.quick, a.out)
+    dec = decoding(a.decode, a.quick, a.out, model=a.decode_model)
     if not a.no_widths:
         report["widths"] = widths(a.work, main_n, pre, loaders["main"], a.quick)
 

@@ -96,8 +96,9 @@ class CTCBeamDecoder:
         lens = check_lengths(torch.full((batch,), frames) if seq_lens is None else seq_lens, batch, frames)
         x = probs.float()
         log_probs = x if self.log_probs_input else torch.log(x)
-        if torch.isnan(log_probs).any():
-            raise ValueError("probs hold NaN")
+        valid = torch.arange(frames, device=x.device)[None, :] < lens.to(x.device)[:, None]
+        if torch.isnan(log_probs[valid]).any():
+            raise ValueError("probs hold NaN within seq_lens")
         return log_probs, lens
 
     def decode(self, probs: torch.Tensor, seq_lens=None, *, compute_scores: bool = True):
@@ -115,16 +116,17 @@ class CTCBeamDecoder:
         timesteps[..., :size] = res.frames.cpu()
         return beam_results, (-res.acoustic).cpu(), timesteps, res.lengths.cpu()
 
-    def search(self, log_probs: torch.Tensor, lengths: torch.Tensor):
+    def search(self, log_probs: torch.Tensor, lengths: torch.Tensor, timesteps: bool = True):
         """``decoding.search.Result`` of normalised ``log_probs`` on their device (no checks, no
-        copies): the n-best with both scores, for callers that want more than ``decode``'s tuple."""
+        copies): the n-best with both scores, for callers that want more than ``decode``'s tuple;
+        ``timesteps=False`` skips the tokens' frames."""
         opts = self.options(log_probs.shape[-1])
         workers = min(self.num_processes, log_probs.shape[0])
         if workers <= 1 or log_probs.device.type != "cpu":
-            return search(log_probs, lengths.to(log_probs.device), opts, self.lm)
+            return search(log_probs, lengths.to(log_probs.device), opts, self.lm, timesteps)
         chunks = [c for c in torch.arange(log_probs.shape[0]).chunk(workers) if len(c)]
         with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-            parts = list(pool.map(lambda c: search(log_probs[c], lengths[c], opts, self.lm), chunks))
+            parts = list(pool.map(lambda c: search(log_probs[c], lengths[c], opts, self.lm, timesteps), chunks))
         return _concat(parts)
 
 
@@ -133,9 +135,9 @@ def _concat(parts):
     from .search import Result
     size = max(p.tokens.shape[2] for p in parts)
     pad = lambda x: torch.nn.functional.pad(x, (0, size - x.shape[2]))    # noqa: E731
-    return Result(torch.cat([pad(p.tokens) for p in parts]), torch.cat([p.lengths for p in parts]),
-                  torch.cat([pad(p.frames) for p in parts]), torch.cat([p.acoustic for p in parts]),
-                  torch.cat([p.total for p in parts]))
+    frames = None if parts[0].frames is None else torch.cat([pad(p.frames) for p in parts])
+    return Result(torch.cat([pad(p.tokens) for p in parts]), torch.cat([p.lengths for p in parts]), frames,
+                  torch.cat([p.acoustic for p in parts]), torch.cat([p.total for p in parts]))
 
 
 def _fast_ctc_decode(dec: CTCBeamDecoder, log_probs, lens, compute_scores: bool):
@@ -188,6 +190,6 @@ def beam_decode(log_probs: torch.Tensor, lengths, beam_width: int = 10, threads:
         results, _, _, out_lens = decoder.decode(log_probs, lengths, compute_scores=False)
         return [results[i, 0, : int(out_lens[i, 0])].tolist() for i in range(results.shape[0])]
     log_probs, lens = decoder._check(log_probs, lengths)
-    res = decoder.search(log_probs, lens)
+    res = decoder.search(log_probs, lens, timesteps=False)
     tokens, n = res.tokens[:, 0].cpu().tolist(), res.lengths[:, 0].cpu().tolist()
     return [t[:k] for t, k in zip(tokens, n)]

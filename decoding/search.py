@@ -52,12 +52,12 @@ class SearchOptions:
 @dataclass
 class Result:
     """n-best per utterance, best first: ``tokens [B, W, L]`` (0-padded), ``lengths [B, W]``,
-    ``frames [B, W, L]`` (each token's peak frame), ``acoustic [B, W]`` (the search's CTC log-mass
+    ``frames [B, W, L]`` (each token's peak frame; None if not asked for), ``acoustic [B, W]`` (the search's CTC log-mass
     of the hypothesis, -inf for an empty row), ``total [B, W]`` (the ranking score: acoustic +
     alpha * LM + beta * tokens)."""
     tokens: torch.Tensor
     lengths: torch.Tensor
-    frames: torch.Tensor
+    frames: torch.Tensor | None
     acoustic: torch.Tensor
     total: torch.Tensor
 
@@ -144,7 +144,7 @@ def _grid(width: int, k: int, full: bool, device):
     row a beam may lower (its repeated label, a merged class): (p + 1)(r - 1) - 1 of them, so it is
     kept only when that is < W. With an LM the classes' order differs per beam: all pairs."""
     pairs = [(p, r) for p in range(width) for r in range(k) if full or (p + 1) * (r - 1) - 1 < width]
-    p, r = zip(*pairs) if pairs else ((), ())
+    p, r = zip(*pairs) if pairs else ((0,), (k,))      # no class but the blank: a dummy (-inf) column
     return torch.tensor(p, dtype=torch.long, device=device), torch.tensor(r, dtype=torch.long, device=device)
 
 
@@ -158,7 +158,7 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions):
     kept = classes if keep is None else int(keep.sum(-1).max()) if keep.numel() else 1
     # a beam's extensions rank as its classes do, except its repeated label and one merged class:
     # beyond the W + 2 likeliest classes none can enter the top W (ties go to the lower rank)
-    k = max(1, min(kept, classes - 1, opts.beam_width + 2))
+    k = max(0, min(kept, classes - 1, opts.beam_width + 2))
     masked = lp if keep is None else lp.masked_fill(~keep, NEG)
     keys = _int_keys(masked, torch.arange(classes, device=dev))
     keys[..., opts.blank] = torch.iinfo(torch.long).min                  # never before a real class
@@ -167,8 +167,8 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions):
     rank = torch.full((batch, size, classes), k, dtype=torch.int16, device=dev)
     rank.scatter_(2, cand, torch.arange(k, dtype=torch.int16, device=dev).expand(batch, size, k))
     rank[..., opts.blank] = k
-    cand = torch.cat([cand, torch.full_like(cand[..., :1], opts.blank)], -1)
-    cv = torch.cat([cv, torch.full_like(cv[..., :1], NEG)], -1)
+    cand = torch.cat([cand, cand.new_full((batch, size, 1), opts.blank)], -1)
+    cv = torch.cat([cv, cv.new_full((batch, size, 1), NEG)], -1)
     return cand, cv, rank
 
 
@@ -224,15 +224,15 @@ def _run_tables(run_b, run_nb, run_x, nonempty, size, blank):
     return run_b[:, keep].float(), run_nb[:, keep].float(), run_x[:, keep].float(), nonempty[:, keep]
 
 
-# Beam state, stacked so that a step moves a beam with one gather: ``f [B, 3, W]`` float32 (the
-# masses b and nb, the last token's best log-prob so far), ``i [B, 6, W]`` int64 (the rows below).
-HASH, PARENT, LAST, LENGTH, STATE, PEAK_T = 0, 1, 2, 3, 4, 5
+# Beam state, stacked so that a step moves a beam with one gather: ``f [B, 2, W]`` float32 (the
+# masses b and nb), ``i [B, 5, W]`` int64 (the rows below).
+HASH, PARENT, LAST, LENGTH, STATE = 0, 1, 2, 3, 4
 
 
 def _initial(batch: int, width: int, blank: int, lm_state: int, device):
-    f = torch.full((batch, 3, width), NEG, dtype=torch.float32, device=device)
+    f = torch.full((batch, 2, width), NEG, dtype=torch.float32, device=device)
     f[:, 0, 0] = 0.0                           # the empty prefix, all-blank so far: the only live beam
-    i = torch.zeros(batch, 6, width, dtype=torch.long, device=device)
+    i = torch.zeros(batch, 5, width, dtype=torch.long, device=device)
     i[:, PARENT] = -1
     i[:, LAST] = blank
     i[:, STATE] = lm_state
@@ -267,20 +267,20 @@ def _keys(scores: torch.Tensor, frac: torch.Tensor, floor: torch.Tensor) -> torc
 
 
 def _merge(bi: torch.Tensor, b: torch.Tensor, tot: torch.Tensor, lp_last: torch.Tensor, at: torch.Tensor,
-           k1: int, dummy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           k1: int, dummy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Extension (i, c) is beam j when j's parent hash is i's hash (the first such i: live beams come
     first) and c is j's last label: (the mass each live j gains, -inf for none, whether or not c is
-    a candidate; where that candidate is in the flat ext, or j's own dummy column)."""
+    a candidate; where that candidate is in the flat ext, or j's own dummy column; i)."""
     match = bi[:, 0, None, :] == bi[:, 1, :, None]                     # [n, j, i]: hash(i) == parent(j)
     src = match.to(torch.uint8).argmax(-1)
     has = match.any(-1) & (tot > float("-inf"))
     last = bi[:, 2]
     gained = torch.where(last.gather(1, src) == last, b.gather(1, src), tot.gather(1, src)) + lp_last
-    return torch.where(has, gained, float("-inf")), torch.where(has, src * k1 + at, dummy)
+    return torch.where(has, gained, float("-inf")), torch.where(has, src * k1 + at, dummy), src
 
 
 def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, lp: torch.Tensor,
-          cand: torch.Tensor, cv: torch.Tensor, rank: torch.Tensor, frame: torch.Tensor, run_b: torch.Tensor,
+          cand: torch.Tensor, cv: torch.Tensor, rank: torch.Tensor, run_b: torch.Tensor,
           run_nb: torch.Tensor, run_x: torch.Tensor, steps: list[int], has_run: list[bool],
           grid_p: torch.Tensor, grid_r: torch.Tensor, tiebreak: torch.Tensor, own: torch.Tensor,
           neg: torch.Tensor, blank: int, table: torch.Tensor | None, lm_cand: torch.Tensor | None,
@@ -304,7 +304,9 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
         at = rank[:n, s].gather(1, last).long()   # each beam's last label among the candidates (K: absent)
         ext = (tot[:, :, None] + cvs[:, None, :]).view(n, width * k1)
         ext.scatter_(1, own + at, b + cvs.gather(1, at))   # a repeated label extends only paths ending in blank
-        gained, kill = _merge(bi, b, tot, lp_last, at, k1, dummy)
+        gained, kill, src = _merge(bi, b, tot, lp_last, at, k1, dummy)
+        # a prefix whose merged-in mass outweighs its own is read back along that path (alignment)
+        via = gained > torch.logaddexp(stay_b, stay_nb)
         stay_nb = torch.logaddexp(stay_nb, gained)
         ext.scatter_(1, kill, float("-inf"))
         stay = torch.logaddexp(stay_b, stay_nb)
@@ -325,43 +327,68 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
         parent = torch.where(is_ext, e // k1, top)
         ci = e % k1
         cls = cand[:n, s].gather(1, ci)
-        g = bi.gather(2, parent[:, None, :].expand(-1, 6, -1))
-        h, state, peak_t = g[:, 0], g[:, 4], g[:, 5]
+        g = bi.gather(2, parent[:, None, :].expand(-1, 5, -1))
+        h, state = g[:, 0], g[:, 4]
         if table is not None and lm_cand is not None:
             sym = lm_cand[:n, s].gather(1, ci)
             state = torch.where(is_ext, (state % (lm_rows // lm_width)) * lm_width + sym if lm_rows > 1 else state,
                                 state)
             lm[:n] = torch.where(is_ext, ext_lm.gather(1, e), lm[:n].gather(1, parent))
-        gf = torch.stack([stay_b, stay_nb, lp_last, f[:n, 2]], 1).gather(2, parent[:, None, :].expand(-1, 4, -1))
-        up = gf[:, 2] > gf[:, 3]                 # the last label peaks here (ctcdecode's timestep)
-        now = frame[:n, s, None].expand(-1, width)
-        grown = torch.stack([h * hash_mul + cls + 1, h, cls, g[:, 3] + 1, state, now], 1)
-        g[:, 5] = torch.where(up, now, peak_t)
-        g[:, 4] = state
+        grown = torch.stack([h * hash_mul + cls + 1, h, cls, g[:, 3] + 1, state], 1)
         i[:n] = torch.where(is_ext[:, None], grown, g)
-        kept = torch.stack([gf[:, 0], gf[:, 1], torch.maximum(gf[:, 2], gf[:, 3])], 1)
-        new = torch.stack([neg[:n], ext.gather(1, e), cvs.gather(1, ci)], 1)
-        f[:n] = torch.where(is_ext[:, None], new, kept)
-        bp[s, :n] = torch.stack([parent, torch.where(is_ext, cls, -1), peak_t], 1)
+        kept = torch.stack([stay_b, stay_nb], 1).gather(2, parent[:, None, :].expand(-1, 2, -1))
+        f[:n] = torch.where(is_ext[:, None], torch.stack([neg[:n], ext.gather(1, e)], 1), kept)
+        moved = via.gather(1, parent) & ~is_ext
+        bp[s, :n] = torch.stack([torch.where(moved, src.gather(1, parent), parent),
+                                 torch.where(is_ext, cls, torch.where(moved, g[:, 2], -1))], 1)
 
 
-def _backtrack(bp: torch.Tensor, cur: torch.Tensor, lengths: torch.Tensor, last_peak: torch.Tensor,
+def _backtrack(bp: torch.Tensor, frame: torch.Tensor, cur: torch.Tensor, lengths: torch.Tensor,
                size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens and their peak frames [B, W, L] of the beams ``cur [B, W]``, read back through the
-    step pointers ``bp [S, B, 3, W]`` (parent, emitted class or -1, parent's last-token peak)."""
+    """Tokens of the beams ``cur [B, W]`` and the frame each was emitted at [B, W, L], read back
+    through the step pointers ``bp [S, B, 2, W]`` (parent, emitted class or -1) and the searched
+    frames ``frame [B, S]``."""
     batch, width = cur.shape[0], cur.shape[1]
     tokens = torch.zeros(batch, width, size + 1, dtype=torch.long, device=cur.device)
-    frames = torch.zeros_like(tokens)
+    starts = torch.zeros_like(tokens)
     pos = lengths.long() - 1
-    frames.scatter_(2, torch.where(pos >= 0, pos, size)[:, :, None], last_peak[:, :, None])
     for s in range(bp.shape[0] - 1, -1, -1):
-        step = bp[s].gather(2, cur[:, None, :].expand(-1, 3, -1))
+        step = bp[s].gather(2, cur[:, None, :].expand(-1, 2, -1))
         emitted = (step[:, 1] >= 0) & (pos >= 0)
-        tokens.scatter_(2, torch.where(emitted, pos, size)[:, :, None], step[:, 1, :, None])
-        frames.scatter_(2, torch.where(emitted & (pos >= 1), pos - 1, size)[:, :, None], step[:, 2, :, None])
+        at = torch.where(emitted, pos, size)[:, :, None]
+        tokens.scatter_(2, at, step[:, 1, :, None])
+        starts.scatter_(2, at, frame[:, s, None, None].expand(-1, width, 1))
         pos = pos - emitted.long()
         cur = step[:, 0]
-    return tokens[:, :, :size], frames[:, :, :size]
+    return tokens[:, :, :size], starts[:, :, :size]
+
+
+def peak_frames(log_probs: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor,
+                frames: torch.Tensor) -> torch.Tensor:
+    """ctcdecode's timesteps: each token's frame of highest probability from the frame it was
+    emitted at to the next token's (the utterance's end for the last; the first such frame on a
+    tie). ``log_probs [B, T, C]``; ``tokens``, ``starts [B, W, L]``; ``lengths [B, W]`` tokens;
+    ``frames [B]`` valid frames. A hypothesis merged from several paths keeps the frames of the
+    path that first made it; the peaks are searched over all frames, skipped ones included."""
+    batch, width, size = tokens.shape
+    total, classes = log_probs.shape[1], log_probs.shape[2]
+    if size == 0 or total == 0:
+        return torch.zeros_like(tokens)
+    dev = tokens.device
+    real = torch.arange(size, device=dev) < lengths[..., None]
+    bounds = torch.where(real, starts, total).reshape(batch * width, size).contiguous()
+    t = torch.arange(total, device=dev).expand(batch * width, total).contiguous()
+    seg = (torch.searchsorted(bounds, t, right=True) - 1).view(batch, width, total)   # the token at frame t
+    t = t.view(batch, width, total)
+    inside = (seg >= 0) & (t < frames.to(dev)[:, None, None])
+    seg = torch.where(inside, seg, size)
+    tok = torch.cat([tokens, torch.zeros_like(tokens[..., :1])], 2).gather(2, seg)
+    flat = (torch.arange(batch, device=dev)[:, None, None] * total + t) * classes + tok
+    val = torch.where(inside, log_probs.reshape(-1)[flat].float(), NEG)
+    best = torch.full((batch, width, size + 1), NEG, device=dev).scatter_reduce(2, seg, val, "amax")
+    first = torch.where(inside & (val == best.gather(2, seg)), t, total)
+    peak = torch.full_like(tokens[..., :1], total).expand(-1, -1, size + 1).scatter_reduce(2, seg, first, "amin")
+    return torch.where(real, peak[..., :size], 0)
 
 
 def _scripted(fn):
@@ -411,9 +438,11 @@ def _tail(f: torch.Tensor, i: torch.Tensor, fr: _Frames) -> None:
 
 
 @torch.no_grad()
-def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, lm=None) -> Result:
+def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, lm=None,
+           timesteps: bool = True) -> Result:
     """n-best prefix beam search of ``log_probs [B, T, C]`` (normalised log-probabilities, float)
-    with ``lengths [B]`` valid frames each, on ``log_probs.device``; ``lm`` a ``DenseLM`` or None."""
+    with ``lengths [B]`` valid frames each, on ``log_probs.device``; ``lm`` a ``DenseLM`` or None.
+    ``timesteps=False`` leaves ``Result.frames`` None (they cost a pass over [B, W, T])."""
     batch = log_probs.shape[0]
     dev = log_probs.device
     width = opts.beam_width
@@ -421,10 +450,10 @@ def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, 
     fusion = _Fusion(lm, opts.alpha, opts.beta, dev) if lm is not None else None
     fr = _pack(log_probs, lengths, opts, fusion)
     f, i, lm_part = _initial(batch, width, opts.blank, lm.bos_state if lm is not None else 0, dev)
-    bp = torch.full((len(fr.steps), batch, 3, width), -1, dtype=torch.long, device=dev)
+    bp = torch.full((len(fr.steps), batch, 2, width), -1, dtype=torch.long, device=dev)
     bp[:, :, 0] = torch.arange(width, device=dev)          # rows done searching stay put
     loop, backtrack = _loops()
-    loop(f, i, lm_part, bp, fr.lp, fr.cand, fr.cv, fr.rank, fr.frame, fr.run_b, fr.run_nb, fr.run_x,
+    loop(f, i, lm_part, bp, fr.lp, fr.cand, fr.cv, fr.rank, fr.run_b, fr.run_nb, fr.run_x,
           fr.steps, fr.has_run, fr.grid_p, fr.grid_r, fr.tiebreak, fr.own, fr.neg, opts.blank,
           None if fusion is None else fusion.table, fr.lm_cand, 0 if fusion is None else fusion.width,
           0 if fusion is None else fusion.rows, 0.0 if fusion is None else fusion.beta, _HASH_MUL)
@@ -438,9 +467,10 @@ def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, 
     rank = _int_keys(total, torch.arange(width, device=dev)).topk(width, dim=1).indices
     lens = i[:, LENGTH].gather(1, rank).masked_fill(total.gather(1, rank) == NEG, 0)
     size = int(lens.max()) if lens.numel() else 0
-    tokens, peaks = backtrack(bp, rank, lens, i[:, PEAK_T].gather(1, rank), size)
+    tokens, starts = backtrack(bp, fr.frame, rank, lens, size)
     unsort = torch.empty_like(fr.order)
     unsort[fr.order] = torch.arange(batch, device=dev)
-    return Result(tokens[unsort].int(), lens[unsort].int(), peaks[unsort].int(),
-                  acoustic.gather(1, rank)[unsort], total.gather(1, rank)[unsort])
+    tokens, lens, starts = tokens[unsort], lens[unsort], starts[unsort]
+    peaks = peak_frames(log_probs, tokens, starts, lens, lengths).int() if timesteps else None
+    return Result(tokens.int(), lens.int(), peaks, acoustic.gather(1, rank)[unsort], total.gather(1, rank)[unsort])
 

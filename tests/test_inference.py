@@ -160,3 +160,70 @@ def test_transcribe_audio_file_uses_the_corpus_feature_extraction(trained, tmp_p
     res = CliRunner().invoke(main, ["transcribe", "--weights", str(trained), str(bad)])
     assert res.exit_code == 1 and str(bad) in res.output and "unreadable audio" in res.output
     assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------- the phone LM commands
+
+def _transcripts(shards, split) -> list[list[str]]:
+    """Every transcript of a split, as symbols, read independently of training/phone_lm.py."""
+    from tests.conftest import read_split
+    m, per_shard = read_split(shards, split)
+    return [[m.inventory.symbols[int(c)] for c in labels] for shard in per_shard for _, _, labels in shard]
+
+
+def test_lm_command_estimates_on_the_training_transcripts(tiny_shards, tmp_path):
+    from decoding.lm import read_arpa
+    out = tmp_path / "lm" / "phones.arpa"
+    text = _cli("lm", "--shards", str(tiny_shards), "--order", "3", "--out", str(out), "--quiet")
+    assert f"wrote {out}: order 3" in text
+    arpa = read_arpa(out)
+    sentences = _transcripts(tiny_shards, "train-clean-100")
+    bigrams = {tuple(s[i:i + 2]) for s in sentences for i in range(len(s) - 1)}
+    assert arpa.order == 3 and bigrams <= set(arpa.ngrams[1])           # every seen bigram is listed
+    assert set(arpa.ngrams[0]) >= {(p,) for s in sentences for p in s} | {("</s>",)}
+    default = _cli("lm", "--shards", str(tiny_shards), "--order", "2", "--weights", str(tmp_path / "w"), "--quiet")
+    assert (tmp_path / "w" / "phones-2gram.arpa").is_file() and "order 2" in default
+
+
+def test_evaluate_grid_and_predict_with_an_lm(tiny_shards, trained, tmp_path):
+    lm = tmp_path / "phones.arpa"
+    _cli("lm", "--shards", str(tiny_shards), "--order", "3", "--out", str(lm), "--quiet")
+    res = tmp_path / "res"
+    text = _cli("evaluate", "--shards", str(tiny_shards), "--weights", str(trained), "--results", str(res),
+                "--beam-width", "4", "--lm", str(lm), "--workers", "0", "--quiet")
+    summary = json.loads((res / "evaluate-dev-clean.json").read_text())
+    from training.inference import LM_GRID
+    grid = summary["lm_grid"]
+    assert {(g["alpha"], g["beta"]) for g in grid} == set(LM_GRID)
+    assert [g["per"] for g in grid] == sorted(g["per"] for g in grid)          # best first
+    assert (summary["alpha"], summary["beta"]) == (grid[0]["alpha"], grid[0]["beta"])
+    assert summary["beam_per"] == pytest.approx(grid[0]["per"])                # scored with the best pair
+    assert f"--alpha {grid[0]['alpha']:g} --beta {grid[0]['beta']:g}" in text
+    # explicit weights: no grid; predict takes them; the LM changes nothing at alpha = beta = 0
+    _cli("evaluate", "--shards", str(tiny_shards), "--weights", str(trained), "--results", str(res),
+         "--beam-width", "4", "--lm", str(lm), "--alpha", "0", "--beta", "0", "--workers", "0", "--quiet")
+    with_zero = json.loads((res / "evaluate-dev-clean.json").read_text())
+    assert "lm_grid" not in with_zero and with_zero["alpha"] == 0
+    _cli("evaluate", "--shards", str(tiny_shards), "--weights", str(trained), "--results", str(res),
+         "--beam-width", "4", "--workers", "0", "--quiet")
+    assert json.loads((res / "evaluate-dev-clean.json").read_text())["beam_distance"] == with_zero["beam_distance"]
+    out = _cli("predict", "--shards", str(tiny_shards), "--weights", str(trained), "--results", str(res),
+               "--beam-width", "4", "--lm", str(lm), "--alpha", "1.5", "--beta", "2", "--workers", "0", "--quiet")
+    assert "alpha 1.5, beta 2" in out and len(_read_csv(res / "submission.csv")) == len(raw_ids_for(tiny_shards))
+
+
+def raw_ids_for(shards) -> list[str]:
+    return mf.load(shards, TEST).ids
+
+
+def test_a_bad_arpa_file_is_one_line_before_decoding(tiny_shards, trained, tmp_path, monkeypatch):
+    from training import inference as tinf
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.5\tAA\n")                 # truncated
+    monkeypatch.setattr(tinf, "greedy_decode", lambda *a, **k: pytest.fail("decoded"))
+    r = CliRunner().invoke(main, ["evaluate", "--shards", str(tiny_shards), "--weights", str(trained), "--results",
+                                  str(tmp_path / "r"), "--lm", str(bad), "--workers", "0", "--quiet"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and str(bad) in r.output, r.output
+    r = CliRunner().invoke(main, ["predict", "--shards", str(tiny_shards), "--weights", str(trained), "--lm", str(bad),
+                                  "--decoder", "fast-ctc-decode"])
+    assert r.exit_code == 2 and "--lm needs the torch decoder" in r.output

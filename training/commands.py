@@ -225,7 +225,7 @@ _BEAM_OPTIONS = [
     click.option("--decoder", type=click.Choice(["torch", "fast-ctc-decode"]), default=_DD.decoder, show_default=True,
                  help="torch: the batched prefix beam search (decoding/search.py; CPU or GPU, n-best, LM); "
                       "fast-ctc-decode: the previous decoder, kept for one release to compare (no LM)."),
-    click.option("--lm", default=_DD.lm, metavar="FILE.arpa",
+    click.option("--lm", default=_DD.lm or None, metavar="FILE.arpa", type=click.Path(exists=True, dir_okay=False),
                  help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search."),
     click.option("--alpha", type=ranged("alpha", float), default=_DD.alpha, show_default=True,
                  help="LM weight (with --lm)."),
@@ -239,7 +239,9 @@ _BEAM_OPTIONS = [
 
 def _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip, grid=()):
     from .inference import BeamSettings
-    return BeamSettings(width=beam_width, threads=threads, decoder=decoder, lm=lm, alpha=alpha, beta=beta,
+    if lm and decoder != "torch":
+        raise click.UsageError(f"--lm needs the torch decoder (--decoder {decoder} takes no language model)")
+    return BeamSettings(width=beam_width, threads=threads, decoder=decoder, lm=lm or "", alpha=alpha, beta=beta,
                         blank_skip=blank_skip, grid=tuple(grid))
 
 

@@ -74,7 +74,7 @@ def top_hypotheses(decoder: CTCBeamDecoder, log_probs: torch.Tensor, lengths: to
     if decoder.backend != "torch":
         res, _, _, lens = decoder.decode(log_probs, lengths)
         return [res[i, 0, : int(lens[i, 0])].tolist() for i in range(res.shape[0])]
-    r = decoder.search(log_probs, lengths.to(log_probs.device))
+    r = decoder.search(log_probs, lengths.to(log_probs.device), timesteps=False)
     return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
 
 

@@ -23,7 +23,7 @@ def phone_sequences(shards, splits: str, source: ShardSource | None = None, prog
     symbols = m.inventory.symbols
     out = []
     for s in tqdm(range(len(m.shards)), desc="read transcripts", unit="shard", disable=not progress, leave=False):
-        for _, labels in sorted(read_shards(m, [s], source).items()):
+        for _, (_, labels) in sorted(read_shards(m, [s], source).items()):
             out.append([symbols[int(c)] for c in labels])
     return m.inventory, out
 
