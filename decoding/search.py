@@ -104,6 +104,7 @@ class _Frames:
 
 
 def _pack(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, fusion=None) -> _Frames:
+    """Everything the loop reads, computed once for the batch (on its device)."""
     batch, frames, classes = log_probs.shape
     dev = log_probs.device
     valid = torch.arange(frames, device=dev)[None, :] < lengths[:, None]
@@ -120,7 +121,7 @@ def _pack(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, f
     lp = log_probs[:, :size] if bool(active[:, :size].all()) else \
         log_probs.gather(1, pos[..., None].expand(-1, -1, classes))
     lp = lp.float()
-    cand, cv, rank = _candidates(lp, opts)
+    cand, cv, rank = _candidates(lp, opts, fused=fusion is not None)
     run_b, run_nb, run_x, nonempty = _runs(log_probs, valid, active, size, opts.blank)
     if nonempty is None:
         has_run = [False] * size
@@ -148,7 +149,7 @@ def _grid(width: int, k: int, full: bool, device):
     return torch.tensor(p, dtype=torch.long, device=device), torch.tensor(r, dtype=torch.long, device=device)
 
 
-def _candidates(lp: torch.Tensor, opts: SearchOptions):
+def _candidates(lp: torch.Tensor, opts: SearchOptions, fused: bool = False):
     """[B, S, K + 1] classes to extend with per searched frame, best first (ties: the lower class),
     and a dummy (the blank at -inf, where a write that must go nowhere goes); their log-probs
     (-inf: pruned); and the inverse map [B, S, C] (a class's position there, K when absent)."""
@@ -156,9 +157,10 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions):
     dev = lp.device
     keep = candidate_mask(lp, opts.cutoff_top_n, opts.cutoff_prob)
     kept = classes if keep is None else int(keep.sum(-1).max()) if keep.numel() else 1
-    # a beam's extensions rank as its classes do, except its repeated label and one merged class:
-    # beyond the W + 2 likeliest classes none can enter the top W (ties go to the lower rank)
-    k = max(0, min(kept, classes - 1, opts.beam_width + 2))
+    # without an LM a beam's extensions rank as its classes do, except its repeated label and one
+    # merged class: beyond the W + 2 likeliest classes none can enter the top W (ties go to the
+    # lower rank); an LM reorders them, so then every kept class is a candidate
+    k = max(0, min(kept, classes - 1, classes if fused else opts.beam_width + 2))
     masked = lp if keep is None else lp.masked_fill(~keep, NEG)
     keys = _int_keys(masked, torch.arange(classes, device=dev))
     keys[..., opts.blank] = torch.iinfo(torch.long).min                  # never before a real class

@@ -730,3 +730,18 @@ def test_single_class_input():
     res = S.search(torch.zeros(2, 5, 1), torch.tensor([5, 2]), opts(3, 1))
     check_valid(res, torch.tensor([5, 2]), 1)
     assert res.acoustic[:, 0].tolist() == [0.0, 0.0] and [live(res, i) for i in range(2)] == [1, 1]
+
+
+def test_lm_reaches_classes_below_the_acoustic_top_w_plus_two():
+    """Without an LM only the W + 2 likeliest classes of a frame can enter the top W; an LM
+    reorders them, so with one every kept class is a candidate: at width 1 the LM's favourite,
+    ranked 5th by the acoustics, is still found."""
+    labels = ("", "a", "b", "c", "d", "e")
+    lm = dense(estimate([["e"]] * 50 + [["a"]], 1), labels)      # unigram: "e" far likelier than the rest
+    p = torch.tensor([[.001, .35, .27, .20, .10, .079]])           # one frame: e is the 5th label by probability
+    lp, lengths = p.log()[None], torch.tensor([1])
+    plain = S.search(lp, lengths, opts(1, 6))
+    assert top(plain) == [[1]]
+    fused = S.search(lp, lengths, opts(1, 6, alpha=5.0), lm=lm)
+    assert top(fused) == [[5]]
+    assert fused.acoustic[0, 0].item() == pytest.approx(math.log(.079), abs=1e-5)
