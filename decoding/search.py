@@ -112,7 +112,8 @@ def _pack(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, f
     active = valid & ~skip
     count = active.sum(1)
     order = torch.sort(count, descending=True, stable=True).indices
-    log_probs, valid, active, count = log_probs[order], valid[order], active[order], count[order]
+    if not torch.equal(order, torch.arange(batch, device=dev)):      # (a copy of the batch otherwise)
+        log_probs, valid, active, count = log_probs[order], valid[order], active[order], count[order]
     counts = count.tolist()
     size = max(counts, default=0)
     steps = [sum(c > s for c in counts) for s in range(size)]
@@ -162,9 +163,7 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions, fused: bool = False):
     # lower rank); an LM reorders them, so then every kept class is a candidate
     k = max(0, min(kept, classes - 1, classes if fused else opts.beam_width + 2))
     masked = lp if keep is None else lp.masked_fill(~keep, NEG)
-    keys = _int_keys(masked, torch.arange(classes, device=dev))
-    keys[..., opts.blank] = torch.iinfo(torch.long).min                  # never before a real class
-    cand = keys.topk(k, dim=-1, sorted=True).indices
+    cand = _top_classes(masked, k, opts.blank)
     cv = masked.gather(2, cand)
     rank = torch.full((batch, size, classes), k, dtype=torch.int16, device=dev)
     rank.scatter_(2, cand, torch.arange(k, dtype=torch.int16, device=dev).expand(batch, size, k))
@@ -172,6 +171,24 @@ def _candidates(lp: torch.Tensor, opts: SearchOptions, fused: bool = False):
     cand = torch.cat([cand, cand.new_full((batch, size, 1), opts.blank)], -1)
     cv = torch.cat([cv, cv.new_full((batch, size, 1), NEG)], -1)
     return cand, cv, rank
+
+
+def _top_classes(scores: torch.Tensor, k: int, blank: int) -> torch.Tensor:
+    """The k best classes of each row of ``scores [..., C]``, never the blank before a real class,
+    ordered by score then by the lower class: a float ``topk`` (whose order is exact where the
+    values differ), and the exact int64 keys only for rows with equal values among the first k + 1."""
+    classes = scores.shape[-1]
+    s = scores.clone()
+    s[..., blank] = NEG
+    vals, idx = s.topk(min(k + 1, classes), dim=-1, sorted=True)
+    cand = idx[..., :k].contiguous()
+    tie = (vals[..., 1:] == vals[..., :-1]).any(-1)
+    if k and bool(tie.any()):
+        rows = tie.nonzero(as_tuple=True)
+        keys = _int_keys(scores[rows], torch.arange(classes, device=scores.device))
+        keys[..., blank] = torch.iinfo(torch.long).min
+        cand[rows] = keys.topk(k, dim=-1, sorted=True).indices
+    return cand
 
 
 def _int_keys(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -345,6 +362,52 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
                                  torch.where(is_ext, cls, torch.where(moved, g[:, 2], -1))], 1)
 
 
+def _loop1(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, lp: torch.Tensor,
+           cand: torch.Tensor, cv: torch.Tensor, rank: torch.Tensor, run_b: torch.Tensor,
+           run_nb: torch.Tensor, run_x: torch.Tensor, steps: list[int], has_run: list[bool],
+           grid_p: torch.Tensor, grid_r: torch.Tensor, tiebreak: torch.Tensor, own: torch.Tensor,
+           neg: torch.Tensor, blank: int, table: torch.Tensor | None, lm_cand: torch.Tensor | None,
+           lm_width: int, lm_rows: int, beta: float, hash_mul: int) -> None:
+    """``_loop`` for one beam, with the same results in a third of the operations: no merges (a
+    beam's parent is never beside it), no ranking of the beams, and the best of (stay, each
+    candidate) by ``argmax``, whose first maximum is ``_keys``' tie-break (the stay, then the lower
+    rank)."""
+    k = cv.shape[2] - 1                        # the real candidates (the last column is the dummy)
+    for s in range(len(steps)):
+        n = steps[s]
+        b, nb, last = f[:n, 0, 0], f[:n, 1, 0], i[:n, 2, :]
+        if has_run[s]:
+            b, nb = (torch.logaddexp(b + run_b[:n, s], nb + run_x[:n, s].gather(1, last)[:, 0]),
+                     nb + run_nb[:n, s].gather(1, last)[:, 0])
+        lpf, cvs, cls = lp[:n, s], cv[:n, s, :k], cand[:n, s, :k]
+        tot = torch.logaddexp(b, nb)
+        lp_last = lpf.gather(1, last)[:, 0]
+        stay_b, stay_nb = tot + lpf[:, blank], nb + lp_last
+        ext = torch.where(cls == last, b[:, None], tot[:, None]) + cvs   # a repeat only after a blank
+        stay = torch.logaddexp(stay_b, stay_nb)
+        ext_lm = ext
+        if table is not None and lm_cand is not None:
+            stay = stay + lm[:n, 0]
+            ext_lm = lm[:n, 0, None] + (table[i[:n, 4, 0, None] * lm_width + lm_cand[:n, s, :k]] + beta)
+            best = torch.cat([stay[:, None], ext + ext_lm], 1).argmax(1)
+        else:
+            best = torch.cat([stay[:, None], ext], 1).argmax(1)
+        is_ext = best > 0
+        e = (best - 1).clamp(min=0)[:, None]
+        c = cls.gather(1, e)[:, 0]
+        if table is not None and lm_cand is not None:
+            sym = lm_cand[:n, s, :k].gather(1, e)[:, 0]
+            state = i[:n, 4, 0]
+            nxt = (state % (lm_rows // lm_width)) * lm_width + sym if lm_rows > 1 else state
+            i[:n, 4, 0] = torch.where(is_ext, nxt, state)
+            lm[:n, 0] = torch.where(is_ext, ext_lm.gather(1, e)[:, 0], lm[:n, 0])
+        f[:n, 0, 0] = torch.where(is_ext, float("-inf"), stay_b)
+        f[:n, 1, 0] = torch.where(is_ext, ext.gather(1, e)[:, 0], stay_nb)
+        i[:n, 2, 0] = torch.where(is_ext, c, last[:, 0])
+        i[:n, 3, 0] += is_ext.long()
+        bp[s, :n, 1, 0] = torch.where(is_ext, c, -1)
+
+
 def _backtrack(bp: torch.Tensor, frame: torch.Tensor, cur: torch.Tensor, lengths: torch.Tensor,
                size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens of the beams ``cur [B, W]`` and the frame each was emitted at [B, W, L], read back
@@ -420,10 +483,15 @@ def scripted() -> bool:
     return _loops()[0] is not _loop
 
 
+WIDTH1_LOOP = True     # width 1 runs _loop1 (the same results as _loop: tests compare them)
+
+
 def _loops():
-    """(loop, backtrack) as chosen by use_torchscript, compiled once per process on first use."""
+    """(loop, loop for width 1, backtrack) as chosen by use_torchscript, compiled once per process
+    on first use."""
     if _USE_SCRIPT not in _COMPILED:
-        _COMPILED[_USE_SCRIPT] = (_scripted(_loop), _scripted(_backtrack)) if _USE_SCRIPT else (_loop, _backtrack)
+        fns = (_loop, _loop1, _backtrack)
+        _COMPILED[_USE_SCRIPT] = tuple(_scripted(fn) for fn in fns) if _USE_SCRIPT else fns
     return _COMPILED[_USE_SCRIPT]
 
 
@@ -454,8 +522,8 @@ def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, 
     f, i, lm_part = _initial(batch, width, opts.blank, lm.bos_state if lm is not None else 0, dev)
     bp = torch.full((len(fr.steps), batch, 2, width), -1, dtype=torch.long, device=dev)
     bp[:, :, 0] = torch.arange(width, device=dev)          # rows done searching stay put
-    loop, backtrack = _loops()
-    loop(f, i, lm_part, bp, fr.lp, fr.cand, fr.cv, fr.rank, fr.run_b, fr.run_nb, fr.run_x,
+    loop, loop1, backtrack = _loops()
+    (loop1 if width == 1 and WIDTH1_LOOP else loop)(f, i, lm_part, bp, fr.lp, fr.cand, fr.cv, fr.rank, fr.run_b, fr.run_nb, fr.run_x,
           fr.steps, fr.has_run, fr.grid_p, fr.grid_r, fr.tiebreak, fr.own, fr.neg, opts.blank,
           None if fusion is None else fusion.table, fr.lm_cand, 0 if fusion is None else fusion.width,
           0 if fusion is None else fusion.rows, 0.0 if fusion is None else fusion.beta, _HASH_MUL)

@@ -745,3 +745,32 @@ def test_lm_reaches_classes_below_the_acoustic_top_w_plus_two():
     fused = S.search(lp, lengths, opts(1, 6, alpha=5.0), lm=lm)
     assert top(fused) == [[5]]
     assert fused.acoustic[0, 0].item() == pytest.approx(math.log(.079), abs=1e-5)
+
+
+@pytest.mark.parametrize("blank_skip", [2.0, 0.6])
+def test_width1_loop_equals_the_general_loop(blank_skip, monkeypatch):
+    """Width 1 runs its own loop (no merges, no ranking of beams): bit-identical to the general one,
+    with and without an LM, skipped frames and lengths of every size."""
+    labels = ("", "a", "b", "c", "d")
+    lm = dense(estimate([list("abca"), list("dcb"), list("aab"), list("cd")], 3), labels)
+    lp = gaussian(9, 40, 5, 5, 2.5)
+    lengths = torch.tensor([40, 0, 1, 2, 39, 17, 40, 5, 33])
+    for kw, model in (({}, None), ({"alpha": 0.7, "beta": 0.3}, lm)):
+        fast = S.search(lp, lengths, opts(1, 5, blank_skip=blank_skip, **kw), lm=model)
+        monkeypatch.setattr(S, "WIDTH1_LOOP", False)
+        general = S.search(lp, lengths, opts(1, 5, blank_skip=blank_skip, **kw), lm=model)
+        monkeypatch.setattr(S, "WIDTH1_LOOP", True)
+        assert_same(fast, general)
+
+
+def test_exact_ties_between_classes_go_to_the_lower_class():
+    """Equal class probabilities are ranked by the lower class (the exact keys), so which
+    hypothesis wins a tie does not depend on topk's implementation."""
+    p = torch.tensor([[[.1, .3, .3, .3]]])                  # labels 1, 2, 3 tie exactly
+    res = S.search(p.log(), torch.tensor([1]), opts(1, 4))
+    assert top(res) == [[1]]
+    res = S.search(p.log(), torch.tensor([1]), opts(4, 4))
+    assert hyps(res, 0) == [(1,), (2,), (3,), ()]
+    # and the order of equal classes inside the candidate list: lower class first
+    fr = S._pack(p.log(), torch.tensor([1]), opts(2, 4))
+    assert fr.cand[0, 0, :3].tolist() == [1, 2, 3]
