@@ -317,9 +317,6 @@ def markdown(result: dict) -> str:
                      f"{t['ge_fast_pct']:.1f} % >= its log-likelihood, {t['worse_than_greedy']} worse than greedy: "
                      f"{verdict}")
     return "\n".join(lines)
-MODEL_GRID = tuple((a, b) for a in (0.25, 0.5, 1.0) for b in (0.0, 1.0, 2.0))
-
-
 def model_log_probs(shards, weights, split: str = "dev-clean"):
     """A checkpoint's restricted log-probs of a labelled split, batch by batch, on the CPU:
     [(log_probs [B, T, C], lengths [B], references)], and the manifest."""
@@ -351,6 +348,7 @@ def model_rows(shards, weights, split: str = "dev-clean", train: str = "train-cl
     import Levenshtein
 
     from decoding import load_lm
+    from training.inference import LM_GRID
     from training.phone_lm import build_lm
 
     batches, m = model_log_probs(shards, weights, split)
@@ -389,7 +387,7 @@ def model_rows(shards, weights, split: str = "dev-clean", train: str = "train-cl
         add("fast-ctc-decode", w, per(beam(w, "fast-ctc-decode")))
         add("torch (ours), every frame searched", w, per(beam(w, blank_skip=2.0)))
         add("torch (ours)", w, per(beam(w)))
-        grid = {pair: per(beam(w, alpha=pair[0], beta=pair[1], with_lm=True)) for pair in MODEL_GRID}
+        grid = {pair: per(beam(w, alpha=pair[0], beta=pair[1], with_lm=True)) for pair in LM_GRID}
         best = min(grid, key=lambda k: (grid[k][0], k))
         add(f"torch (ours) + {order}-gram LM", w, grid[best], alpha=best[0], beta=best[1],
             grid=[{"alpha": a, "beta": b, "per": round(v[0], 2)} for (a, b), v in grid.items()])
@@ -399,8 +397,8 @@ def model_rows(shards, weights, split: str = "dev-clean", train: str = "train-cl
                        "phonemes": phones, "lm": {"order": order, "train": train, "ngrams": info["ngrams"]},
                        "skipped_frames_pct": round(100.0 * skipped / max(sum(int(v.sum()) for v in valid), 1), 1),
                        "cpu": cpu_model(), "threads": 1,
-                       "note": "LM weights: the best of a 3 x 3 grid on this same split (optimistic by the "
-                               "grid's spread); utt/s counts the search alone, one CPU thread"},
+                       "note": "LM weights: the best of evaluate's 4 x 4 grid on this same split (optimistic by "
+                               "the grid's spread); utt/s counts the search alone, one CPU thread"},
             "rows": rows}
 
 

@@ -158,7 +158,7 @@ class DecodeConfig:
     decoder: str = "torch"             # torch (decoding/search.py) | fast-ctc-decode (the previous one, optional)
     lm: str = ""                       # an ARPA phone LM (`phonerec lm`, KenLM, SRILM); '' for none
     alpha: float = 0.5                 # LM weight (shallow fusion) ...
-    beta: float = 1.0                  # ... and bonus per phone; evaluate searches a grid when not given
+    beta: float = 2.0                  # ... and bonus per phone (the demo model's best); evaluate searches a grid
     blank_skip: float = 0.999          # frames with P(blank) >= this extend nothing (> 1: search every frame)
     lm_order: int = 4                  # `phonerec lm`
     workers: int = 2                   # DataLoader workers per rank
