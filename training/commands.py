@@ -345,8 +345,10 @@ def evaluate(ctx, shards, weights, results, split, beam_width, decoder, lm, alph
     grid = LM_GRID if lm and not given and beam_width > 0 else ()
     source = _source(fetch, workers)
     beam = _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip, grid)
-    _run_inference(lambda: evaluate_split(weights, shards, results, split, beam, device=device, workers=workers,
-                                          progress=not quiet, source=source, echo=click.echo))
+    m = _run_inference(lambda: evaluate_split(weights, shards, results, split, beam, device=device, workers=workers,
+                                              progress=not quiet, source=source, echo=click.echo))
+    if m is not None:
+        _network_note(m, source)
 
 
 def _describe(beam) -> str:

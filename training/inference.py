@@ -401,9 +401,11 @@ def grid_table(m: mf.Manifest, hyps: dict[int, dict], grid) -> list[dict]:
 
 
 def evaluate_split(weights, shards, results, split: str, beam: BeamSettings, *, device: str = "auto",
-                   workers: int = 2, progress: bool = True, source: ShardSource | None = None, echo=print) -> None:
+                   workers: int = 2, progress: bool = True, source: ShardSource | None = None,
+                   echo=print) -> mf.Manifest | None:
     """`phonerec evaluate`: decode a labelled split, pick the LM weights when a grid is given, write
-    <results>/evaluate-<split>.tsv and .json and print the figures (rank 0)."""
+    <results>/evaluate-<split>.tsv and .json and print the figures (rank 0, which gets the manifest
+    back; the other ranks None)."""
     import json
 
     from pipeline.atomic import ensure_writable, write_json
@@ -416,7 +418,7 @@ def evaluate_split(weights, shards, results, split: str, beam: BeamSettings, *, 
         m, hyps = decode_checkpoint(weights, shards, split, ctx, beam=beam, workers=workers, progress=progress,
                                     require_utterances=True, source=source)
         if not ctx.is_main:
-            return
+            return None
         table = grid_table(m, hyps, beam.grid) if beam.grid else []
         if table:
             best = (table[0]["alpha"], table[0]["beta"])
@@ -440,8 +442,6 @@ def evaluate_split(weights, shards, results, split: str, beam: BeamSettings, *, 
         if table:
             echo(f"  best LM weights: --alpha {beam.alpha:g} --beta {beam.beta:g} (give them to predict)")
         echo(json.dumps(summary))
-        if m.remote:
-            from .loop import network_line
-            echo(network_line(source.totals()))
+        return m
     finally:
         D.shutdown(ctx)
