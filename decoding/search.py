@@ -34,7 +34,7 @@ import torch
 
 NEG = float("-inf")
 _HASH_MUL = 0x100000001B3            # FNV-64 prime (odd): int64 products wrap, a polynomial hash mod 2**64
-_FRAC = 2.0 ** -28                    # tie-break step: candidate numbers up to 2**28
+_TIE = 2.0 ** -45                     # tie-break step (see _keys): candidate numbers below 2**20
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class _Frames:
     has_run: list[bool]      # step s has a non-empty run in some row
     tail: bool               # some row ends in a non-empty run
     count: torch.Tensor      # [B] searched frames per sorted row
-    tiebreak: torch.Tensor   # [W + M] candidate number * _FRAC (stays, then the grid)
+    tiebreak: torch.Tensor   # [W + M] -(candidate number + 1) * _TIE (stays, then the grid)
     own: torch.Tensor        # [W] each beam's first column in the flat [W * (K + 1)] extensions
     neg: torch.Tensor        # [B, W] -inf
     lm_cand: torch.Tensor | None   # [B, S, K + 1] the candidates' LM symbols
@@ -131,7 +131,7 @@ def _pack(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, f
         has_run = (nonempty[:, :size] & searching).any(0).tolist()
     width, k1 = opts.beam_width, cand.shape[-1]
     grid_p, grid_r = _grid(width, k1 - 1, full=fusion is not None, device=dev)
-    tiebreak = torch.arange(width + len(grid_p), device=dev, dtype=torch.float64) * _FRAC
+    tiebreak = -(torch.arange(width + len(grid_p), device=dev, dtype=torch.float64) + 1) * _TIE
     own = torch.arange(width, device=dev) * k1
     neg = torch.full((batch, width), NEG, device=dev)
     lm_cand = fusion.index[cand] if fusion is not None else None
@@ -274,15 +274,15 @@ class _Fusion:
         return self.table[state * self.width + self.lm.eos]
 
 
-def _keys(scores: torch.Tensor, frac: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    """float64 keys ordering candidates by float32 score, then by lower index: ``frac [M]`` is
-    index * 2**-28, and the key moves the score down by that fraction of the gap to the next
-    float32 below, which float64 holds exactly: unique keys, so ``topk`` is exact and the same on
-    any device. ``floor`` (a 0-dim -1e30) stands in for -inf (dead candidates, whose order among
-    themselves never matters)."""
-    s = torch.maximum(scores, floor)
-    gap = s - torch.nextafter(s, floor)
-    return s.double() - frac * gap.double()
+def _keys(scores: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
+    """float64 keys ordering candidates by float32 score, then by lower index: ``tiebreak [M]`` is
+    -(index + 1) * 2**-45, and the key is ``score - |score| * (index + 1) * 2**-45``: a move of
+    less than 2**-25 of the score, below the gap to the next float32 (at least 2**-24 of it), so
+    different scores keep their order and equal ones are ordered by index; float64 holds every
+    key exactly apart. Unique keys make ``topk`` exact and the same on any device. (-inf stays
+    -inf: dead candidates, whose order among themselves never matters.)"""
+    s = scores.double()
+    return torch.addcmul(s, s.abs(), tiebreak)
 
 
 def _merge(bi: torch.Tensor, b: torch.Tensor, tot: torch.Tensor, lp_last: torch.Tensor, at: torch.Tensor,
@@ -308,7 +308,6 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
     Step s works on the first ``steps[s]`` (sorted) utterances: the others are done."""
     width, k1 = f.shape[2], cv.shape[2]
     dummy = own + (k1 - 1)                     # each beam's own dummy column (-inf) in ext
-    floor = torch.full((), -1e30, device=f.device)
     for s in range(len(steps)):
         n = steps[s]
         b, nb, bi = f[:n, 0], f[:n, 1], i[:n]
@@ -340,7 +339,7 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
             scores = torch.cat([stay, (ext + ext_lm).gather(1, grid)], 1)
         else:
             scores = torch.cat([stay, ext.gather(1, grid)], 1)
-        top = _keys(scores, tiebreak, floor).topk(width, dim=1, sorted=True).indices
+        top = _keys(scores, tiebreak).topk(width, dim=1, sorted=True).indices
         is_ext = top >= width
         e = grid.gather(1, (top - width).clamp(min=0))
         parent = torch.where(is_ext, e // k1, top)
