@@ -12,17 +12,22 @@ three differences that make it exact where that one approximates:
   (``_runs``): the blank mass, the label continuing, and the label-then-blank paths, summed in
   float64 per run. Only the extensions inside such frames are lost (their mass < 1 - blank_skip).
 - **Exact merging.** Each beam keeps a 64-bit rolling hash of its prefix and of its parent; an
-  extension (k, c) is beam j when hash(k) == parent_hash(j), c == last(j) and the lengths agree,
-  and its mass is added to j (never a duplicate in the beam, so the n-best rows are distinct).
-- **Exact, device-independent ties.** Candidates are ranked on one int64 key: the float32 score's
-  order-preserving bits, then the lower candidate index (stays before extensions, beam-major,
-  then class rank). ``topk`` over unique keys is deterministic and the same on any device.
+  extension (k, c) is beam j when hash(k) == parent_hash(j) and c == last(j) (the hash encodes
+  the length), and its mass is added to j, whether or not c is a candidate of the frame (never a
+  duplicate in the beam, so the n-best rows are distinct).
+- **Exact, device-independent ties.** Candidates are ranked on one float64 key per candidate:
+  the float32 score moved by less than its rounding gap in proportion to the candidate's number
+  (stays first, then extensions by beam position in order of mass, then class rank; ``_keys``).
+  ``topk`` over unique keys is deterministic and the same on any device.
 
-Prefixes are not stored as token tensors: each step records the chosen candidate of each beam
-(which names its parent beam and emitted class), and the n-best strings are read back at the end
-by one backward pass over those pointers: O(1) work per beam and step instead of copying [W, L]
-tokens. On a CPU the search is bound by the number of tensor operations per frame, not by their
-size, so a step is written with as few as it can be (about 50).
+Prefixes are not stored as token tensors [B, W, L]: each step records each beam's parent and
+emitted class (or -1), and the n-best strings are read back at the end by one backward pass over
+those pointers: O(1) work per beam and step instead of copying [W, L] tokens. A prefix whose
+merged-in mass outweighs its own is re-pointed along that path, so the frames read back follow
+the path carrying the most mass (the tokens are the same either way). On a CPU the search is bound
+by the number of tensor operations per frame, not by their size: the loop runs as TorchScript
+(``_loops``), width 1 has a loop of its own (``_loop1``), and each is written with as few
+operations as it can be.
 """
 
 from __future__ import annotations
@@ -52,9 +57,9 @@ class SearchOptions:
 @dataclass
 class Result:
     """n-best per utterance, best first: ``tokens [B, W, L]`` (0-padded), ``lengths [B, W]``,
-    ``frames [B, W, L]`` (each token's peak frame; None if not asked for), ``acoustic [B, W]`` (the search's CTC log-mass
-    of the hypothesis, -inf for an empty row), ``total [B, W]`` (the ranking score: acoustic +
-    alpha * LM + beta * tokens)."""
+    ``frames [B, W, L]`` (each token's peak frame; None if not asked for), ``acoustic [B, W]`` (the
+    search's CTC log-mass of the hypothesis, -inf for an empty row), ``total [B, W]`` (the ranking
+    score: acoustic + alpha * LM + beta * tokens)."""
     tokens: torch.Tensor
     lengths: torch.Tensor
     frames: torch.Tensor | None
@@ -280,7 +285,8 @@ def _keys(scores: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
     less than 2**-25 of the score, below the gap to the next float32 (at least 2**-24 of it), so
     different scores keep their order and equal ones are ordered by index; float64 holds every
     key exactly apart. Unique keys make ``topk`` exact and the same on any device. (-inf stays
-    -inf: dead candidates, whose order among themselves never matters.)"""
+    -inf: dead candidates, whose order among themselves never matters; a score of exactly 0, a
+    path of probability 1, has no rival.)"""
     s = scores.double()
     return torch.addcmul(s, s.abs(), tiebreak)
 
