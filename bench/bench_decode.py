@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -42,7 +42,8 @@ def fetch_policy(values: dict):
         raise click.UsageError(str(exc)) from None
 
 
-def _with(options):
+def with_options(options):
+    """A decorator applying a list of click options in the order they are listed (stage 2 uses it too)."""
     def apply(fn):
         for option in reversed(options):
             fn = option(fn)
@@ -80,7 +81,7 @@ def _with(options):
 @click.option("--strict", is_flag=True, help="Fail on the first rejected utterance instead of reporting it.")
 @click.option("--verify", "verify_only", is_flag=True,
               help="Only verify existing shards: sha256, counts, members, every input accounted for.")
-@_with(FETCH_OPTIONS)
+@with_options(FETCH_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def shards(data, shards_dir, train, dev, test, seed, shard_size_mb, min_shards, feature_dim, inventory, cmn, workers,
            strict, verify_only, quiet, **fetch):

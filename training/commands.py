@@ -6,7 +6,7 @@ import os
 
 import click
 
-from pipeline.commands import FETCH_OPTIONS
+from pipeline.commands import FETCH_OPTIONS, with_options
 
 from .config import RANGES, DecodeConfig, TrainConfig, read_config_file
 
@@ -53,9 +53,7 @@ def _fetch_options(fn):
         click.option("--shard-cache-size", default=_D.shard_cache_size, show_default=True, metavar="SIZE",
                      help="Evict the least recently used cached shards above this size, e.g. 20G (0 = no limit)."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return with_options(options)(fn)
 
 
 def _source(opts: dict, workers: int):
@@ -245,15 +243,6 @@ def _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip, grid=()):
                         blank_skip=blank_skip, grid=tuple(grid))
 
 
-def _with_options(options):
-    """Apply a list of click options in the order they are listed."""
-    def apply(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-    return apply
-
-
 def _split_options(split: str, split_help: str, beam: int, results_help: str):
     """The options `predict` and `evaluate` share (defaults from DecodeConfig)."""
     options = [
@@ -268,7 +257,7 @@ def _split_options(split: str, split_help: str, beam: int, results_help: str):
         _device,
         _fetch_options,
     ]
-    return _with_options(options)
+    return with_options(options)
 
 
 @click.command("predict")
@@ -370,7 +359,7 @@ def _network_note(m, source) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @_weights
 @click.option("--beam-width", type=ranged("beam_width", int), default=_DD.transcribe_beam, show_default=True, help="Beam width (0 = greedy; at most 1024).")
-@_with_options(_BEAM_OPTIONS)
+@with_options(_BEAM_OPTIONS)
 @click.option("--arpabet", is_flag=True, help="Print ARPAbet symbols instead of the one-character codes.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols marked).")
