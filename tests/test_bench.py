@@ -168,3 +168,19 @@ def test_remote_batch_crc_covers_the_data():
         b = batch()
         change(b)
         assert batch_crc(b) != ref
+
+
+def test_profile_step_accounts_for_the_step(tmp_path):
+    """bench/profile_step.py (issue 28's profile): every part of a training step is timed, the parts
+    add up to the step, and the profiler's operators include the LSTM's."""
+    from bench import profile_step
+    res = profile_step.profile("configs/demo.yaml", batch=2, frames=120, steps=2, threads=1)
+    parts = res["parts"]
+    assert set(parts) == {"stem + embedding", "BiLSTM", "classifier", "rest of forward", "CTC loss", "backward",
+                          "clip + AdamW"}
+    assert all(parts[k]["s_per_step"] > 0 for k in parts if k != "rest of forward")
+    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=0.05)
+    assert any("rnn" in o["op"] or "lstm" in o["op"] for o in res["top_ops"])
+    assert "| BiLSTM |" in profile_step.markdown(res)
+    import training.model as tm
+    assert tm.run_lstm.__name__ == "run_lstm"          # the timing wrapper is gone again
