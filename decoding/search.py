@@ -512,7 +512,7 @@ def _tail(f: torch.Tensor, i: torch.Tensor, fr: _Frames) -> None:
     f[:, 0], f[:, 1] = torch.logaddexp(b + rb, nb + rx), nb + rnb
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def search(log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions, lm=None,
            timesteps: bool = True) -> Result:
     """n-best prefix beam search of ``log_probs [B, T, C]`` (normalised log-probabilities, float)
