@@ -72,8 +72,16 @@ class _Timer:
 
 
 def profile(config: str, batch: int, frames: int, steps: int, threads: int | None) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
+    """The step's parts and top operators (torch's intra-op threads set to `threads` meanwhile)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _profile(config, batch, frames, steps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _profile(config: str, batch: int, frames: int, steps: int) -> dict:
     torch.manual_seed(0)
     model, lr = _model(config)
     model.train()

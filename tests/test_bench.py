@@ -174,7 +174,8 @@ def test_profile_step_accounts_for_the_step(tmp_path):
     """bench/profile_step.py (issue 28's profile): every part of a training step is timed, the parts
     add up to the step, and the profiler's operators include the LSTM's."""
     from bench import profile_step
-    res = profile_step.profile("configs/demo.yaml", batch=2, frames=120, steps=2, threads=1)
+    from tests.helpers import ROOT
+    res = profile_step.profile(str(ROOT / "configs" / "demo.yaml"), batch=2, frames=120, steps=2, threads=1)
     parts = res["parts"]
     assert set(parts) == {"stem + embedding", "BiLSTM", "classifier", "rest of forward", "CTC loss", "backward",
                           "clip + AdamW"}
