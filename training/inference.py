@@ -28,10 +28,11 @@ from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
 from pipeline.vocab import F22, Inventory, InventoryError
 
+from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restrict_to_labels
+
 from . import distributed as D
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
 from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
-from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restrict_to_labels
 from .model import Model, ModelConfig
 from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
 
