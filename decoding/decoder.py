@@ -116,6 +116,15 @@ class CTCBeamDecoder:
         timesteps[..., :size] = res.frames.cpu()
         return beam_results, (-res.acoustic).cpu(), timesteps, res.lengths.cpu()
 
+    def best(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """The best hypothesis of each utterance of normalised ``log_probs`` (any device; no checks,
+        no timesteps): what predict and evaluate keep."""
+        if self.backend != "torch":
+            res, _, _, lens = self.decode(log_probs, lengths, compute_scores=False)
+            return [res[i, 0, : int(lens[i, 0])].tolist() for i in range(res.shape[0])]
+        r = self.search(log_probs, lengths.to(log_probs.device), timesteps=False)
+        return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
+
     def search(self, log_probs: torch.Tensor, lengths: torch.Tensor, timesteps: bool = True):
         """``decoding.search.Result`` of normalised ``log_probs`` on their device (no checks, no
         copies): the n-best with both scores, for callers that want more than ``decode``'s tuple;
@@ -186,10 +195,4 @@ def beam_decode(log_probs: torch.Tensor, lengths, beam_width: int = 10, threads:
                              num_processes=threads, cutoff_top_n=classes if top_n is None else top_n,
                              cutoff_prob=1.0 if top_p is None else top_p, log_probs_input=True,
                              backend=backend, lm=lm, alpha=alpha, beta=beta)
-    if backend != "torch":
-        results, _, _, out_lens = decoder.decode(log_probs, lengths, compute_scores=False)
-        return [results[i, 0, : int(out_lens[i, 0])].tolist() for i in range(results.shape[0])]
-    log_probs, lens = decoder._check(log_probs, lengths)
-    res = decoder.search(log_probs, lens, timesteps=False)
-    tokens, n = res.tokens[:, 0].cpu().tolist(), res.lengths[:, 0].cpu().tolist()
-    return [t[:k] for t, k in zip(tokens, n)]
+    return decoder.best(*decoder._check(log_probs, lengths))

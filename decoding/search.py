@@ -304,6 +304,12 @@ def _merge(bi: torch.Tensor, b: torch.Tensor, tot: torch.Tensor, lp_last: torch.
     return torch.where(has, gained, float("-inf")), torch.where(has, src * k1 + at, dummy), src
 
 
+def _next_state(state: torch.Tensor, sym: torch.Tensor, lm_width: int, lm_rows: int) -> torch.Tensor:
+    """The LM context after ``sym``: drop the oldest symbol, append ``sym`` (``DenseLM.next_state``,
+    in a form TorchScript compiles)."""
+    return (state % (lm_rows // lm_width)) * lm_width + sym if lm_rows > 1 else state
+
+
 def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, lp: torch.Tensor,
           cand: torch.Tensor, cv: torch.Tensor, rank: torch.Tensor, run_b: torch.Tensor,
           run_nb: torch.Tensor, run_x: torch.Tensor, steps: list[int], has_run: list[bool],
@@ -355,8 +361,7 @@ def _loop(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor, 
         h, state = g[:, 0], g[:, 4]
         if table is not None and lm_cand is not None:
             sym = lm_cand[:n, s].gather(1, ci)
-            state = torch.where(is_ext, (state % (lm_rows // lm_width)) * lm_width + sym if lm_rows > 1 else state,
-                                state)
+            state = torch.where(is_ext, _next_state(state, sym, lm_width, lm_rows), state)
             lm[:n] = torch.where(is_ext, ext_lm.gather(1, e), lm[:n].gather(1, parent))
         grown = torch.stack([h * hash_mul + cls + 1, h, cls, g[:, 3] + 1, state], 1)
         i[:n] = torch.where(is_ext[:, None], grown, g)
@@ -403,8 +408,7 @@ def _loop1(f: torch.Tensor, i: torch.Tensor, lm: torch.Tensor, bp: torch.Tensor,
         if table is not None and lm_cand is not None:
             sym = lm_cand[:n, s, :k].gather(1, e)[:, 0]
             state = i[:n, 4, 0]
-            nxt = (state % (lm_rows // lm_width)) * lm_width + sym if lm_rows > 1 else state
-            i[:n, 4, 0] = torch.where(is_ext, nxt, state)
+            i[:n, 4, 0] = torch.where(is_ext, _next_state(state, sym, lm_width, lm_rows), state)
             lm[:n, 0] = torch.where(is_ext, ext_lm.gather(1, e)[:, 0], lm[:n, 0])
         f[:n, 0, 0] = torch.where(is_ext, float("-inf"), stay_b)
         f[:n, 1, 0] = torch.where(is_ext, ext.gather(1, e)[:, 0], stay_nb)

@@ -69,11 +69,6 @@ def _source(opts: dict, workers: int):
     return ShardSource.create(policy, workers)
 
 
-def _main_rank() -> bool:
-    """Rank 0 of a torchrun job (or no job): the one process that writes outputs."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
 def _model_overrides(values: tuple[str, ...]) -> dict:
     import yaml
     out = {}
@@ -154,7 +149,9 @@ def train(ctx, config_file, train_splits, model_set, quiet, **opts):
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     from pipeline.atomic import ensure_writable
-    if _main_rank():                   # only rank 0 writes (other machines need not share its disk)
+
+    from .distributed import main_rank
+    if main_rank():                    # only rank 0 writes (other machines need not share its disk)
         ensure_writable(cfg.weights)   # before any step: not after an epoch of training
         ensure_writable(cfg.results)
     try:
@@ -289,7 +286,7 @@ def predict(shards, weights, results, split, beam_width, decoder, lm, alpha, bet
     beam = _beam(beam_width, threads, decoder, lm, alpha, beta, blank_skip)
 
     def go():
-        if _main_rank():
+        if D.main_rank():
             ensure_writable(results)    # before decoding the whole split, not after
         columns = submission_header(mf.load(shards, split, source.policy), header)
         ctx = D.init(device)

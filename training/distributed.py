@@ -27,6 +27,12 @@ class Context:
         return self.world > 1
 
 
+def main_rank() -> bool:
+    """Rank 0 of a torchrun job (or no job), from the environment, before any process group exists:
+    the one process that writes outputs."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def init(device: str = "auto") -> Context:
     """Join the torchrun job if there is one (RANK/WORLD_SIZE set), else run alone."""
     rank = int(os.environ.get("RANK", 0))

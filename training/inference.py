@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +67,6 @@ class BeamSettings:
         out = {"beam": make(self.alpha, self.beta)}
         out.update({pair: make(*pair) for pair in self.grid})
         return out
-
-
-def top_hypotheses(decoder: CTCBeamDecoder, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-    """The best hypothesis of each utterance (log-probs on any device)."""
-    if decoder.backend != "torch":
-        res, _, _, lens = decoder.decode(log_probs, lengths)
-        return [res[i, 0, : int(lens[i, 0])].tolist() for i in range(res.shape[0])]
-    r = decoder.search(log_probs, lengths.to(log_probs.device), timesteps=False)
-    return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
 
 
 @dataclass
@@ -162,7 +152,7 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: BeamSe
             lp, out_lens = loaded.model(b.feats.float(), b.lengths)
             lp, out_lens = restrict_to_labels(lp.float(), m.inventory), out_lens.cpu()
             g = greedy_decode(lp, out_lens) if greedy or not decoders else [None] * len(out_lens)
-            found = {key: top_hypotheses(dec, lp, out_lens) for key, dec in decoders.items()}
+            found = {key: dec.best(lp, out_lens) for key, dec in decoders.items()}
             found.setdefault("beam", g)
             labels, llens = batch.labels.tolist(), batch.label_lengths.tolist()
             for i, r in enumerate(batch.rows.tolist()):
@@ -412,7 +402,7 @@ def evaluate_split(weights, shards, results, split: str, beam: BeamSettings, *, 
     from pipeline.atomic import ensure_writable, write_json
 
     source = source or ShardSource()
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    if D.main_rank():
         ensure_writable(results)    # before decoding the whole split, not after
     ctx = D.init(device)
     try:
