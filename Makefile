@@ -9,6 +9,8 @@ WEIGHTS ?= weights
 RESULTS ?= results
 NGPU ?= 1
 EPOCHS ?= 20
+# MINUTES=N: train as many epochs as fit in N minutes (at most EPOCHS), the schedule spanning them
+MINUTES ?=
 ARGS ?=
 TORCH_VERSION ?= 2.13.0
 # torchrun rendezvous for several machines, e.g. TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_endpoint=host:29500"
@@ -24,7 +26,7 @@ LM_ARGS = $(if $(LM),--lm "$(LM)")
 
 help:
 	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | speech-corpus"
-	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
+	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) MINUTES='$(MINUTES)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +49,8 @@ publish: setup
 	$(BIN)/phonerec publish --shards "$(SHARDS)" --to "$(PUBLISH_TO)" $(ARGS)
 
 train: setup
-	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(ARGS)
+	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" \
+	  $(if $(MINUTES),--time-budget "$(MINUTES)") $(ARGS)
 
 # evaluate with LM=... and no --alpha/--beta in ARGS prints the best LM weights; give them to predict in ARGS
 lm: setup
@@ -78,7 +81,8 @@ bench: setup
 
 # The whole job on synthesized English speech: corpus -> shards -> train -> evaluate -> predict.
 # The recipe is configs/demo.yaml on a CPU and configs/demo-gpu.yaml where CUDA is available
-# (DEMO_CONFIG=FILE chooses; ARGS add to or override it, DEMO_EPOCHS overrides its epochs);
+# (DEMO_CONFIG=FILE chooses; ARGS add to or override it; the CPU recipe trains for 20 minutes,
+# DEMO_MINUTES=N for N instead, DEMO_EPOCHS=N for N epochs whatever the time);
 # synth-speech returns at once when the corpus is already there with these sizes.
 DEMO_DATA ?= data/demo
 DEMO_SHARDS ?= shards/demo
@@ -86,17 +90,23 @@ DEMO_TRAIN ?= 6000
 DEMO_DEV ?= 300
 DEMO_TEST ?= 300
 DEMO_EPOCHS ?=
+DEMO_MINUTES ?=
 DEMO_CONFIG ?= auto
+# TIMED=1: each stage under /usr/bin/time -v (CPU, system time, page faults), appended to RESULTS/demo-time.txt
+TIMED ?=
+T = $(if $(TIMED),/usr/bin/time -v -a -o "$(RESULTS)/demo-time.txt")
 demo: setup
-	$(BIN)/phonerec synth-speech --data "$(DEMO_DATA)" --quiet \
+	@$(if $(TIMED),mkdir -p "$(RESULTS)" && rm -f "$(RESULTS)/demo-time.txt")
+	$(T) $(BIN)/phonerec synth-speech --data "$(DEMO_DATA)" --quiet \
 	  --split "train-clean-100=$(DEMO_TRAIN)" --split "dev-clean=$(DEMO_DEV)" --split "test-clean=$(DEMO_TEST)"
-	$(BIN)/phonerec shards --data "$(DEMO_DATA)" --shards "$(DEMO_SHARDS)" --quiet
+	$(T) $(BIN)/phonerec shards --data "$(DEMO_DATA)" --shards "$(DEMO_SHARDS)" --quiet
 	@cfg="$(DEMO_CONFIG)"; if [ "$$cfg" = auto ]; then cfg=configs/demo.yaml; \
 	  if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
 	    cfg=configs/demo-gpu.yaml; fi; fi; \
 	echo "demo recipe: $$cfg"; set -x; \
-	$(TORCHRUN) -m phonerec train --config "$$cfg" --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
-	  --results "$(RESULTS)" $(if $(DEMO_EPOCHS),--epochs "$(DEMO_EPOCHS)") --quiet $(ARGS)
-	$(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
-	$(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
+	$(T) $(TORCHRUN) -m phonerec train --config "$$cfg" --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
+	  --results "$(RESULTS)" $(if $(DEMO_MINUTES),--time-budget "$(DEMO_MINUTES)") \
+	  $(if $(DEMO_EPOCHS),--epochs "$(DEMO_EPOCHS)" --time-budget 0) --quiet $(ARGS)
+	$(T) $(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
+	$(T) $(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	@$(BIN)/phonerec summary --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --data "$(DEMO_DATA)"

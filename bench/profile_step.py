@@ -5,8 +5,8 @@ Usage (from the repository root):
   python -m bench.profile_step [--config configs/demo.yaml] [--batch 4] [--frames 1250] [--steps 5]
                                [--threads N] [--out results/profile_step.json]
 
-Parts: stem + embedding (``Model._embed``), BiLSTM, classifier, CTC loss, backward (all of it),
-gradient clipping + AdamW. The forward parts are timed with forward hooks (wall clock, torch's
+Parts: SpecAugment masking (the recipe's), stem + embedding (``Model._embed``), BiLSTM, classifier,
+CTC loss, backward (all of it), gradient clipping + AdamW. The forward parts are timed with forward hooks (wall clock, torch's
 intra-op threads as set), the rest around their calls; shares are of the whole step. A synthetic
 batch (random features, random labels of a realistic length), so the figures are the model's and
 the step's, not the loader's.
@@ -28,8 +28,13 @@ from training.model import build_model
 
 
 def _model(config: str):
-    cfg = read_config_file(config)
-    return build_model(cfg.get("preset", "default"), **cfg.get("model", {})), float(cfg.get("lr", 2e-3))
+    """The recipe's model, its optimizer (as training makes it) and augmentation."""
+    from training.augment import AugmentConfig
+    from training.config import TrainConfig
+    from training.train import make_optimizer
+    cfg = TrainConfig.from_dict(read_config_file(config))
+    model = build_model(cfg.preset, **cfg.model)
+    return model, make_optimizer(model, cfg), AugmentConfig.from_train(cfg)
 
 
 def _batch(batch: int, frames: int, dim: int, classes: int, seed: int = 0):
@@ -83,17 +88,20 @@ def profile(config: str, batch: int, frames: int, steps: int, threads: int | Non
 
 def _profile(config: str, batch: int, frames: int, steps: int) -> dict:
     torch.manual_seed(0)
-    model, lr = _model(config)
+    model, opt, aug = _model(config)
     model.train()
     c = model.config
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     x, lengths, labels, label_lengths = _batch(batch, frames, c.input_dim, c.num_classes)
     timer = _Timer(model)
-    other = {"CTC loss": 0.0, "backward": 0.0, "clip + AdamW": 0.0}
+    other = {"augmentation": 0.0, "CTC loss": 0.0, "backward": 0.0, "clip + AdamW": 0.0}
+    gen = torch.Generator().manual_seed(0)
 
     def step():
+        ta = time.perf_counter()
+        xa = aug.apply(x, lengths, gen) if aug.active else x
         t0 = time.perf_counter()
-        lp, out_lens = model(x, lengths)
+        other["augmentation"] += t0 - ta
+        lp, out_lens = model(xa, lengths)
         t1 = time.perf_counter()
         loss = F.ctc_loss(lp.transpose(0, 1), labels, out_lens, label_lengths, blank=0, reduction="sum",
                           zero_infinity=True) / label_lengths.sum()
@@ -110,6 +118,7 @@ def _profile(config: str, batch: int, frames: int, steps: int) -> dict:
         step()                                   # warm-up (allocations, oneDNN primitives)
         for t in timer.totals:
             timer.totals[t] = 0.0
+        other["augmentation"] = 0.0
         forward = 0.0
         c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(steps):
@@ -121,7 +130,9 @@ def _profile(config: str, batch: int, frames: int, steps: int) -> dict:
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     finally:
         timer.close()
-    seconds = {**timer.totals, "rest of forward": forward - sum(timer.totals.values()), **other}
+    seconds = {"augmentation": other["augmentation"], **timer.totals,
+               "rest of forward": forward - sum(timer.totals.values()),
+               **{k: v for k, v in other.items() if k != "augmentation"}}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]

@@ -15,7 +15,11 @@ Usage (from the repository root; ``make bench`` runs it):
    reading the 28,539 corpus' shards from local disk, over HTTP from a server on 127.0.0.1 the
    benchmark starts and stops, and over HTTP with a shard cache (cold, then warm): frames/s and
    the ratio to local disk, with the delivered batches checked identical.
-3. Decoding (``bench/bench_decode.py``): the torch search against fast-ctc-decode and a numpy
+3. The training step (``bench/bench_train.py``): two epochs of the demo recipe with the settings
+   before issue 28 and with today's, each in its own process: frames/s, CPU seconds per epoch,
+   system time, page faults, dev PER; the ratio of epochs per CPU-hour (about 5 min; ``--no-train``
+   skips it, ``--train-data RAW`` runs it on a given corpus, e.g. the demo's).
+4. Decoding (``bench/bench_decode.py``): the torch search against fast-ctc-decode and a numpy
    reference search at widths 1/10/50/100 (about 6 minutes on a 2-core machine, most of it the
    other two decoders at width 100), so ``--decode auto`` (default) reuses a full
    ``OUT/bench_decode.json`` when there is one and runs it otherwise; ``--decode run`` always runs it.
@@ -40,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import ROOT, bench_decode, bench_loader, bench_remote, bench_shards
+from bench import ROOT, bench_decode, bench_loader, bench_remote, bench_shards, bench_train
 from bench.bench_shards import TRAIN, ensure_corpus
 from pipeline import manifest as mf
 from pipeline.atomic import write_text
@@ -121,6 +125,15 @@ def decoding(mode: str, quick: bool, out: Path, log=print, model=None) -> dict |
         res["model"]["markdown"] = bench_decode.model_markdown(res["model"])
     if not quick:
         _write_json(path, res)
+    return res
+
+
+def training_step(work: Path, out: Path, quick: bool, data: Path | None, log=print) -> dict:
+    log(f"== training step: bench_train {'quick' if quick else 'full'}")
+    res = bench_train.run(data, work=work, quick=quick, log=log)
+    res["markdown"] = bench_train.markdown(res)
+    if not quick:
+        _write_json(out / "bench_train.json", res)
     return res
 
 
@@ -373,6 +386,10 @@ def markdown(report: dict) -> str:
                   bench_shards.table(pre), ""]
         if pre.get("source"):
             lines += [f"({pre['source']})", ""]
+    step = report.get("training_step")
+    if step:
+        lines += [f"## The training step (bench/bench_train.py, {step['config']['recipe']}, "
+                  f"{step['config']['epochs']} epochs on {step['config']['data']})", "", step["markdown"], ""]
     dec = report.get("decoding")
     if dec:
         cfg = dec["config"]
@@ -407,6 +424,8 @@ def main(argv=None) -> dict:
                     help=f"skip the {WIDE}-features-per-frame corpus (its preprocessing and loader run)")
     ap.add_argument("--no-preprocessing", action="store_true",
                     help="skip bench_shards (reuse OUT/bench_shards.json and existing shards)")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-step row (bench_train)")
+    ap.add_argument("--train-data", type=Path, help="raw corpus for the training-step row (default: generated)")
     ap.add_argument("--no-remote", action="store_true",
                     help="skip the loader over HTTP on 127.0.0.1 (bench_remote: local disk vs HTTP vs HTTP + cache)")
     a = ap.parse_args(argv)
@@ -423,6 +442,8 @@ def main(argv=None) -> dict:
     pre = preprocessing(sizes, a.work, a.out, a.no_preprocessing, a.quick)
     loaders = loader_runs(a.work, main_n, small, scale, a.quick, remote=not a.no_remote)
     dec = decoding(a.decode, a.quick, a.out, model=a.decode_model)
+    if not a.no_train:
+        report["training_step"] = training_step(a.work, a.out, a.quick, a.train_data)
     if not a.no_widths:
         report["widths"] = widths(a.work, main_n, pre, loaders["main"], a.quick)
 

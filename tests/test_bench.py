@@ -52,11 +52,16 @@ def test_run_all_quick(tmp_path):
     assert "-m bench.run_all" in rep["command"] and "--quick" in rep["command"]
     assert rep["preprocessing"]["runs"] and all(r["seconds"] > 0 for r in rep["preprocessing"]["runs"])
     assert rep["decoding"]["rows"] and rep["decoding"]["config"]["quick"]
+    step = rep["training_step"]
+    assert [r["arm"] for r in step["rows"]] == ["before", "today"]
+    assert all(r["cpu_s"] > 0 and len(r["frames_per_s"]) == 2 for r in step["rows"])
+    assert step["ratio_epochs_per_cpu_hour"] > 0
     assert set(rep["goals"]) >= {"padding_efficiency_ge_0.97", "loader_ge_5x_lazy", "loader_not_bottleneck",
                                  "max_batch_within_budget", "peak_memory_bounded"}
     assert rep["memory_scaling"] and all(_finite(r["ours"]) for r in rep["memory_scaling"])
 
     md = (out / "bench.md").read_text()
+    assert "## The training step" in md and "Epochs per CPU-hour, today over before" in md
     assert "| figure | ours | baseline lazy | baseline in-memory | ours ÷ lazy |" in md
     assert "padding efficiency" in md and "Preprocessing" in md and "Decoding" in md and rep["command"] in md
     for png in ("bench_lengths.png", "bench_bars.png"):
@@ -177,8 +182,8 @@ def test_profile_step_accounts_for_the_step(tmp_path):
     from tests.helpers import ROOT
     res = profile_step.profile(str(ROOT / "configs" / "demo.yaml"), batch=2, frames=120, steps=2, threads=1)
     parts = res["parts"]
-    assert set(parts) == {"stem + embedding", "BiLSTM", "classifier", "rest of forward", "CTC loss", "backward",
-                          "clip + AdamW"}
+    assert set(parts) == {"augmentation", "stem + embedding", "BiLSTM", "classifier", "rest of forward", "CTC loss",
+                          "backward", "clip + AdamW"}
     assert all(parts[k]["s_per_step"] > 0 for k in parts if k != "rest of forward")
     assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=0.05)
     assert any("rnn" in o["op"] or "lstm" in o["op"] for o in res["top_ops"])

@@ -411,3 +411,24 @@ def test_augment_config_apply():
     assert not off.active
     same = off.apply(x, lens, torch.Generator().manual_seed(1))
     assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()
+
+
+def test_cpu_dropout_keeps_the_distribution_and_the_gradient():
+    """training.blocks.dropout (the cheaper CPU masks): each element kept with probability 1 - p and
+    scaled by 1 / (1 - p), the gradient through the same mask, identity in eval mode, and the
+    same masks again from the same seed."""
+    from training.blocks import Dropout, dropout
+    p = 0.3
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = dropout(x, p, True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())                        # d(sum)/dx is the scaled mask
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, True), y)
+    assert torch.equal(dropout(x, p, False), x) and torch.equal(dropout(x, 0.0, True), x)
+    layer = Dropout(p).eval()
+    assert torch.equal(layer(x), x) and layer.state_dict() == {}

@@ -212,6 +212,20 @@ def test_espeak_rendering_is_independent_of_history(tmp_path):
     assert np.array_equal(a.audio, b.audio) and a.labels == b.labels
 
 
+@needs_tools
+@pytest.mark.parametrize("voice", ["festival:kal_diphone", "festival:cmu_us_slt_arctic_hts"])
+def test_festival_small_heap_renders_the_same(voice, tmp_path, monkeypatch):
+    """FESTIVAL_HEAP (a fraction of festival's default heap, which festival fills at every start)
+    changes nothing in what it renders, for the longest sentence the tests have."""
+    clauses = sp.parse_sentence(ALL_PHONEMES_TEXT)
+    lexicon = sp.pronunciations()
+    prons = {sp._word_key(w): lexicon[sp._word_key(w)][0] for c in clauses for w in c.words}
+    small = sp.render(voice, clauses, prons, rate=0.9, pitch=0.3, tmp=tmp_path)
+    monkeypatch.setattr(sp.engines, "FESTIVAL_HEAP", 10_000_000)       # festival's own default
+    default = sp.render(voice, clauses, prons, rate=0.9, pitch=0.3, tmp=tmp_path)
+    assert np.array_equal(small.audio, default.audio) and small.segments == default.segments
+
+
 # ----------------------------------------------------------------------------- corpus
 
 @needs_tools

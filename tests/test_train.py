@@ -86,7 +86,7 @@ def test_train_three_epochs(fast_shards, tmp_path):
     assert [r["epoch"] for r in metrics(tmp_path)] == [0]
 
 
-@pytest.mark.parametrize("recipe, downsampling", [("demo.yaml", 2), ("demo-gpu.yaml", 4)])
+@pytest.mark.parametrize("recipe, downsampling", [("demo.yaml", 4), ("demo-gpu.yaml", 4)])
 def test_demo_recipes_are_valid_configs(recipe, downsampling):
     """Both recipes `make demo` chooses between (CPU; CUDA) parse, name their epochs and build."""
     from tests.helpers import ROOT

@@ -73,6 +73,7 @@ class Checkpoint:
     skipped_shards: list = field(default_factory=list)     # reports of the shards left out
     ctc_infeasible: int = 0
     ctc_infeasible_ids: list = field(default_factory=list)
+    budget: dict = field(default_factory=dict)             # a time budget's plan and clock (training.budget)
 
     def symbol_inventory(self) -> Inventory:
         """The symbol inventory the model was trained with (InventoryError if its records disagree)."""

@@ -88,7 +88,11 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--results", default=_D.results, show_default=True, help="Folder for metrics.jsonl and curves.png.")
 @click.option("--train", "train_splits", default=_D.train, show_default=True, help="Comma-separated training splits.")
 @click.option("--dev", default=_D.dev, show_default=True, help="Dev split for per-epoch validation ('' for none).")
-@click.option("--epochs", type=ranged("epochs", int), default=_D.epochs, show_default=True)
+@click.option("--epochs", type=ranged("epochs", int), default=_D.epochs, show_default=True,
+              help="Epochs to train (with --time-budget: the most it may plan).")
+@click.option("--time-budget", type=ranged("time_budget", float), default=_D.time_budget, show_default=True,
+              metavar="MINUTES", help="Train as many epochs as fit in this many minutes, planned from the first "
+                                      "steps' speed, the learning-rate schedule spanning them (0 = --epochs).")
 @click.option("--preset", default=_D.preset, show_default=True,
               type=_PresetChoice(),
               help="Model architecture; parameters at 15 features and 43 classes (time downsampling): "
@@ -127,6 +131,9 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
                    "metrics.jsonl and the checkpoint) instead of stopping.")
 @_fetch_options
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--tune-host/--no-tune-host", default=_D.tune_host, show_default=True,
+              help="Speed-ups detected on this machine (glibc: malloc keeps freed memory between steps); "
+                   "results do not depend on them.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train(ctx, config_file, train_splits, model_set, quiet, **opts):

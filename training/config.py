@@ -41,7 +41,7 @@ class Range:
 
 # Every numeric option's range: the flags (commands.ranged) and recipe files (TrainConfig.from_dict) alike.
 RANGES: dict[str, Range] = {
-    "epochs": Range(1), "seed": Range(0), "max_frames": Range(1), "max_utts": Range(1),
+    "epochs": Range(1), "time_budget": Range(0), "seed": Range(0), "max_frames": Range(1), "max_utts": Range(1),
     "workers": Range(0, MAX_WORKERS), "lr": Range(0, open_low=True), "weight_decay": Range(0),
     "warmup": Range(0, 1), "plateau_patience": Range(0), "plateau_factor": Range(0, 1, open_low=True),
     "clip": Range(0), "time_masks": Range(0), "time_width": Range(0), "freq_masks": Range(0),
@@ -64,7 +64,8 @@ class TrainConfig:
     results: str = "results"
     train: str = "train-clean-100"     # comma-separated training splits
     dev: str = "dev-clean"             # '' for none
-    epochs: int = 20
+    epochs: int = 20                   # with a time budget: the most it may plan
+    time_budget: float = 0.0           # minutes: train as many epochs as fit (0 = --epochs)
     preset: str = "default"
     model: dict = field(default_factory=dict)   # ModelConfig overrides
     seed: int = 0
@@ -94,6 +95,7 @@ class TrainConfig:
     skip_bad_shards: bool = False
     resume: bool = False
     device: str = "auto"
+    tune_host: bool = True             # speed-ups detected on this machine (training/host.py)
     progress: bool = True
     # Shards at a URL (pipeline/remote.py): tries after the first on transient errors, the first
     # backoff (doubled each time), the network timeout, and a local cache of verified shards.
@@ -107,7 +109,7 @@ class TrainConfig:
     shard_cache_size: str = "0"        # evict above this, e.g. 20G ('0' = no limit)
 
     # Options that change the data order or the model: a resumed run keeps the checkpoint's values.
-    PINNED = ("seed", "max_frames", "max_utts", "preset", "model", "train", "workers")
+    PINNED = ("seed", "max_frames", "max_utts", "preset", "model", "train", "workers", "time_budget")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

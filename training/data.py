@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .host import release_free_memory
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline import remote
@@ -428,6 +430,8 @@ class ShardLoader(DataLoader):
         # ignores Ctrl-C/SIGTERM those would run in them. Blocked across the fork, a signal that
         # arrives meanwhile reaches the trainer when this returns, and never a worker.
         blocked = self.num_workers > 0 and threading.current_thread() is threading.main_thread()
+        if self.num_workers > 0:
+            release_free_memory()
         if blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:

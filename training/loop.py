@@ -38,6 +38,7 @@ from pipeline.errors import PhonerecError
 
 from . import distributed as D
 from . import metrics
+from .budget import Budget, describe
 from .augment import AugmentConfig
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
 from .config import TrainConfig
@@ -167,6 +168,12 @@ class Run:
     on_step: StepHook | None = None
     stop: StopSignals = field(default_factory=StopSignals)
     source: ShardSource = field(default_factory=ShardSource)    # how shards are read (local or URL)
+    budget: Budget | None = None          # --time-budget: its plan and clock
+
+    @property
+    def epochs(self) -> int:
+        """Epochs this run trains: --epochs, or what the time budget planned."""
+        return self.budget.epochs if self.budget is not None else self.cfg.epochs
 
     @property
     def weights(self) -> Path:
@@ -214,7 +221,7 @@ def save_checkpoint(run: Run, st: TrainState, name: str, epoch: int, step: int) 
         world=ctx.world, **run.train_m.inventory.to_json(), stats=run.train_m.stats.to_json(),
         rank_steps=[int(g[1]) for g in gathered], rank_accumulators=[g[2] for g in gathered],
         skipped_shards=run.skipped, ctc_infeasible=len(run.infeasible_ids),
-        ctc_infeasible_ids=run.infeasible_ids,
+        ctc_infeasible_ids=run.infeasible_ids, budget=run.budget.to_json() if run.budget is not None else {},
     ).save(run.weights / name)
 
 
@@ -332,7 +339,7 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
         run.log(f"epoch {st.epoch + 1}: {plan.dropped_utterances} utterances ({plan.dropped_batches} batches) "
                 f"left out this epoch so every rank runs the same {plan.steps} steps{cut}")
     st.t_epoch = time.perf_counter() - st.acc.get("seconds", 0.0)   # a resumed epoch keeps its earlier time
-    bar = tqdm(total=run.steps_per_epoch, initial=first, desc=f"epoch {st.epoch + 1}/{cfg.epochs}", unit="step",
+    bar = tqdm(total=run.steps_per_epoch, initial=first, desc=f"epoch {st.epoch + 1}/{run.epochs}", unit="step",
                disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
     t_ready = time.perf_counter()
     batches = iter(make_loader(run.train_m, plan, first, pin_memory=ctx.device.type == "cuda", source=run.source)) \
@@ -353,8 +360,12 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
         st.global_step += 1
         bar.update()
         bar.set_postfix(loss=f"{st.acc['loss'] / max(st.acc['tokens'], 1):.3f}")
-        t_ready = time.perf_counter()
+        t_prev, t_ready = t_ready, time.perf_counter()
         st.acc["busy"] += t_ready - t_got
+        if run.budget is not None and run.budget.observe(st.global_step, t_ready - t_prev,
+                                                         len(batch.lengths) * int(batch.lengths.max())):
+            plan_budget(run, st, plan)
+            bar.set_description(f"epoch {st.epoch + 1}/{run.epochs}")
         if after_step(run, st, stop_votes):
             bar.close()
             run.log(f"stopped at epoch {st.epoch + 1}, step {st.step}: checkpoint {run.weights / LAST}; "
@@ -363,6 +374,32 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
     bar.close()
     getattr(batches, "_shutdown_workers", lambda: None)()
     return None
+
+
+def plan_budget(run: Run, st: TrainState, plan: EpochPlan) -> None:
+    """The time budget's plan, from the steps timed so far, and the cosine schedule stretched to
+    end with it. Collective: times and frames are summed over ranks, so all make the same plan."""
+    b, ctx = run.budget, run.ctx
+    mine = padded_frames(plan, run.steps_per_epoch)
+    dev = float(run.dev_m.frames.sum()) if run.dev_m is not None else 0.0
+    # Every rank plans from the same sums (its own clock could tip the plan: ranks must agree).
+    seconds, frames, epoch_frames, setup = D.all_sum(ctx, [b.measured, b.frames, mine,
+                                                           b.elapsed() - (time.perf_counter() - st.t_epoch)])
+    b.plan(seconds, frames, epoch_frames / ctx.world, dev / ctx.world, b.seconds - setup / ctx.world)
+    set_schedule_epochs(run, st, b.planned)
+    run.log(describe(b, run.steps_per_epoch))
+
+
+def set_schedule_epochs(run: Run, st: TrainState, epochs: int) -> None:
+    """Make the cosine schedule (training.train.Cosine) end with the last step of `epochs`."""
+    lambdas = getattr(st.sched, "lr_lambdas", None)
+    if lambdas and hasattr(lambdas[0], "total"):
+        lambdas[0].total = run.steps_per_epoch * epochs
+
+
+def padded_frames(plan: EpochPlan, steps: int) -> float:
+    """Frames (padding included) of this rank's first `steps` batches of the plan."""
+    return float(sum(len(b) * int(plan.frames[b].max()) for b in plan.sequence()[:steps]))
 
 
 def finish_epoch(run: Run, st: TrainState, plan: EpochPlan) -> dict:
@@ -391,7 +428,7 @@ def finish_epoch(run: Run, st: TrainState, plan: EpochPlan) -> dict:
     if ctx.is_main:
         publish_epoch(run, record, copy_best=improved or run.dev_m is None)
     dev_txt = f"dev loss {ev.loss:.3f}, dev distance {ev.distance:.2f}" if ev else "no dev split"
-    run.log(f"epoch {st.epoch + 1}/{run.cfg.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
+    run.log(f"epoch {st.epoch + 1}/{run.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
             f"padding {record['padding_efficiency']:.3f}, {record['frames_per_s']:.0f} frames/s, lr {lr:.2e}"
             f"{'  (best)' if improved else ''}")
     if net is not None:
@@ -413,7 +450,7 @@ def epoch_record(run: Run, st: TrainState, plan: EpochPlan, tot: list[float], ev
         "data_wait_fraction": tot[5] / max(tot[5] + tot[6], 1e-9),
         "dropped_utterances": plan.dropped_utterances, "skipped_steps": int(st.acc["skipped"]),
         "epoch_seconds": seconds, "world": run.ctx.world, **run.skipped_info,
-        "ctc_infeasible": len(run.infeasible_ids),
+        "ctc_infeasible": len(run.infeasible_ids), "planned_epochs": run.epochs,
     }
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from pipeline.vocab import NUM_CLASSES
 from pipeline.features import FEATURE_DIM
 
-from .blocks import EMBED_BLOCKS, ConvBlock, MaskedBatchNorm1d, conv_output_length, frame_mask
+from .blocks import EMBED_BLOCKS, ConvBlock, Dropout, MaskedBatchNorm1d, conv_output_length, frame_mask
 from .recurrent import BiLSTMStack, run_lstm
 
 __all__ = [
@@ -212,7 +212,7 @@ class Model(nn.Module):
         linears.append(nn.Linear(width, config.num_classes))
         self.linears = nn.ModuleList(linears)
         self.classifier_act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
-        self.classifier_dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier_dropout = Dropout(config.classifier_dropout)
 
     @staticmethod
     def _make_lstm(config: ModelConfig, input_size: int) -> nn.Module:

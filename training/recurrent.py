@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .blocks import frame_mask
+from .blocks import dropout, frame_mask
 
 __all__ = ["LockedDropout", "BiLSTMStack", "lstm_masked", "run_lstm", "pyramid", "halved_length"]
 
@@ -34,7 +34,7 @@ def lstm_masked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.
     out = x
     for layer in range(lstm.num_layers):
         if layer > 0 and lstm.dropout > 0:
-            out = F.dropout(out, lstm.dropout, lstm.training)
+            out = dropout(out, lstm.dropout, lstm.training)
         dirs = []
         for suffix, reverse in (("", False), ("_reverse", True)):
             params = [getattr(lstm, f"{n}_l{layer}{suffix}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -126,7 +126,7 @@ class BiLSTMStack(nn.Module):
             if i > 0:
                 x = self.locked(x)
                 if self.step_dropout > 0:
-                    x = F.dropout(x, self.step_dropout, self.training)
+                    x = dropout(x, self.step_dropout, self.training)
             if i >= self.first_pyramidal:
                 x, lengths = pyramid(x, lengths)
             x = run_lstm(lstm, x, lengths, packed)

@@ -300,6 +300,9 @@ def _festival_voices() -> set[str]:
 _FESTIVAL_DIPHONE_F0 = {"kal_diphone": (105.0, 14.0), "ked_diphone": (105.0, 15.0)}   # the voices' own settings
 
 
+FESTIVAL_HEAP = 2_000_000          # Lisp cells (festival's default: 10,000,000)
+
+
 def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], rate: float, pitch: float,
               tmp: Path) -> Rendered:
     wav = tmp / "festival.wav"
@@ -327,7 +330,11 @@ def _festival(voice: str, clauses: list[Clause], prons: dict[str, list[str]], ra
     # worker made the corpus 40 % faster, but it is not deterministic: after some histories a
     # diphone voice's last samples differ (6 of 500 tries rendering one utterance after others),
     # as if it read memory that earlier utterances left behind. A fresh process always agrees.
-    res = subprocess.run(["festival", "--batch", str(script)], capture_output=True, text=True, timeout=120)
+    # --heap: festival fills its whole Lisp heap at start (10 M cells by default: 80,000 page
+    # faults and 0.1 s of system time per utterance, most of the corpus' kernel time); 2 M cells
+    # hold an utterance many times over and give the same samples (checked: identical wav files).
+    res = subprocess.run(["festival", "--heap", str(FESTIVAL_HEAP), "--batch", str(script)], capture_output=True,
+                         text=True, timeout=120)
     if res.returncode != 0 or "SIOD ERROR" in res.stdout + res.stderr:
         raise RuntimeError(f"festival failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:300]}")
     segments = []

@@ -1,0 +1,152 @@
+"""The training-step row of `make bench` (issue 28): two epochs of the CPU demo recipe as it was
+before issue 28 ("before": the code and configs/demo.yaml of BEFORE_REV) and as it is ("today"),
+on the same shards and, within each, the same batches.
+
+Each arm is `phonerec train --config configs/demo.yaml --epochs 2` in a process of its own, so its
+CPU time, system time and page faults are its own (os.wait4's rusage, loader workers included):
+  before: BEFORE_REV's tree (`git archive`), its recipe: x2 time downsampling, 2 loader workers,
+          glibc's malloc defaults, torch's dropout and foreach AdamW;
+  today:  this tree's recipe: x4, no worker processes, the host tuning detected
+          (training/host.py), the cheaper CPU dropout, fused AdamW.
+Two epochs, because the workers' cost shows from the second on (they are forked again from the
+grown trainer). Reported per arm: training frames/s of each epoch, CPU seconds per epoch (user +
+system of the whole process over 2: setup, epochs and dev passes), system seconds, minor page
+faults, and the dev PER after the first epoch and the second (a faster step that learns worse per
+epoch is no win). The ratio is epochs per CPU-hour, today's over before's; the target is >= 2 at a
+dev PER after the first epoch no worse.
+
+Usage (from the repository root of a git clone):
+  python -m bench.bench_train [--data RAW_CORPUS] [--train 1000] [--dev 100] [--work DIR] [--out results]
+
+Without --data a LibriSpeech-shaped learnable corpus (corpora/random.py, 10-16 s utterances) is
+generated under --work; --data takes any raw corpus (e.g. `make demo`'s data/demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import ROOT
+
+RECIPE = "configs/demo.yaml"          # each arm's own, relative to its tree
+BEFORE_REV = "6ecf3af"                 # the last commit before issue 28's changes
+TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
+EPOCHS = 2
+
+
+def ensure_corpus(work: Path, n_train: int, n_dev: int, log=print) -> Path:
+    """A learnable random corpus (28 features, LibriSpeech lengths) under work, made once."""
+    from corpora.random import generate
+    data = work / f"train-bench-{n_train}-{n_dev}"
+    if not (data / "done").is_file():
+        log(f"generating {n_train} + {n_dev} utterances in {data}")
+        generate(data, {TRAIN: n_train, DEV: n_dev, TEST: 2}, seed=3, workers=2, progress=False)
+        (data / "done").write_text("ok\n")
+    return data
+
+
+def _phonerec(*args: str) -> list[str]:
+    return [sys.executable, "-m", "phonerec", *args]
+
+
+def build_shards(data: Path, shards: Path) -> None:
+    subprocess.run(_phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet"), check=True,
+                   cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def before_tree(work: Path) -> Path:
+    """BEFORE_REV's files under work (git archive; made once)."""
+    tree = work / f"tree-{BEFORE_REV}"
+    if not (tree / "phonerec").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_REV], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def run_arm(name: str, tree: Path, shards: Path, work: Path, extra: list[str], max_steps: int = 0) -> dict:
+    """EPOCHS epochs of `tree`'s recipe with `tree`'s code, in its own process (cwd = tree, so its
+    packages are the ones imported); its rusage and its metrics records."""
+    run = work / f"arm-{name}"
+    cmd = _phonerec("train", "--config", RECIPE, "--shards", str(shards), "--weights", str(run / "weights"),
+                    "--results", str(run / "results"), "--epochs", str(EPOCHS), "--quiet",
+                    "--checkpoint-every", "0", *(["--max-steps", str(max_steps)] if max_steps else []), *extra)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, ru = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"arm {name} failed: {err[-2000:]}")
+    recs = [json.loads(ln) for ln in (run / "results" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return {"arm": name, "code": BEFORE_REV if tree != ROOT else "this tree",
+            "wall_s": time.perf_counter() - t0, "cpu_s": (ru.ru_utime + ru.ru_stime) / EPOCHS,
+            "sys_s": ru.ru_stime / EPOCHS, "minor_faults": ru.ru_minflt // EPOCHS,
+            "frames_per_s": [r["frames_per_s"] for r in recs], "epoch_s": [r["epoch_seconds"] for r in recs],
+            "dev_per": [r["dev_per"] for r in recs], "steps": recs[-1]["step"],
+            "log": [ln for ln in err.splitlines() if ln][:3]}
+
+
+def run(data: Path | None = None, *, n_train: int = 1000, n_dev: int = 100, work: Path = Path("/tmp/phonerec-bench"),
+        quick: bool = False, log=print) -> dict:
+    """Both arms on the same shards; the rows and the ratios."""
+    work.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = ensure_corpus(work, *((24, 6) if quick else (n_train, n_dev)), log=log)
+    shards = work / f"shards-{data.name}"
+    build_shards(data.resolve(), shards.resolve())
+    rows = []
+    for name, tree, extra in (("before", before_tree(work), []), ("today", ROOT, ["--time-budget", "0"])):
+        log(f"training arm '{name}': {EPOCHS} epochs of {RECIPE} with the code of {BEFORE_REV if tree != ROOT else 'this tree'}")
+        rows.append(run_arm(name, tree, shards.resolve(), work.resolve(), extra, max_steps=3 if quick else 0))
+    before, today = rows
+    first = (today["dev_per"][0], before["dev_per"][0])
+    return {"config": {"recipe": RECIPE, "before": BEFORE_REV, "data": str(data), "quick": quick, "epochs": EPOCHS},
+            "rows": rows, "ratio_epochs_per_cpu_hour": before["cpu_s"] / today["cpu_s"],
+            "ratio_frames_per_s": sum(today["frames_per_s"]) / sum(before["frames_per_s"]),
+            "dev_per_change": first[0] - first[1] if None not in first else None}
+
+
+def _pers(values: list) -> str:
+    return " / ".join(f"{100 * v:.1f} %" if v is not None else "–" for v in values)
+
+
+def markdown(res: dict) -> str:
+    lines = ["| recipe and code | training frames/s, epoch 1 / 2 | CPU s per epoch | of it system | minor page faults "
+             "per epoch | dev PER after epoch 1 / 2 |", "|---|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        fps = " / ".join(f"{v:,.0f}" for v in r["frames_per_s"])
+        lines.append(f"| {r['arm']} ({r['code']}) | {fps} | {r['cpu_s']:.1f} | {r['sys_s']:.1f} | "
+                     f"{r['minor_faults']:,} | {_pers(r['dev_per'])} |")
+    ratio = res["ratio_epochs_per_cpu_hour"]
+    lines += ["", f"Epochs per CPU-hour, today over before: **{ratio:.2f}x** (target >= 2x at a dev PER after epoch 1 no worse; "
+                  f"{'met' if ratio >= 2 and (res['dev_per_change'] or 0) <= 0 else 'not met'}); training frames/s "
+                  f"{res['ratio_frames_per_s']:.2f}x."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, help="a raw corpus (default: a generated one under --work)")
+    ap.add_argument("--train", type=int, default=1000)
+    ap.add_argument("--dev", type=int, default=100)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/phonerec-bench"))
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--quick", action="store_true", help="a tiny corpus and 3 steps per arm (for tests)")
+    a = ap.parse_args(argv)
+    res = run(a.data, n_train=a.train, n_dev=a.dev, work=a.work, quick=a.quick)
+    res["markdown"] = markdown(res)
+    if not a.quick:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "bench_train.json").write_text(json.dumps(res, indent=1))
+    print(res["markdown"])
+    return res
+
+
+if __name__ == "__main__":
+    main()
