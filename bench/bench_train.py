@@ -56,16 +56,21 @@ def _phonerec(*args: str) -> list[str]:
 
 
 def build_shards(data: Path, shards: Path) -> None:
-    subprocess.run(_phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet"), check=True,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    res = subprocess.run(_phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet"), cwd=ROOT,
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"phonerec shards failed: {res.stderr[-2000:]}")
 
 
-def before_tree(work: Path) -> Path:
-    """BEFORE_REV's files under work (git archive; made once)."""
+def before_tree(work: Path) -> Path | None:
+    """BEFORE_REV's files under work (git archive; made once), or None outside a git clone that
+    holds it (a shallow clone, an unpacked tarball)."""
     tree = work / f"tree-{BEFORE_REV}"
     if not (tree / "phonerec").is_dir():
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_REV], capture_output=True)
+        if archive.returncode:
+            return None
         tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_REV], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     return tree
 
@@ -84,7 +89,7 @@ def run_arm(name: str, tree: Path, shards: Path, work: Path, extra: list[str], m
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"arm {name} failed: {err[-2000:]}")
     recs = [json.loads(ln) for ln in (run / "results" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    return {"arm": name, "code": BEFORE_REV if tree != ROOT else "this tree",
+    return {"arm": name, "code": _code(tree),
             "wall_s": time.perf_counter() - t0, "cpu_s": (ru.ru_utime + ru.ru_stime) / EPOCHS,
             "sys_s": ru.ru_stime / EPOCHS, "minor_faults": ru.ru_minflt // EPOCHS,
             "frames_per_s": [r["frames_per_s"] for r in recs], "epoch_s": [r["epoch_seconds"] for r in recs],
@@ -101,15 +106,28 @@ def run(data: Path | None = None, *, n_train: int = 1000, n_dev: int = 100, work
     shards = work / f"shards-{data.name}"
     build_shards(data.resolve(), shards.resolve())
     rows = []
-    for name, tree, extra in (("before", before_tree(work), []), ("today", ROOT, ["--time-budget", "0"])):
-        log(f"training arm '{name}': {EPOCHS} epochs of {RECIPE} with the code of {BEFORE_REV if tree != ROOT else 'this tree'}")
+    before = before_tree(work)
+    arms = [("today", ROOT, ["--time-budget", "0"])]
+    if before is not None:
+        arms.insert(0, ("before", before, []))
+    else:
+        log(f"no 'before' arm: this clone does not hold {BEFORE_REV} (git fetch --unshallow)")
+    for name, tree, extra in arms:
+        log(f"training arm '{name}': {EPOCHS} epochs of {RECIPE} with the code of {_code(tree)}")
         rows.append(run_arm(name, tree, shards.resolve(), work.resolve(), extra, max_steps=3 if quick else 0))
-    before, today = rows
-    first = (today["dev_per"][0], before["dev_per"][0])
-    return {"config": {"recipe": RECIPE, "before": BEFORE_REV, "data": str(data), "quick": quick, "epochs": EPOCHS},
-            "rows": rows, "ratio_epochs_per_cpu_hour": before["cpu_s"] / today["cpu_s"],
-            "ratio_frames_per_s": sum(today["frames_per_s"]) / sum(before["frames_per_s"]),
-            "dev_per_change": first[0] - first[1] if None not in first else None}
+    res = {"config": {"recipe": RECIPE, "before": BEFORE_REV, "data": str(data), "quick": quick, "epochs": EPOCHS},
+           "rows": rows, "ratio_epochs_per_cpu_hour": None, "ratio_frames_per_s": None, "dev_per_change": None}
+    if len(rows) == 2:
+        before_row, today = rows
+        first = (today["dev_per"][0], before_row["dev_per"][0])
+        res.update(ratio_epochs_per_cpu_hour=before_row["cpu_s"] / today["cpu_s"],
+                   ratio_frames_per_s=sum(today["frames_per_s"]) / sum(before_row["frames_per_s"]),
+                   dev_per_change=first[0] - first[1] if None not in first else None)
+    return res
+
+
+def _code(tree: Path) -> str:
+    return "this tree" if tree == ROOT else BEFORE_REV
 
 
 def _pers(values: list) -> str:
@@ -124,6 +142,8 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['arm']} ({r['code']}) | {fps} | {r['cpu_s']:.1f} | {r['sys_s']:.1f} | "
                      f"{r['minor_faults']:,} | {_pers(r['dev_per'])} |")
     ratio = res["ratio_epochs_per_cpu_hour"]
+    if ratio is None:
+        return "\n".join(lines + ["", f"(No 'before' arm: this clone does not hold {BEFORE_REV}.)"])
     lines += ["", f"Epochs per CPU-hour, today over before: **{ratio:.2f}x** (target >= 2x at a dev PER after epoch 1 no worse; "
                   f"{'met' if ratio >= 2 and (res['dev_per_change'] or 0) <= 0 else 'not met'}); training frames/s "
                   f"{res['ratio_frames_per_s']:.2f}x."]
