@@ -11,6 +11,7 @@ NGPU ?= 1
 EPOCHS ?= 20
 # MINUTES=N: train as many epochs as fit in N minutes (at most EPOCHS), the schedule spanning them
 MINUTES ?=
+BUDGET_ARGS = $(if $(MINUTES),--time-budget "$(MINUTES)")
 ARGS ?=
 TORCH_VERSION ?= 2.13.0
 # torchrun rendezvous for several machines, e.g. TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_endpoint=host:29500"
@@ -49,8 +50,7 @@ publish: setup
 	$(BIN)/phonerec publish --shards "$(SHARDS)" --to "$(PUBLISH_TO)" $(ARGS)
 
 train: setup
-	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" \
-	  $(if $(MINUTES),--time-budget "$(MINUTES)") $(ARGS)
+	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(BUDGET_ARGS) $(ARGS)
 
 # evaluate with LM=... and no --alpha/--beta in ARGS prints the best LM weights; give them to predict in ARGS
 lm: setup
