@@ -72,6 +72,10 @@ def test_budget_measures_after_warmup_and_plans_from_padded_frames(fake_clock):
     assert b.epoch_seconds == pytest.approx(epoch_s)
     assert epochs == b.planned == b.epochs == math.floor(570.0 / epoch_s)
     assert not b.observe(99, 1.0, 1000)               # planned once, never again
+    # Planned in the second epoch (the first was shorter than the timed steps): that epoch counts.
+    late = B.Budget(seconds=600, cap=10)
+    assert late.plan(1.0, 2000, 100_000, 0, available=300.0, epochs_done=1) == 1 + 6
+    assert B.Budget(seconds=600, cap=3).plan(1.0, 2000, 100_000, 0, available=300.0, epochs_done=1) == 3
     assert "time budget 10 min" in B.describe(b, 100) and f"-> {epochs} epoch(s)" in B.describe(b, 100)
 
 

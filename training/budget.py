@@ -5,8 +5,9 @@ How the plan is made: the run starts with a provisional schedule over `--epochs`
 times its steps 3 to 2 + MEASURE_STEPS (the first two warm up threads and the allocator). From
 their seconds per padded frame it estimates an epoch: this epoch's padded frames, plus the dev
 split's frames at DEV_COST of a training frame's cost (a forward pass and greedy decoding). The
-epochs planned are those that fit in the budget left after the time spent before the first step,
-at least one and at most the cap; the cosine schedule is then stretched (or shrunk) to end with
+epochs planned are those that fit in the budget left after the time spent before the current
+epoch began (the setup, and any epoch shorter than the timed steps), at least one and at most
+the cap; the cosine schedule is then stretched (or shrunk) to end with
 the last planned step. Ranks agree on one plan (their times and frames are summed).
 
 At every epoch's end the plan is checked against the real epoch time (dev pass included): if
@@ -73,22 +74,24 @@ class Budget:
     def from_json(cls, d: dict) -> Budget:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
-    def observe(self, step_in_run: int, seconds: float, padded_frames: int) -> bool:
+    def observe(self, global_step: int, seconds: float, padded_frames: int) -> bool:
         """Record one step's time; True when enough steps are timed to make the plan."""
-        if self.planned or step_in_run <= WARMUP_STEPS:
+        if self.planned or global_step <= WARMUP_STEPS:
             return False
         self.measured += seconds
         self.frames += padded_frames
         self.timed += 1
         return self.timed >= MEASURE_STEPS
 
-    def plan(self, seconds: float, frames: float, epoch_frames: float, dev_frames: float, available: float) -> int:
+    def plan(self, seconds: float, frames: float, epoch_frames: float, dev_frames: float, available: float,
+             epochs_done: int = 0) -> int:
         """Fix the number of epochs from the timed steps (`seconds` over `frames`, summed over
         ranks), an epoch's padded frames per rank (training, dev) and the seconds `available` from
-        the first step on (the budget less the setup). Returns the epochs planned."""
+        the current epoch's start on, after `epochs_done` whole epochs (an epoch shorter than the
+        timed steps is planned in a later one). Returns the epochs planned, in all."""
         self.seconds_per_frame = seconds / max(frames, 1.0)
         self.epoch_seconds = self.seconds_per_frame * (epoch_frames + DEV_COST * dev_frames)
-        self.planned = plan_epochs(available, self.epoch_seconds, self.cap)
+        self.planned = epochs_done + plan_epochs(available, self.epoch_seconds, self.cap - epochs_done)
         return self.planned
 
     def replan(self, epochs_done: int, last_epoch_s: float, elapsed: float) -> int | None:

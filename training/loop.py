@@ -383,9 +383,10 @@ def plan_budget(run: Run, st: TrainState, plan: EpochPlan) -> None:
     mine = padded_frames(plan, run.steps_per_epoch)
     dev = float(run.dev_m.frames.sum()) if run.dev_m is not None else 0.0
     # Every rank plans from the same sums (its own clock could tip the plan: ranks must agree).
-    seconds, frames, epoch_frames, setup = D.all_sum(ctx, [b.measured, b.frames, mine,
-                                                           b.elapsed() - (time.perf_counter() - st.t_epoch)])
-    b.plan(seconds, frames, epoch_frames / ctx.world, dev / ctx.world, b.seconds - setup / ctx.world)
+    before_epoch = b.elapsed() - (time.perf_counter() - st.t_epoch)
+    seconds, frames, epoch_frames, before_epoch = D.all_sum(ctx, [b.measured, b.frames, mine, before_epoch])
+    b.plan(seconds, frames, epoch_frames / ctx.world, dev / ctx.world, b.seconds - before_epoch / ctx.world,
+           epochs_done=st.epoch)
     set_schedule_epochs(run, st, b.planned)
     run.log(describe(b, run.steps_per_epoch))
 
