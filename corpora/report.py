@@ -1,8 +1,8 @@
 """Stage 0's part of a run's report: a synth-speech corpus's PER per kind of voice, on dev and test.
 
 Only the corpus knows what its files mean (which voice spoke an utterance, which kind of voice that
-is, the test transcripts kept aside in answers.tsv), so this lives here; `phonerec` registers
-`per_kind` with training's summary, which never names a voice and does not import corpora.
+is, the test transcripts kept aside in answers.tsv), so this lives here; `phonerec summary`
+(phonerec/summary.py, above the stages) calls `per_kind`.
 
 * A labelled split is scored from ``<results>/evaluate-<split>.tsv`` (what `phonerec evaluate` wrote).
 * The test split is scored as a user scores a Kaggle submission: ``<results>/submission.csv`` row by

@@ -43,14 +43,13 @@ def _register() -> None:
     commands = [*CORPORA, *PIPELINE]
     try:
         from training.commands import COMMANDS as TRAINING
-        from training.summary import register_voice_report
+
+        from .summary import summary
+        TRAINING = [*TRAINING, summary]
     except ModuleNotFoundError as exc:  # pragma: no cover - only without torch
         if exc.name != "torch":
             raise
         TRAINING = []
-    else:
-        from corpora.report import per_kind
-        register_voice_report(per_kind)         # `summary --data`: the corpus's PER per kind of voice
     for cmd in [*commands, *TRAINING]:
         main.add_command(cmd)
 

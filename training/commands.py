@@ -414,33 +414,6 @@ def transcribe(files, weights, beam_width, decoder, lm, alpha, beta, blank_skip,
     _run_inference(go)
 
 
-@click.command("summary")
-@click.option("--shards", default=_DD.shards, show_default=True)
-@click.option("--weights", default=_DD.weights, show_default=True, help="Checkpoint folder (reads config.json).")
-@click.option("--results", default=_DD.results, show_default=True,
-              help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
-@click.option("--split", default=_DD.evaluate_split, show_default=True, help="The evaluated split to report.")
-@click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus (metadata.tsv, the "
-              "test split's kept-aside answers.tsv), also the PER per kind of voice on dev and test.")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
-def summary(shards, weights, results, split, data, as_json):
-    """A short report of a run: corpus size, padding efficiency, training time, dev distance
-    (greedy and beam) and where the plots are. Also written to <results>/summary.json."""
-    import json
-    from pathlib import Path
-
-    from pipeline.atomic import write_json
-
-    from .summary import collect, render
-    info = collect(shards, weights, results, split, data)
-    if Path(results).is_dir():
-        write_json(Path(results) / "summary.json", info)
-    click.echo(json.dumps(info, indent=1) if as_json else render(info))
-
-
-
-
-
 @click.command("lm")
 @click.option("--shards", default=_DD.shards, show_default=True, help=_SHARDS_HELP)
 @click.option("--train", "splits", default=TrainConfig().train, show_default=True,
@@ -468,4 +441,4 @@ def lm(shards, splits, order, out, weights, quiet, **fetch):
     info = _run_inference(lambda: build_lm(shards, splits, order, out, source, progress=not quiet))
     click.echo(f"wrote {info['path']}: order {order}, {info['sentences']} transcripts, {info['phones']} phones, "
                f"n-grams per order {info['ngrams']}")
-COMMANDS: list = [train, predict, evaluate, transcribe, lm, summary]
+COMMANDS: list = [train, predict, evaluate, transcribe, lm]

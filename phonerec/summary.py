@@ -1,7 +1,10 @@
-"""One short report of a finished run (what `make demo` prints): corpus, batching, training, scores.
+"""`phonerec summary`: one short report of a finished run (what `make demo` prints): corpus,
+batching, training, scores, and with a synth-speech corpus the PER per kind of voice.
 
 It only reads what the stages wrote (manifests, metrics.jsonl, config.json, evaluate-<split>.json,
-submission.csv), so it can be rerun at any time and never disagrees with them.
+submission.csv) and the corpus's own records, so it can be rerun at any time and never disagrees
+with them. It sits above the stages (it reads every stage's output and the corpus's knowledge of
+who spoke what), so no stage imports it.
 """
 
 from __future__ import annotations
@@ -9,12 +12,16 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Callable
 
+import click
+
+from corpora.report import per_kind
 from pipeline import manifest as mf
 from pipeline.features import hours
+from training import metrics
+from training.config import DecodeConfig
 
-from . import metrics
+_DD = DecodeConfig()
 
 
 def _hours(frames: int) -> float:
@@ -24,20 +31,6 @@ def _hours(frames: int) -> float:
 def _fmt_seconds(s: float) -> str:
     m, s = divmod(int(round(s)), 60)
     return f"{m} min {s:02d} s" if m else f"{s} s"
-
-
-VoiceReport = Callable[[Path, Path], "dict[str, dict] | None"]
-# The PER per kind of voice is the corpus's knowledge (its metadata says who spoke what, and it keeps
-# the test transcripts aside), and training does not import corpora: phonerec/cli.py registers
-# corpora.report.per_kind here. Called with (<data>, <results>); returns {split: figures} (see
-# render) or None: not shown.
-_voice_report: VoiceReport | None = None
-
-
-def register_voice_report(report: VoiceReport | None) -> None:
-    """Set the per-voice section of the summary (None removes it)."""
-    global _voice_report
-    _voice_report = report
 
 
 def collect(shards: str | Path, weights: str | Path, results: str | Path, split: str = "dev-clean",
@@ -76,7 +69,7 @@ def collect(shards: str | Path, weights: str | Path, results: str | Path, split:
         with open(sub, newline="") as fh:
             submission = {"path": str(sub), "rows": sum(1 for _ in csv.DictReader(fh))}
     plots = [str(p) for p in (results / metrics.CURVES,) if p.is_file()]
-    voices = _voice_report(Path(data), results) if data and _voice_report is not None else None
+    voices = per_kind(Path(data), results) if data else None
     return {"corpus": corpus, "train": train, "model": config, "evaluate": ev, "split": split,
             "voices": voices, "submission": submission, "plots": plots}
 
@@ -131,3 +124,23 @@ def _voice_lines(split: str, v: dict) -> list[str]:
         out.append(f"      target: beam PER of the kinds marked * <= {100 * t['goal_per']:.0f}%: "
                    f"{100 * t['beam_per']:.2f}%, {'met' if t['met'] else 'NOT met'}")
     return out
+
+
+@click.command("summary")
+@click.option("--shards", default=_DD.shards, show_default=True)
+@click.option("--weights", default=_DD.weights, show_default=True, help="Checkpoint folder (reads config.json).")
+@click.option("--results", default=_DD.results, show_default=True,
+              help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
+@click.option("--split", default=_DD.evaluate_split, show_default=True, help="The evaluated split to report.")
+@click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus (metadata.tsv, the "
+              "test split's kept-aside answers.tsv), also the PER per kind of voice on dev and test.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
+def summary(shards, weights, results, split, data, as_json):
+    """A short report of a run: corpus size, padding efficiency, training time, dev distance
+    (greedy and beam) and where the plots are. Also written to <results>/summary.json."""
+    from pipeline.atomic import write_json
+
+    info = collect(shards, weights, results, split, data)
+    if Path(results).is_dir():
+        write_json(Path(results) / "summary.json", info)
+    click.echo(json.dumps(info, indent=1) if as_json else render(info))
