@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
-from .host import release_free_memory
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline import remote
@@ -31,6 +29,7 @@ from pipeline.remote import FetchPolicy
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
 from pipeline.features import STORAGE_DTYPE
 
+from .host import release_free_memory
 from .plan import EpochPlan
 
 # A packed batch's layout (pack/unpack/packed_size): int64 [3, B], features [B, T, F] in the

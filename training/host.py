@@ -1,16 +1,19 @@
 """Speed-ups chosen by what this machine has (issue 28's levers that the measurements kept).
 
-Only one survives the measurements (README, "Performance"): glibc's malloc gives every block
-above its mmap threshold (128 KiB, rising to at most 32 MiB as it sees them) back to the kernel
-when freed, and trims the heap top above 128 KiB, so each training step's activations are mapped
-and page-faulted in afresh: 1.9 M minor faults and 8 % of the CPU time in the kernel over 120
-steps of the demo recipe. Raising both thresholds keeps the memory in the process between steps.
-Where the C library is not glibc nothing changes. Results do not depend on it (only addresses do).
+glibc's malloc gives every block above its mmap threshold (128 KiB, rising to at most 32 MiB as
+it sees them) back to the kernel when freed, and trims the heap top above 128 KiB, so each
+training step's activations are mapped and page-faulted in afresh: 1.9 M minor faults and 8 % of
+the CPU time in the kernel over 120 steps of the demo recipe. Raising both thresholds keeps the
+memory in the process between steps; giving the free pages back just before DataLoader workers
+are forked keeps the trainer's later writes from being copied page by page (copy-on-write) while
+they live. Where the C library is not glibc nothing changes. Results do not depend on it (only
+addresses do).
 
-Measured and not kept: bf16 autocast (slower on an AMX Xeon; oneDNN refuses a bf16 LSTM on AVX2),
-the native LSTM instead of oneDNN's (2.2x slower with AVX-512, 1.8x with AVX2 only), fewer loader
-workers, OMP_WAIT_POLICY=passive (2.4x slower), one intra-op thread (1.2x less CPU, 1.5x the
-wall time), two 1-thread DDP ranks instead of one 2-thread process (no faster).
+Measured and not kept (README, "Performance"): bf16 autocast (slower on an AMX Xeon; oneDNN
+refuses a bf16 LSTM on AVX2), the native LSTM instead of oneDNN's (2.2x slower with AVX-512, 1.8x
+with AVX2 only), OMP_WAIT_POLICY=passive (2.4x slower), one intra-op thread (1.2x less CPU, 1.5x
+the wall time), two 1-thread DDP ranks instead of one 2-thread process (no faster). No loader
+workers at all (`workers: 0`) is a recipe setting, not a detection: the CPU demo recipe sets it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def keep_freed_memory() -> str:
         if libc is None or not hasattr(libc, "mallopt"):
             _applied = "allocator: not glibc, left as is"
         elif libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-            _applied = f"allocator: glibc malloc keeps freed memory (mmap and trim thresholds 1 GiB)"
+            _applied = "allocator: glibc malloc keeps freed memory (mmap and trim thresholds 1 GiB)"
         else:
             _applied = "allocator: glibc refused mallopt, left as is"
     return _applied

@@ -38,8 +38,8 @@ from pipeline.errors import PhonerecError
 
 from . import distributed as D
 from . import metrics
-from .budget import Budget, describe
 from .augment import AugmentConfig
+from .budget import Budget, describe
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
 from .config import TrainConfig
 from .data import Batch, ShardReadError, ShardSource, error_message, make_loader
