@@ -70,10 +70,11 @@ speech-corpus: setup
 	$(BIN)/phonerec synth-speech --data "$(DATA)" $(ARGS)
 
 # ---- benchmarks and the demo -------------------------------------------------------------
-# Everything side by side in one run (about 16 min on 2 cores, with a 28-features-per-frame corpus
-# beside the 15 one; the decoding part, about 8 min, is reused from results/bench_decode.json when
-# there; BENCH_ARGS=--scale adds the 132,553-utterance corpus, --decode-model SHARDS WEIGHTS the PER
-# rows of a trained model, --no-widths drops the 28 one): results/bench.json, bench.md,
+# Everything side by side in one run (about 21 min on 2 cores, with a 28-features-per-frame corpus
+# beside the 15 one and the training-step row, about 5 min, before/after issue 28; the decoding part,
+# about 8 min, is reused from results/bench_decode.json when there; BENCH_ARGS=--scale adds the
+# 132,553-utterance corpus, --decode-model SHARDS WEIGHTS the PER rows of a trained model,
+# --no-widths drops the 28 one, --no-train the training-step row): results/bench.json, bench.md,
 # bench_lengths.png, bench_bars.png.
 BENCH_ARGS ?=
 bench: setup
