@@ -16,10 +16,11 @@ epoch is no win). The ratio is epochs per CPU-hour, today's over before's; the t
 dev PER after the first epoch no worse.
 
 Usage (from the repository root of a git clone):
-  python -m bench.bench_train [--data RAW_CORPUS] [--train 1000] [--dev 100] [--work DIR] [--out results]
+  python -m bench.bench_train [--data RAW_CORPUS] [--train 1000] [--work DIR] [--out results]
 
-Without --data a LibriSpeech-shaped learnable corpus (corpora/random.py, 10-16 s utterances) is
-generated under --work; --data takes any raw corpus (e.g. `make demo`'s data/demo).
+Without --data a LibriSpeech-shaped learnable corpus (corpora/random.py, 10-16 s utterances; dev
+and test a tenth of training) is generated under --work (bench_shards.ensure_corpus); --data
+takes any raw corpus (e.g. `make demo`'s data/demo).
 """
 
 from __future__ import annotations
@@ -33,30 +34,15 @@ import time
 from pathlib import Path
 
 from bench import ROOT
+from bench.bench_shards import ensure_corpus, phonerec
 
 RECIPE = "configs/demo.yaml"          # each arm's own, relative to its tree
 BEFORE_REV = "6ecf3af"                 # the last commit before issue 28's changes
-TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"
 EPOCHS = 2
 
 
-def ensure_corpus(work: Path, n_train: int, n_dev: int, log=print) -> Path:
-    """A learnable random corpus (28 features, LibriSpeech lengths) under work, made once."""
-    from corpora.random import generate
-    data = work / f"train-bench-{n_train}-{n_dev}"
-    if not (data / "done").is_file():
-        log(f"generating {n_train} + {n_dev} utterances in {data}")
-        generate(data, {TRAIN: n_train, DEV: n_dev, TEST: 2}, seed=3, workers=2, progress=False)
-        (data / "done").write_text("ok\n")
-    return data
-
-
-def _phonerec(*args: str) -> list[str]:
-    return [sys.executable, "-m", "phonerec", *args]
-
-
 def build_shards(data: Path, shards: Path) -> None:
-    res = subprocess.run(_phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet"), cwd=ROOT,
+    res = subprocess.run(phonerec("shards", "--data", str(data), "--shards", str(shards), "--quiet"), cwd=ROOT,
                          capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"phonerec shards failed: {res.stderr[-2000:]}")
@@ -79,7 +65,7 @@ def run_arm(name: str, tree: Path, shards: Path, work: Path, extra: list[str], m
     """EPOCHS epochs of `tree`'s recipe with `tree`'s code, in its own process (cwd = tree, so its
     packages are the ones imported); its rusage and its metrics records."""
     run = work / f"arm-{name}"
-    cmd = _phonerec("train", "--config", RECIPE, "--shards", str(shards), "--weights", str(run / "weights"),
+    cmd = phonerec("train", "--config", RECIPE, "--shards", str(shards), "--weights", str(run / "weights"),
                     "--results", str(run / "results"), "--epochs", str(EPOCHS), "--quiet",
                     "--checkpoint-every", "0", *(["--max-steps", str(max_steps)] if max_steps else []), *extra)
     t0 = time.perf_counter()
@@ -97,12 +83,12 @@ def run_arm(name: str, tree: Path, shards: Path, work: Path, extra: list[str], m
             "log": [ln for ln in err.splitlines() if ln][:3]}
 
 
-def run(data: Path | None = None, *, n_train: int = 1000, n_dev: int = 100, work: Path = Path("/tmp/phonerec-bench"),
+def run(data: Path | None = None, *, n_train: int = 1000, work: Path = Path("/tmp/phonerec-bench"),
         quick: bool = False, log=print) -> dict:
     """Both arms on the same shards; the rows and the ratios."""
     work.mkdir(parents=True, exist_ok=True)
     if data is None:
-        data = ensure_corpus(work, *((24, 6) if quick else (n_train, n_dev)), log=log)
+        data = ensure_corpus(work, 24 if quick else n_train, log=log)
     shards = work / f"shards-{data.name}"
     build_shards(data.resolve(), shards.resolve())
     rows = []
@@ -144,7 +130,8 @@ def markdown(res: dict) -> str:
     ratio = res["ratio_epochs_per_cpu_hour"]
     if ratio is None:
         return "\n".join(lines + ["", f"(No 'before' arm: this clone does not hold {BEFORE_REV}.)"])
-    lines += ["", f"Epochs per CPU-hour, today over before: **{ratio:.2f}x** (target >= 2x at a dev PER after epoch 1 no worse; "
+    lines += ["", f"Epochs per CPU-hour, today over before: **{ratio:.2f}x** (target >= 2x at a dev PER after "
+                  "epoch 1 no worse; "
                   f"{'met' if ratio >= 2 and (res['dev_per_change'] or 0) <= 0 else 'not met'}); training frames/s "
                   f"{res['ratio_frames_per_s']:.2f}x."]
     return "\n".join(lines)
@@ -153,13 +140,13 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="a raw corpus (default: a generated one under --work)")
-    ap.add_argument("--train", type=int, default=1000)
-    ap.add_argument("--dev", type=int, default=100)
+    ap.add_argument("--train", type=int, default=1000,
+                    help="training utterances of the generated corpus (dev: a tenth)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/phonerec-bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--quick", action="store_true", help="a tiny corpus and 3 steps per arm (for tests)")
     a = ap.parse_args(argv)
-    res = run(a.data, n_train=a.train, n_dev=a.dev, work=a.work, quick=a.quick)
+    res = run(a.data, n_train=a.train, work=a.work, quick=a.quick)
     res["markdown"] = markdown(res)
     if not a.quick:
         a.out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3      # glibc's malloc.h
 MMAP_THRESHOLD = 1 << 30                         # blocks below 1 GiB come from the heap, not mmap
 TRIM_THRESHOLD = 1 << 30                         # keep up to 1 GiB of free heap top
 
-_applied: str | None = None
+_applied: str | None = None        # what keep_freed_memory did (the log line)
+_tuned = None                      # glibc, once its thresholds are raised
 
 
 def _glibc():
@@ -41,13 +42,13 @@ def _glibc():
 def keep_freed_memory() -> str:
     """Raise glibc malloc's mmap and trim thresholds in this process (and the loader workers it
     forks later). Returns what was done, for the log; idempotent."""
-    global _applied
+    global _applied, _tuned
     if _applied is None:
         libc = _glibc()
         if libc is None or not hasattr(libc, "mallopt"):
             _applied = "allocator: not glibc, left as is"
         elif libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-            _applied = "allocator: glibc malloc keeps freed memory (mmap and trim thresholds 1 GiB)"
+            _applied, _tuned = "allocator: glibc malloc keeps freed memory (mmap and trim thresholds 1 GiB)", libc
         else:
             _applied = "allocator: glibc refused mallopt, left as is"
     return _applied
@@ -56,10 +57,10 @@ def keep_freed_memory() -> str:
 def release_free_memory() -> None:
     """Give the heap's free pages back to the kernel (glibc malloc_trim) before forking workers: a
     child shares every mapped page of the parent copy-on-write, so each page the trainer's next
-    steps write would otherwise be copied, at a page fault each, while the workers live."""
-    libc = _glibc() if _applied and _applied.startswith("allocator: glibc malloc keeps") else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    steps write would otherwise be copied, at a page fault each, while the workers live. Only
+    where keep_freed_memory raised the thresholds (otherwise glibc trims by itself)."""
+    if _tuned is not None and hasattr(_tuned, "malloc_trim"):
+        _tuned.malloc_trim(0)
 
 
 def tune(enabled: bool) -> str:

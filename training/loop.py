@@ -355,6 +355,7 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
             return {"stopped": True, "signal": True, "epoch": st.epoch, "step": st.step}
         t_got = time.perf_counter()
         st.acc["wait"] += t_got - t_ready
+        padded = st.acc["padded"]
         stop_votes = train_step(run, st, batch)
         st.step += 1
         st.global_step += 1
@@ -362,8 +363,7 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
         bar.set_postfix(loss=f"{st.acc['loss'] / max(st.acc['tokens'], 1):.3f}")
         t_prev, t_ready = t_ready, time.perf_counter()
         st.acc["busy"] += t_ready - t_got
-        if run.budget is not None and run.budget.observe(st.global_step, t_ready - t_prev,
-                                                         len(batch.lengths) * int(batch.lengths.max())):
+        if run.budget is not None and run.budget.observe(st.global_step, t_ready - t_prev, st.acc["padded"] - padded):
             plan_budget(run, st, plan)
             bar.set_description(f"epoch {st.epoch + 1}/{run.epochs}")
         if after_step(run, st, stop_votes):
