@@ -134,6 +134,9 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--tune-host/--no-tune-host", default=_D.tune_host, show_default=True,
               help="Speed-ups detected on this machine (glibc: malloc keeps freed memory between steps); "
                    "results do not depend on them.")
+@click.option("--tensorboard", is_flag=True, default=_D.tensorboard,
+              help="Also write the scalars of metrics.jsonl as TensorBoard events in --results "
+                   "(needs `pip install -e '.[tensorboard]'`).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train(ctx, config_file, train_splits, model_set, quiet, **opts):

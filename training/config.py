@@ -97,6 +97,7 @@ class TrainConfig:
     device: str = "auto"
     tune_host: bool = True             # speed-ups detected on this machine (training/host.py)
     progress: bool = True
+    tensorboard: bool = False          # also write metrics.jsonl's scalars as TensorBoard events in results/
     # Shards at a URL (pipeline/remote.py): tries after the first on transient errors, the first
     # backoff (doubled each time), the network timeout, and a local cache of verified shards.
     fetch_retries: int = FetchPolicy.retries
