@@ -12,6 +12,10 @@ EPOCHS ?= 20
 # MINUTES=N: train as many epochs as fit in N minutes (at most EPOCHS), the schedule spanning them
 MINUTES ?=
 BUDGET_ARGS = $(if $(MINUTES),--time-budget "$(MINUTES)")
+# TB=1: also write metrics.jsonl's scalars as TensorBoard events in RESULTS (train and demo; view them with
+# `tensorboard --logdir $RESULTS`; `make setup` installs the package, else pip install -e '.[tensorboard]')
+TB ?=
+TB_ARGS = $(if $(filter-out 0,$(TB)),--tensorboard)
 ARGS ?=
 TORCH_VERSION ?= 2.13.0
 # torchrun rendezvous for several machines, e.g. TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_endpoint=host:29500"
@@ -27,7 +31,7 @@ LM_ARGS = $(if $(LM),--lm "$(LM)")
 
 help:
 	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | speech-corpus"
-	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) MINUTES='$(MINUTES)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
+	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) MINUTES='$(MINUTES)' TB='$(TB)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +54,7 @@ publish: setup
 	$(BIN)/phonerec publish --shards "$(SHARDS)" --to "$(PUBLISH_TO)" $(ARGS)
 
 train: setup
-	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(BUDGET_ARGS) $(ARGS)
+	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(BUDGET_ARGS) $(TB_ARGS) $(ARGS)
 
 # evaluate with LM=... and no --alpha/--beta in ARGS prints the best LM weights; give them to predict in ARGS
 lm: setup
@@ -107,7 +111,7 @@ demo: setup
 	echo "demo recipe: $$cfg"; set -x; \
 	$(T) $(TORCHRUN) -m phonerec train --config "$$cfg" --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
 	  --results "$(RESULTS)" $(if $(DEMO_MINUTES),--time-budget "$(DEMO_MINUTES)") \
-	  $(if $(DEMO_EPOCHS),--epochs "$(DEMO_EPOCHS)" --time-budget 0) --quiet $(ARGS)
+	  $(if $(DEMO_EPOCHS),--epochs "$(DEMO_EPOCHS)" --time-budget 0) --quiet $(TB_ARGS) $(ARGS)
 	$(T) $(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	$(T) $(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	@$(BIN)/phonerec summary --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --data "$(DEMO_DATA)"

@@ -26,11 +26,16 @@ Usage (from the repository root; ``make bench`` runs it):
    ``--quick`` runs its quick variant. ``--decode-model SHARDS WEIGHTS`` adds the PER rows on a
    trained checkpoint's dev split (greedy, beam 10/50, with and without a phone LM).
 
-Outputs: ``OUT/bench.json`` (everything), ``OUT/bench.md`` (tables), ``OUT/bench_lengths.png``
-(training-split length histogram with the shard boundaries), ``OUT/bench_bars.png`` (ours vs
-baselines), and ``OUT/bench_shards.json`` / ``OUT/bench_decode.json`` / ``OUT/bench_loader.json``
+Outputs: ``OUT/bench.json`` (everything), ``OUT/bench.md`` (tables), ``OUT/bench-summary.json`` (the
+ratio rows: one per benchmark, with ``lscpu``'s model name, the date and the commit; ``bench/report.py``),
+``OUT/bench_lengths.png`` (training-split length histogram with the shard boundaries), ``OUT/bench_bars.png``
+(ours vs baselines), and ``OUT/bench_shards.json`` / ``OUT/bench_decode.json`` / ``OUT/bench_loader.json``
 as the individual scripts write them (not in ``--quick`` mode, whose tiny-corpus figures never
 replace real ones). ``--quick`` uses tiny corpora (seconds; the test suite runs it).
+
+A full run (not ``--quick``, not ``--no-readme``) then merges its ratio rows into ``docs/bench-last.json``
+and rewrites the README's performance table from it (``python -m bench.report``; temp file + rename):
+the README's figures are generated, never copied by hand.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import time
 from pathlib import Path
 
 from bench import ROOT, bench_decode, bench_loader, bench_remote, bench_shards, bench_train
+from bench import report as summary_report
 from bench.bench_shards import TRAIN, ensure_corpus
 from pipeline import manifest as mf
 from pipeline.atomic import write_text
@@ -114,6 +120,7 @@ def decoding(mode: str, quick: bool, out: Path, log=print, model=None) -> dict |
         if not res.get("config", {}).get("quick"):
             mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
             res["source"] = f"reused {path} (written {mtime}); rerun with --decode run"
+            res["written"] = mtime          # the README's table dates these rows by it
             log(f"== decoding: reusing {path}")
             return res
     log(f"== decoding: bench_decode {'quick' if quick else 'full'}")
@@ -124,6 +131,7 @@ def decoding(mode: str, quick: bool, out: Path, log=print, model=None) -> dict |
         res["model"] = bench_decode.model_rows(*model, log=lambda *a: None)
         res["model"]["markdown"] = bench_decode.model_markdown(res["model"])
     if not quick:
+        res["commit"] = summary_report.git_commit()
         _write_json(path, res)
     return res
 
@@ -428,6 +436,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-data", type=Path, help="raw corpus for the training-step row (default: generated)")
     ap.add_argument("--no-remote", action="store_true",
                     help="skip the loader over HTTP on 127.0.0.1 (bench_remote: local disk vs HTTP vs HTTP + cache)")
+    ap.add_argument("--no-readme", action="store_true",
+                    help="leave docs/bench-last.json and the README's performance table as they are")
+    ap.add_argument("--readme", type=Path, default=summary_report.README, help=argparse.SUPPRESS)
+    ap.add_argument("--summary-json", type=Path, default=summary_report.LAST, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     t0 = time.time()
     command = " ".join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
@@ -464,10 +476,15 @@ def main(argv=None) -> dict:
     plot_bars(main_res, report["memory_scaling"], a.out / "bench_bars.png")
     report["plots"] = ["bench_lengths.png", "bench_bars.png"]
     report["wall_s"] = time.time() - t0
+    report["summary"] = summary_report.summary(report)
     _write_json(a.out / "bench.json", report)
+    _write_json(a.out / "bench-summary.json", report["summary"])
     (a.out / "bench.md").write_text(markdown(report))
-    print(f"\nwrote {a.out / 'bench.json'}, {a.out / 'bench.md'}, {a.out / 'bench_lengths.png'}, "
-          f"{a.out / 'bench_bars.png'} in {report['wall_s'] / 60:.1f} min")
+    print(f"\nwrote {a.out / 'bench.json'}, {a.out / 'bench-summary.json'}, {a.out / 'bench.md'}, "
+          f"{a.out / 'bench_lengths.png'}, {a.out / 'bench_bars.png'} in {report['wall_s'] / 60:.1f} min")
+    if not (a.quick or a.no_readme):          # quick figures never replace real ones
+        summary_report.publish(report["summary"], a.summary_json, a.readme)
+        print(f"rewrote the performance table of {a.readme} from {a.summary_json}")
     return report
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,10 +19,21 @@ import click
 from corpora.report import per_kind
 from pipeline import manifest as mf
 from pipeline.features import hours
+from pipeline.options import Options, click_options, config_of, option
 from training import metrics
-from training.config import DecodeConfig
 
-_DD = DecodeConfig()
+
+@dataclass
+class SummaryConfig(Options):
+    """`phonerec summary`: where the stages wrote."""
+
+    shards: str = option("shards", help="The shards folder (reads the manifests).")
+    weights: str = option("weights", help="Checkpoint folder (reads config.json).")
+    results: str = option("results", help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
+    split: str = option("dev-clean", help="The evaluated split to report.")
+    data: str = option("", help="Raw corpus root: with a synth-speech corpus (metadata.tsv, the test split's "
+                                "kept-aside answers.tsv), also the PER per kind of voice on dev and test.")
+    json: bool = option(False, help="Print the figures as JSON instead.")
 
 
 def _hours(frames: int) -> float:
@@ -127,20 +139,14 @@ def _voice_lines(split: str, v: dict) -> list[str]:
 
 
 @click.command("summary")
-@click.option("--shards", default=_DD.shards, show_default=True)
-@click.option("--weights", default=_DD.weights, show_default=True, help="Checkpoint folder (reads config.json).")
-@click.option("--results", default=_DD.results, show_default=True,
-              help="Folder with metrics.jsonl, evaluate-<split>.json, submission.csv.")
-@click.option("--split", default=_DD.evaluate_split, show_default=True, help="The evaluated split to report.")
-@click.option("--data", default=None, help="Raw corpus root: with a synth-speech corpus (metadata.tsv, the "
-              "test split's kept-aside answers.tsv), also the PER per kind of voice on dev and test.")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
-def summary(shards, weights, results, split, data, as_json):
+@click_options(SummaryConfig)
+def summary(**params):
     """A short report of a run: corpus size, padding efficiency, training time, dev distance
     (greedy and beam) and where the plots are. Also written to <results>/summary.json."""
     from pipeline.atomic import write_json
 
-    info = collect(shards, weights, results, split, data)
-    if Path(results).is_dir():
-        write_json(Path(results) / "summary.json", info)
-    click.echo(json.dumps(info, indent=1) if as_json else render(info))
+    cfg = config_of(SummaryConfig, params)
+    info = collect(cfg.shards, cfg.weights, cfg.results, cfg.split, cfg.data or None)
+    if Path(cfg.results).is_dir():
+        write_json(Path(cfg.results) / "summary.json", info)
+    click.echo(json.dumps(info, indent=1) if cfg.json else render(info))

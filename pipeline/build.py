@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic, manifest as mf, stats as st
+from .config import ShardsConfig
 from .features import FEATURE_DIM, corpus_width, hours
 from .layout import LayoutError, SplitFiles, discover_splits, list_split, read_template, safe_text
 from .shards import ShardOptions, build_split
@@ -49,6 +50,16 @@ class BuildSummary:
             rows.append(f"{s.split:<18}{s.role:<6}{s.inputs:>8}{s.kept:>8}{s.rejected:>9}{s.shards:>7}"
                         f"{hours(s.frames):>8.2f}")
         return "\n".join(rows)
+
+    def report(self, shards_dir: str | Path) -> tuple[str, list[str]]:
+        """What `phonerec shards` prints: the table and totals, and the first rejections (for stderr)."""
+        n_rej = len(self.rejections)
+        text = (f"{self.table()}\n{sum(s.kept for s in self.splits)} utterances kept, {n_rej} rejected "
+                f"(see {Path(shards_dir) / REJECTED_TSV}) in {self.seconds:.1f} s")
+        notes = [f"  rejected {r.path}: {r.reason}" for r in self.rejections[:5]]
+        if n_rej > 5:
+            notes.append(f"  ... and {n_rej - 5} more")
+        return text, notes
 
 
 def _parse(names: str | None) -> list[str]:
@@ -170,6 +181,20 @@ def build(data: str | Path, shards_dir: str | Path, *, train: str, dev: str = ""
         if atomic.disk_full(exc):
             raise atomic.disk_full_error(exc, f"shards under {shards_dir}") from exc
         raise
+
+
+def build_shards(cfg: ShardsConfig, log=print) -> BuildSummary:
+    """`phonerec shards` (without --verify): build() with a ShardsConfig's options."""
+    from .errors import PhonerecError
+    from .remote import is_url
+    if is_url(cfg.shards):
+        raise PhonerecError(f"--shards {cfg.shards}: shards are built in a local folder; copy them to a URL with "
+                            "`phonerec publish` (a URL works for --verify, train, predict and evaluate)")
+    inventory = load_inventory(cfg.inventory)       # before any work: a bad TSV is one line
+    return build(Path(cfg.data), Path(cfg.shards), train=cfg.train, dev=cfg.dev, test=cfg.test,
+                 options=ShardOptions(seed=cfg.seed, target_mb=cfg.shard_size_mb, min_shards=cfg.min_shards),
+                 workers=cfg.workers, cmn=cfg.cmn, strict=cfg.strict, progress=cfg.progress, log=log,
+                 feature_dim=cfg.feature_dim or None, inventory=inventory)
 
 
 def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict, progress, log,

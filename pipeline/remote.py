@@ -158,7 +158,7 @@ class FetchPolicy:
         return self.timeout + nbytes / self.min_rate
 
 
-# The option names (and TrainConfig fields) make_policy takes: FETCH_OPTIONS' and the cache's.
+# The option names (pipeline/config.py's FetchConfig and CacheConfig fields) make_policy takes.
 POLICY_OPTIONS = ("fetch_retries", "fetch_backoff", "fetch_timeout", "fetch_min_rate", "max_manifest_size",
                   "expect_digest", "shard_cache", "shard_cache_size")
 

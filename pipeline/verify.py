@@ -13,6 +13,8 @@ from pathlib import Path
 
 from . import manifest as mf
 from . import remote
+from .config import ShardsConfig
+from .errors import PhonerecError
 from .layout import list_split
 from .shardformat import FEATS, LABELS, load_npy
 from .shards import sha256_file
@@ -216,3 +218,24 @@ def verify(shards_dir: str | Path, splits: list[str] | None = None, data: str | 
     for split, problems in cross_split_duplicates(shards_dir, splits, policy).items():
         out[split].extend(problems)
     return out
+
+
+def verify_shards(cfg: ShardsConfig) -> dict[str, list[str]]:
+    """`phonerec shards --verify`: verify() of the configured splits that have manifests (all of
+    them when none of those has), with the raw corpus when --data is a folder."""
+    policy = cfg.fetch_policy()
+    shards_dir = cfg.shards if remote.is_url(cfg.shards) else Path(cfg.shards)
+    have = mf.available_splits(shards_dir, policy)   # at a URL: its index.json (`phonerec publish`)
+    if not have:
+        raise PhonerecError(f"no manifests under {cfg.shards}: run `phonerec shards` first")
+    data = Path(cfg.data)
+    return verify(shards_dir, [n for n in cfg.splits() if n in have] or have, data if data.is_dir() else None, policy)
+
+
+def problems_report(results: dict[str, list[str]]) -> tuple[str, int]:
+    """The per-split lines `shards --verify` prints, and the number of problems."""
+    lines = []
+    for split, problems in results.items():
+        lines.append(f"{split}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        lines.extend(f"  - {p}" for p in problems)
+    return "\n".join(lines), sum(map(len, results.values()))

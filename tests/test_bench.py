@@ -28,6 +28,7 @@ def _finite(v) -> bool:
 @pytest.mark.slow
 def test_run_all_quick(tmp_path):
     out = tmp_path / "results"
+    readme, last = (ROOT / "README.md").read_bytes(), (ROOT / "docs" / "bench-last.json").read_bytes()
     # about a CPU-minute, but several on a busy machine: the timeout only catches a hang
     proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--work",
                            str(tmp_path / "work"), "--out", str(out)],
@@ -71,6 +72,18 @@ def test_run_all_quick(tmp_path):
     for png in ("bench_lengths.png", "bench_bars.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+    # the ratio rows the README's table is generated from (bench/report.py); quick figures never reach it
+    summary = json.loads((out / "bench-summary.json").read_text())
+    assert summary == rep["summary"] and summary["cpu"] and summary["commit"] and summary["date"] == rep["date"]
+    names = [r["name"] for r in summary["rows"]]
+    assert len(names) == len(set(names)) and {"padding", "loader", "loader_w0", "training", "memory_growth" if
+                                              len(rep["memory_scaling"]) > 1 else "loader_memory", "http",
+                                              "width_loader", "decode_w10_t1"} <= set(names)
+    assert all(_finite(r["ratio"]) and r["ratio"] > 0 for r in summary["rows"])
+    assert ("train_step" in names) == (step["ratio_epochs_per_cpu_hour"] is not None)
+    assert (ROOT / "README.md").read_bytes() == readme
+    assert (ROOT / "docs" / "bench-last.json").read_bytes() == last
 
 
 @pytest.mark.slow                    # two short training runs through the CLI

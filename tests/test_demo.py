@@ -1,7 +1,7 @@
 """`make demo` end to end on a tiny synthesized-speech corpus, so the target cannot rot, and the
 summary it ends with (the per-voice lines come from corpora, registered by phonerec).
 
-The real demo (6,000 utterances, 20 minutes of training) is measured by hand and reported in the README;
+The real demo (6,000 utterances, 20 minutes of training) is measured by hand and reported in docs/demo.md;
 here every stage runs for real on 16/4/4 utterances and one epoch, through the Makefile.
 """
 

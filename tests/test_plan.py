@@ -88,9 +88,8 @@ def shard_content(shards_dir, split) -> dict[str, tuple[np.ndarray, np.ndarray |
 def first_error(loader) -> BaseException | None:
     """Iterate until the loader raises; returns the exception (None if it did not raise).
 
-    A worker's exception, re-raised by the DataLoader, leaves its iterator in a reference cycle;
-    collected later by the garbage collector its workers then take 5-10 s to shut down (their
-    queues are finalized first), so shut them down here, at once."""
+    The loader's iterator ends its workers on a shard error itself; close() ends them for any
+    other error too, at once (not when the garbage collector gets to the iterator)."""
     it = iter(loader)
     err = None
     try:
@@ -98,7 +97,7 @@ def first_error(loader) -> BaseException | None:
             pass
     except Exception as exc:  # noqa: BLE001
         err = type(exc)(str(exc))
-    getattr(it, "_shutdown_workers", lambda: None)()
+    it.close()
     return err
 
 

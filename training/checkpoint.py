@@ -32,6 +32,7 @@ import torch
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
+from pipeline.options import known
 from pipeline.vocab import Inventory
 
 LAST, BEST = "last.pt", "best.pt"
@@ -90,8 +91,7 @@ class Checkpoint:
         if missing:
             raise CheckpointError(f"cannot read checkpoint {path}: it holds no {' or '.join(missing)}, so it is not a "
                                   "phonerec checkpoint; use another checkpoint (e.g. best.pt) or retrain")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in state.items() if k in names})
+        return cls(**known(cls, state))     # keys of other versions are dropped
 
     def save(self, path: str | Path) -> None:
         """Serialize in memory, then one atomic write (temp file, fsync, rename)."""

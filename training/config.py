@@ -1,18 +1,20 @@
-"""The commands' options in dataclasses: CLI flags, config files and checkpoints all use them.
+"""Stage 2's options, declared once each (pipeline/options.py turns them into flags): CLI flags,
+recipe files and checkpoints all use these dataclasses.
 
 `TrainConfig` holds `phonerec train`'s options (saved in every checkpoint and config.json);
-`DecodeConfig` the defaults of `predict`, `evaluate` and `transcribe`.
+`PredictConfig`, `EvaluateConfig`, `TranscribeConfig` and `LMConfig` the decoding commands'.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import CacheConfig, progress_field
 from pipeline.limits import MAX_WORKERS
-from pipeline.remote import MAX_MANIFEST, MIN_RATE, POLICY_OPTIONS, FetchPolicy, make_policy
+from pipeline.options import Options, Range, from_dict, known, option, redefault
 
 from .plan import DEFAULT_MAX_FRAMES
 
@@ -21,93 +23,88 @@ MAX_BEAM = 1024                                  # beam width
 MAX_THREADS = 1024
 
 
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric option takes (open: the bound itself excluded)."""
 
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-
-    def problem(self, value) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{value!r} is not a number"
-        if self.low is not None and (value < self.low or self.open_low and value == self.low):
-            return f"{value} is {'not above' if self.open_low else 'below'} {self.low}"
-        if self.high is not None and value > self.high:
-            return f"{value} is above {self.high}"
-        return None
+def shards_field():
+    """--shards of every stage-2 reader."""
+    return option("shards", help="Folder written by `phonerec shards`, or the URL it was published to (http(s)://, "
+                                 "s3://, gs://, file://; `phonerec publish`).")
 
 
-# Every numeric option's range: the flags (commands.ranged) and recipe files (TrainConfig.from_dict) alike.
-RANGES: dict[str, Range] = {
-    "epochs": Range(1), "time_budget": Range(0), "seed": Range(0), "max_frames": Range(1), "max_utts": Range(1),
-    "workers": Range(0, MAX_WORKERS), "lr": Range(0, open_low=True), "weight_decay": Range(0),
-    "warmup": Range(0, 1), "plateau_patience": Range(0), "plateau_factor": Range(0, 1, open_low=True),
-    "clip": Range(0), "time_masks": Range(0), "time_width": Range(0), "freq_masks": Range(0),
-    "freq_width": Range(0), "noise_std": Range(0), "checkpoint_every": Range(0), "max_steps": Range(0),
-    "max_bad_steps": Range(1), "fetch_retries": Range(0), "fetch_backoff": Range(0),
-    "fetch_timeout": Range(0, open_low=True), "beam_width": Range(0, MAX_BEAM), "threads": Range(0, MAX_THREADS),
-    "alpha": Range(0, 10), "beta": Range(-10, 10), "blank_skip": Range(0, open_low=True), "order": Range(1, 6),
-}
+def workers_field():
+    return option(2, range=Range(0, MAX_WORKERS),
+                  help="DataLoader workers per rank (0 = in-process; at most 4 x this machine's cores).")
 
 
-def fetch_policy(opts: dict) -> FetchPolicy:
-    """How shards at a URL are read, from the POLICY_OPTIONS of `opts` (ValueError for a bad value)."""
-    return make_policy(**{k: opts[k] for k in POLICY_OPTIONS})
+def device_field():
+    return option("auto", help="auto, cpu or cuda.")
+
+
+def _presets() -> tuple[str, ...]:
+    from .model import PRESETS            # torch: read when first needed, not at `phonerec --help`
+    return tuple(PRESETS)
+
+
+def _preset_help() -> str:
+    from .model import preset_help
+    return preset_help()
 
 
 @dataclass
-class TrainConfig:
-    shards: str = "shards"
-    weights: str = "weights"
-    results: str = "results"
-    train: str = "train-clean-100"     # comma-separated training splits
-    dev: str = "dev-clean"             # '' for none
-    epochs: int = 20                   # with a time budget: the most it may plan
-    time_budget: float = 0.0           # minutes: train as many epochs as fit (0 = --epochs)
-    preset: str = "default"
-    model: dict = field(default_factory=dict)   # ModelConfig overrides
-    seed: int = 0
-    max_frames: int = DEFAULT_MAX_FRAMES   # (utterances in batch) x (longest in batch) <= this
-    max_utts: int = 64
-    workers: int = 2                   # DataLoader workers per rank
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    scheduler: str = "cosine"          # cosine | onecycle | plateau | none
-    warmup: float = 0.05               # fraction of all steps (cosine)
-    plateau_patience: int = 20         # ReduceLROnPlateau on dev distance (the original recipe's values)
-    plateau_factor: float = 0.5
-    clip: float = 5.0
+class TrainConfig(CacheConfig):
+    """`phonerec train`: saved in every checkpoint; a resume keeps the PINNED ones."""
+
+    shards: str = shards_field()
+    weights: str = option("weights", help="Checkpoint folder (last.pt, best.pt, config.json).")
+    results: str = option("results", help="Folder for metrics.jsonl and curves.png.")
+    train: str = option("train-clean-100", help="Comma-separated training splits.")
+    dev: str = option("dev-clean", help="Dev split for per-epoch validation ('' for none).")
+    epochs: int = option(20, range=Range(1), help="Epochs to train (with --time-budget: the most it may plan).")
+    time_budget: float = option(0.0, range=Range(0), metavar="MINUTES",
+                                help="Train as many epochs as fit in this many minutes, planned from the first "
+                                     "steps' speed, the learning-rate schedule spanning them (0 = --epochs).")
+    preset: str = option("default", choices=_presets, help=_preset_help)
+    model: dict = option(factory=dict, cli=False, help="ModelConfig overrides (--set KEY=VALUE).")
+    seed: int = option(0, range=Range(0), help="Fixes data order, initialisation and augmentation.")
+    max_frames: int = option(DEFAULT_MAX_FRAMES, range=Range(1),
+                             help="Frame budget per batch: utterances x longest utterance <= this.")
+    max_utts: int = option(64, range=Range(1), help="At most this many utterances per batch.")
+    workers: int = workers_field()
+    lr: float = option(2e-3, range=Range(0, open_low=True), help="Peak learning rate (AdamW).")
+    weight_decay: float = option(0.01, range=Range(0), help="AdamW's decoupled weight decay.")
+    scheduler: str = option("cosine", choices=("cosine", "onecycle", "plateau", "none"),
+                            help="cosine: warm-up then cosine per step; plateau: ReduceLROnPlateau on dev distance.")
+    warmup: float = option(0.05, range=Range(0, 1), help="Warm-up fraction of all steps (cosine).")
+    # ReduceLROnPlateau on dev distance (the original recipe's values)
+    plateau_patience: int = option(20, range=Range(0), help="Epochs without a better dev distance before the lr "
+                                                            "falls (plateau).")
+    plateau_factor: float = option(0.5, range=Range(0, 1, open_low=True), help="What the lr is multiplied by "
+                                                                               "then (plateau).")
+    clip: float = option(5.0, range=Range(0), help="Gradient-norm clipping (0 = off).")
     # fp16 autocast on CUDA: on an H100, 7-24 % slower at 48,000-frame batches but 28 % faster for
-    # `large` at 160,000 (README, Performance)
-    amp: bool = False
-    spec_augment: bool = True
-    time_masks: int = 2
-    time_width: int = 40
-    freq_masks: int = 2
-    freq_width: int = 3
-    noise_std: float = 0.0
-    checkpoint_every: int = 500        # steps between mid-epoch `last` checkpoints (0 = epoch ends only)
-    max_steps: int = 0                 # cap on steps per epoch (0 = whole epoch); for benchmarks
-    max_bad_steps: int = 20            # consecutive non-finite losses before the run stops
-    # Check every shard's sha256 first and train without the damaged ones instead of stopping.
-    skip_bad_shards: bool = False
-    resume: bool = False
-    device: str = "auto"
-    tune_host: bool = True             # speed-ups detected on this machine (training/host.py)
-    progress: bool = True
-    tensorboard: bool = False          # also write metrics.jsonl's scalars as TensorBoard events in results/
-    # Shards at a URL (pipeline/remote.py): tries after the first on transient errors, the first
-    # backoff (doubled each time), the network timeout, and a local cache of verified shards.
-    fetch_retries: int = FetchPolicy.retries
-    fetch_backoff: float = FetchPolicy.backoff
-    fetch_timeout: float = FetchPolicy.timeout
-    fetch_min_rate: str = MIN_RATE     # bytes/s: a slower fetch is stalled (FetchPolicy.deadline)
-    max_manifest_size: str = MAX_MANIFEST  # a larger manifest or index.json is refused
-    expect_digest: str = ""            # the published index.json's sha256 ('' = not pinned)
-    shard_cache: str = ""              # folder ('' = no cache)
-    shard_cache_size: str = "0"        # evict above this, e.g. 20G ('0' = no limit)
+    # `large` at 160,000 (docs/results.md)
+    amp: bool = option(False, flag="--amp/--no-amp", help="Mixed precision (fp16 autocast; CUDA only).")
+    spec_augment: bool = option(True, flag="--spec-augment/--no-spec-augment",
+                                help="Time and feature masking on training batches.")
+    time_masks: int = option(2, range=Range(0), help="SpecAugment: time masks per utterance.")
+    time_width: int = option(40, range=Range(0), help="SpecAugment: widest time mask, in frames.")
+    freq_masks: int = option(2, range=Range(0), help="SpecAugment: frequency masks per utterance.")
+    freq_width: int = option(3, range=Range(0), help="SpecAugment: widest frequency mask, in features.")
+    noise_std: float = option(0.0, range=Range(0), help="Gaussian input noise (0 = off).")
+    checkpoint_every: int = option(500, range=Range(0),
+                                   help="Also write weights/last.pt every N steps (0 = at epoch ends only).")
+    max_steps: int = option(0, range=Range(0), help="Cap on steps per epoch (0 = all).")
+    max_bad_steps: int = option(20, range=Range(1), help="Consecutive non-finite losses before the run stops.")
+    skip_bad_shards: bool = option(False, help="Check every shard's sha256 first and train without the damaged ones "
+                                               "(reported in the log, metrics.jsonl and the checkpoint) instead of "
+                                               "stopping.")
+    resume: bool = option(False, help="Continue from weights/last.pt at its exact step.")
+    device: str = device_field()
+    tune_host: bool = option(True, flag="--tune-host/--no-tune-host",
+                             help="Speed-ups detected on this machine (glibc: malloc keeps freed memory between "
+                                  "steps); results do not depend on them.")
+    tensorboard: bool = option(False, help="Also write the scalars of metrics.jsonl as TensorBoard events in "
+                                           "--results (needs `pip install -e '.[tensorboard]'`).")
+    progress: bool = progress_field()
 
     # Options that change the data order or the model: a resumed run keeps the checkpoint's values.
     PINNED = ("seed", "max_frames", "max_utts", "preset", "model", "train", "workers", "time_budget")
@@ -115,29 +112,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fetch_policy(self) -> FetchPolicy:
-        return fetch_policy(self.to_dict())
-
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """A config from a recipe and flags: unknown keys and out-of-range numbers are ValueErrors."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
-        for key, value in d.items():
-            problem = RANGES[key].problem(value) if key in RANGES else None
-            if problem:
-                raise ValueError(f"{key} (--{key.replace('_', '-')}): {problem}")
-        return cls(**d)
+        return from_dict(cls, d, "config")
 
     @classmethod
     def from_checkpoint(cls, d: dict) -> TrainConfig:
         """The config a checkpoint was trained with. Keys this version does not know (options other
         versions had, e.g. a retired test-only one in checkpoints written before it went) are
         dropped: what a resume takes from it are the PINNED options."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**known(cls, d))
 
     def pinned_differences(self, other: TrainConfig) -> list[str]:
         """The PINNED options on which `other` differs from this config."""
@@ -146,27 +131,87 @@ class TrainConfig:
 
 
 @dataclass
-class DecodeConfig:
-    """Defaults of the decoding commands (`predict`, `evaluate`, `transcribe`)."""
+class SearchConfig(Options):
+    """How a decoding command searches: `transcribe`'s options, and predict's and evaluate's."""
 
-    shards: str = "shards"
-    weights: str = "weights"           # a folder (best.pt is used) or a checkpoint file
-    results: str = "results"
-    predict_split: str = "test-clean"
-    evaluate_split: str = "dev-clean"
-    predict_beam: int = 50             # beam widths (0 = greedy)
-    evaluate_beam: int = 20
-    transcribe_beam: int = 50
-    threads: int = 0                   # beam-search threads per rank (0 = CPUs / ranks on this machine)
-    decoder: str = "torch"             # torch (decoding/search.py) | fast-ctc-decode (the previous one, optional)
-    lm: str = ""                       # an ARPA phone LM (`phonerec lm`, KenLM, SRILM); '' for none
-    alpha: float = 0.5                 # LM weight (shallow fusion) ...
-    beta: float = 2.0                  # ... and bonus per phone (the demo model's best); evaluate searches a grid
-    blank_skip: float = 0.999          # frames with P(blank) >= this extend nothing (> 1: search every frame)
-    lm_order: int = 4                  # `phonerec lm`
-    workers: int = 2                   # DataLoader workers per rank
-    device: str = "auto"
-    output: str = "submission.csv"     # file name inside --results
+    weights: str = option("weights", help="Checkpoint folder (uses best.pt) or a checkpoint file.")
+    beam_width: int = option(50, range=Range(0, MAX_BEAM), help=f"Beam width (0 = greedy; at most {MAX_BEAM}).")
+    decoder: str = option("torch", choices=("torch", "fast-ctc-decode"),
+                          help="torch: the batched prefix beam search (decoding/search.py; CPU or GPU, n-best, LM); "
+                               "fast-ctc-decode: the previous decoder, kept for one release to compare (no LM).")
+    lm: str = option("", metavar="FILE.arpa", existing_file=True,
+                     help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search.")
+    alpha: float = option(0.5, range=Range(0, 10), help="LM weight (with --lm).")
+    beta: float = option(2.0, range=Range(-10, 10), help="Bonus per phone (with --lm).")
+    blank_skip: float = option(0.999, range=Range(0, open_low=True),
+                               help="Frames whose blank probability reaches this extend no hypothesis (their blank "
+                                    "and repeat paths are still summed exactly); above 1: search every frame.")
+    threads: int = option(0, range=Range(0, MAX_THREADS),
+                          help="Beam-search threads per rank (0 = CPUs / ranks on this machine).")
+    device: str = device_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lm and self.decoder != "torch":
+            raise ValueError(f"--lm needs the torch decoder (--decoder {self.decoder} takes no language model)")
+
+
+@dataclass
+class TranscribeConfig(SearchConfig):
+    """`phonerec transcribe FILES...`."""
+
+    arpabet: bool = option(False, help="Print ARPAbet symbols instead of the one-character codes.")
+    plot: str = option("", help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols "
+                                "marked).")
+
+
+@dataclass
+class SplitConfig(SearchConfig, CacheConfig):
+    """What `predict` and `evaluate` share: a split of the shards, decoded by every rank."""
+
+    shards: str = shards_field()
+    results: str = option("results", help="Where the outputs go.")
+    split: str = option("test-clean", help="Split to decode.")
+    workers: int = workers_field()
+    progress: bool = progress_field()
+
+
+@dataclass
+class PredictConfig(SplitConfig):
+    """`phonerec predict`: a split into <results>/submission.csv."""
+
+    results: str = redefault(SplitConfig, "results", "results", help="Where submission.csv goes.")
+    output: str = option("submission.csv", help="File name inside --results.")
+    header: str = option("", metavar="A,B",
+                         help="The submission's header. [default: the test split's template's (random_submission.csv "
+                              "or sample_submission.csv under the split), else index,label]")
+
+
+@dataclass
+class EvaluateConfig(SplitConfig):
+    """`phonerec evaluate`: distances and PER on a labelled split."""
+
+    results: str = redefault(SplitConfig, "results", "results", help="Where the per-utterance TSV goes.")
+    split: str = redefault(SplitConfig, "split", "dev-clean", help="A labelled split.")
+    beam_width: int = redefault(SearchConfig, "beam_width", 20)
+
+
+@dataclass
+class LMConfig(CacheConfig):
+    """`phonerec lm`: a phone n-gram LM from the training transcripts."""
+
+    shards: str = shards_field()
+    train: str = option("train-clean-100",
+                        help="Comma-separated labelled splits whose transcripts the LM is estimated on.")
+    order: int = option(4, range=Range(1, 6),
+                        help="n of the n-gram (the decoder holds a dense table: up to 4 for ~45 phones).")
+    out: str = option("", metavar="FILE.arpa", help="Where the ARPA file goes.  [default: "
+                                                    "<weights>/phones-<order>gram.arpa]")
+    weights: str = option("weights", help="The default --out folder.")
+    progress: bool = progress_field()
+
+    def out_path(self) -> Path:
+        return Path(self.out or Path(self.weights) / f"phones-{self.order}gram.arpa")
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -180,3 +225,18 @@ def read_config_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def train_config(recipe: str | Path | None, flags: dict, given: set[str], model: dict) -> TrainConfig:
+    """A recipe file's values, overridden by the flags given on the command line (`given`; the
+    others fill only what the recipe leaves out); `model` (--set) overrides single model settings."""
+    values = read_config_file(recipe) if recipe else {}
+    if "train_splits" in values:
+        values["train"] = values.pop("train_splits")
+    for key, val in flags.items():
+        if key in given or key not in values:
+            values[key] = val
+    if model:
+        values["model"] = {**values["model"], **model} if isinstance(values.get("model"), dict) else model
+    values.setdefault("model", {})
+    return TrainConfig.from_dict(values)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import multiprocessing
 import re
 import signal
 import threading
@@ -377,47 +378,65 @@ def _one_line(text: str) -> str:
 
 class _Batches:
     """A DataLoader iterator that unpacks each packed batch, and whose shard errors are one line
-    and stop the workers at once."""
+    and stop the workers at once. close() (or dropping it) ends its workers: `workers` are their
+    multiprocessing.Process objects (ShardLoader.__iter__)."""
 
-    def __init__(self, it, ring: torch.Tensor | None = None):
-        self._it, self._ring = it, ring
+    def __init__(self, it, ring: torch.Tensor | None = None, workers: list | None = None):
+        self._it, self._ring, self._procs = it, ring, list(workers or [])
 
     def __iter__(self):
         return self
 
     def __len__(self):
-        return len(self._it)
+        return len(self._it) if self._it is not None else 0
 
     def __next__(self):
+        if self._it is None:
+            raise StopIteration
         try:
             payload, shape = next(self._it)
+        except ShardReadError as exc:
+            message = error_message(exc)
+            exc.__traceback__ = None    # its frames held the DataLoader iterator in a reference cycle
+        else:
             if isinstance(payload, (tuple, list)):  # (worker, slot, size): copied out before the worker reuses it
                 w, k, n = payload
                 payload = self._ring[w, k, :n].clone()
             return unpack(payload, shape)
-        except ShardReadError as exc:
-            self._shutdown_workers()
-            raise ShardReadError(error_message(exc)) from None
+        self.close()                    # raised outside the handler: no worker traceback chained
+        raise ShardReadError(message)
 
-    def _shutdown_workers(self) -> None:
-        getattr(self._it, "_shutdown_workers", lambda: None)()
-        self._kill_workers()            # what the shutdown's terminate() left: workers ignore SIGTERM
-
-    def stop(self) -> None:
-        """End the workers now (after a stop signal): one may be blocked in a stalled fetch. The
-        DataLoader's SIGCHLD handler would report the killed workers as failures: it is set aside."""
+    def close(self) -> None:
+        """End the workers now and let the DataLoader iterator go (its own shutdown does the
+        rest): a worker blocked in a stalled fetch ignores the SIGTERM of that shutdown
+        (_worker_ignores_stop_signals). The DataLoader's SIGCHLD handler would report the killed
+        workers as failures: it is set aside until they are reaped. Idempotent."""
+        procs, self._procs = self._procs, []
+        if not procs or threading.current_thread() is not threading.main_thread():
+            self._it = None             # (signal handlers can only be set in the main thread)
+            return
         old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
-            self._kill_workers()
-            self._shutdown_workers()
+            _kill(procs)
+            self._it = None             # its shutdown finds the workers gone, unregisters their pids
         finally:
-            signal.signal(signal.SIGCHLD, old)
+            if old is not None:
+                signal.signal(signal.SIGCHLD, old)
 
-    def _kill_workers(self) -> None:
-        for w in getattr(self._it, "_workers", []):
-            if w.is_alive():
-                w.kill()
-                w.join(timeout=5)
+    stop = close                        # after a stop signal (training.loop)
+
+    def __del__(self):
+        self.close()
+
+
+def _kill(procs: list) -> None:
+    """SIGKILL the workers still running and reap them. A Process that multiprocessing has reaped
+    reports itself dead and is never signalled, so a reused pid is never hit."""
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join(timeout=5)
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -433,12 +452,14 @@ class ShardLoader(DataLoader):
             release_free_memory()
         if blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        before = set(multiprocessing.active_children())
         try:
-            it = super().__iter__()
+            it = super().__iter__()     # starts this iterator's workers (persistent_workers=False)
         finally:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        return _Batches(it, self.dataset.ring)
+        workers = [p for p in multiprocessing.active_children() if p not in before]
+        return _Batches(it, self.dataset.ring, workers)
 
 
 def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ are forked keeps the trainer's later writes from being copied page by page (copy
 they live. Where the C library is not glibc nothing changes. Results do not depend on it (only
 addresses do).
 
-Measured and not kept (README, "Performance"): bf16 autocast (slower on an AMX Xeon; oneDNN
+Measured and not kept (docs/results.md, "The CPU training step"): bf16 autocast (slower on an AMX Xeon; oneDNN
 refuses a bf16 LSTM on AVX2), the native LSTM instead of oneDNN's (2.2x slower with AVX-512, 1.8x
 with AVX2 only), OMP_WAIT_POLICY=passive (2.4x slower), one intra-op thread (1.2x less CPU, 1.5x
 the wall time), two 1-thread DDP ranks instead of one 2-thread process (no faster). No loader

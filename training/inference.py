@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.manifest import Stats
-from pipeline.atomic import write_text
+from pipeline.atomic import ensure_writable, write_json, write_text
 from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
@@ -30,6 +31,7 @@ from pipeline.vocab import F22, Inventory, InventoryError
 from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restrict_to_labels
 
 from . import distributed as D
+from .config import EvaluateConfig, PredictConfig, SearchConfig, TranscribeConfig
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
 from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
 from .model import Model, ModelConfig
@@ -185,24 +187,18 @@ def empty_split_message(m: mf.Manifest, shards: str | Path) -> str:
     return f"split {m.split} has no utterances ({why})"
 
 
-def decode_checkpoint(weights: str | Path, shards: str | Path, split: str, ctx: D.Context, *,
-                      require_utterances: bool = False, source: ShardSource | None = None,
-                      **kwargs) -> tuple[mf.Manifest, dict[int, dict]]:
-    """Load best.pt, check it fits the split's shards (a folder or a URL), decode the split (see
-    decode_split). With `require_utterances` a split without utterances is an error (there is
-    nothing to score)."""
+def decode_checkpoint(weights: str | Path, m: mf.Manifest, ctx: D.Context, *, beam: BeamSettings = BeamSettings(),
+                      workers: int = 2, progress: bool = True, source: ShardSource | None = None) -> dict[int, dict]:
+    """Load best.pt of `weights`, check it fits the split's manifest `m` (read once by the caller,
+    from a folder or a URL) and decode the split (decode_split)."""
     source = source or ShardSource()
     loaded = load_model(weights, ctx.device, ctx=ctx)
-    m = mf.load(shards, split, source.policy)
     check_compatible(loaded, m)
-    if require_utterances and m.num_utterances == 0:
-        raise CompatibilityError(f"{empty_split_message(m, shards)}: nothing to evaluate (a distance of 0 would "
-                                 "mean nothing); fix the split and rerun `phonerec shards`")
     problems = check_shards(m, policy=source.policy)     # missing or truncated shards: fail before decoding
     if problems:
         found = {shard_label(m, s): why for s, why in problems}
         raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_location(problems[0][0]))}")
-    return m, decode_split(loaded, m, ctx, source=source, **kwargs)
+    return decode_split(loaded, m, ctx, beam=beam, workers=workers, progress=progress, source=source)
 
 
 def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> tuple[list[tuple[int, str]], list[int]]:
@@ -391,48 +387,125 @@ def grid_table(m: mf.Manifest, hyps: dict[int, dict], grid) -> list[dict]:
     return sorted(rows, key=lambda r: (r["per"], r["alpha"], r["beta"]))
 
 
-def evaluate_split(weights, shards, results, split: str, beam: BeamSettings, *, device: str = "auto",
-                   workers: int = 2, progress: bool = True, source: ShardSource | None = None,
-                   echo=print) -> mf.Manifest | None:
-    """`phonerec evaluate`: decode a labelled split, pick the LM weights when a grid is given, write
-    <results>/evaluate-<split>.tsv and .json and print the figures (rank 0, which gets the manifest
-    back; the other ranks None)."""
-    import json
+def beam_settings(cfg: SearchConfig, grid: tuple = ()) -> BeamSettings:
+    """The search a decoding command's options ask for; threads 0 = this machine's CPUs shared among
+    the ranks torchrun started on it (no oversubscription)."""
+    threads = cfg.threads
+    if threads <= 0:
+        ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+        threads = max((os.cpu_count() or 1) // ranks, 1)
+    return BeamSettings(width=cfg.beam_width, threads=threads, decoder=cfg.decoder, lm=cfg.lm, alpha=cfg.alpha,
+                        beta=cfg.beta, blank_skip=cfg.blank_skip, grid=tuple(grid))
 
-    from pipeline.atomic import ensure_writable, write_json
 
-    source = source or ShardSource()
+@dataclass
+class Prediction:
+    """What `predict` wrote (rank 0): the submission, its rows, and the rows left empty."""
+    manifest: mf.Manifest
+    submission: Path
+    rows: int
+    missing: list[int]
+    predictions: Path
+
+
+def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction | None:
+    """`phonerec predict`: decode a split (every rank its share) into <results>/<output> with one
+    row per input utterance in the original order, and the ids and greedy decodes beside it in
+    predict-<split>.tsv. Returns what rank 0 wrote (None on the other ranks)."""
+    source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
     if D.main_rank():
-        ensure_writable(results)    # before decoding the whole split, not after
-    ctx = D.init(device)
+        ensure_writable(cfg.results)    # before decoding the whole split, not after
+    m = mf.load(cfg.shards, cfg.split, source.policy)
+    columns = submission_header(m, cfg.header or None)
+    ctx = D.init(cfg.device)
     try:
-        m, hyps = decode_checkpoint(weights, shards, split, ctx, beam=beam, workers=workers, progress=progress,
-                                    require_utterances=True, source=source)
+        hyps = decode_checkpoint(cfg.weights, m, ctx, beam=beam_settings(cfg), workers=cfg.workers,
+                                 progress=cfg.progress, source=source)
         if not ctx.is_main:
             return None
-        table = grid_table(m, hyps, beam.grid) if beam.grid else []
-        if table:
-            best = (table[0]["alpha"], table[0]["beta"])
-            for r in hyps.values():
-                r["beam"] = r[best]
-            beam = dataclasses.replace(beam, alpha=best[0], beta=best[1])
-        ev = evaluate(m, hyps, Path(results) / f"evaluate-{split}.tsv")
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
-        summary.update(beam_width=beam.width, decoder=beam.decoder, lm=beam.lm or None,
-                       alpha=beam.alpha if beam.lm else None, beta=beam.beta if beam.lm else None)
-        if table:
-            summary["lm_grid"] = table
-        write_json(Path(results) / f"evaluate-{split}.json", summary)
-        for r in table:
-            echo(f"  alpha {r['alpha']:<5g} beta {r['beta']:<4g} PER {100 * r['per']:.2f}%")
-        lm = f" + LM (alpha {beam.alpha:g}, beta {beam.beta:g})" if beam.lm else ""
-        echo(f"{split}: {ev.utterances} utterances, {ev.phonemes} phonemes\n"
-             f"  greedy: distance {ev.greedy_distance:.3f}, PER {100 * ev.greedy_per:.2f}%\n"
-             f"  beam {beam.width}{lm}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
-             f"  per utterance: {ev.tsv}")
-        if table:
-            echo(f"  best LM weights: --alpha {beam.alpha:g} --beta {beam.beta:g} (give them to predict)")
-        echo(json.dumps(summary))
-        return m
+        rows, missing = submission_rows(m, hyps)
+        out, tsv = Path(cfg.results) / cfg.output, Path(cfg.results) / f"predict-{cfg.split}.tsv"
+        write_submission(out, rows, columns)
+        write_predictions(tsv, m, hyps)
+        return Prediction(manifest=m, submission=out, rows=len(rows), missing=missing, predictions=tsv)
     finally:
         D.shutdown(ctx)
+
+
+def evaluate_split(cfg: EvaluateConfig, *, tune_lm: bool = False, source: ShardSource | None = None,
+                   echo=print) -> mf.Manifest | None:
+    """`phonerec evaluate`: decode a labelled split, write <results>/evaluate-<split>.tsv and .json
+    and print the figures (rank 0, which gets the manifest back; the other ranks None). With
+    `tune_lm` (and an LM) also decode with each LM_GRID pair and score the beam with the best."""
+    source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
+    beam = beam_settings(cfg, LM_GRID if tune_lm and cfg.lm and cfg.beam_width > 0 else ())
+    if D.main_rank():
+        ensure_writable(cfg.results)    # before decoding the whole split, not after
+    m = mf.load(cfg.shards, cfg.split, source.policy)
+    if m.num_utterances == 0:
+        raise CompatibilityError(f"{empty_split_message(m, cfg.shards)}: nothing to evaluate (a distance of 0 "
+                                 "would mean nothing); fix the split and rerun `phonerec shards`")
+    ctx = D.init(cfg.device)
+    try:
+        hyps = decode_checkpoint(cfg.weights, m, ctx, beam=beam, workers=cfg.workers, progress=cfg.progress,
+                                 source=source)
+        if ctx.is_main:
+            _report_evaluation(m, hyps, beam, Path(cfg.results), echo)
+            return m
+        return None
+    finally:
+        D.shutdown(ctx)
+
+
+def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: BeamSettings, results: Path, echo) -> None:
+    """Score the hypotheses (the best grid pair's beam, if a grid was searched), write the TSV and
+    JSON and print the figures."""
+    import json
+
+    table = grid_table(m, hyps, beam.grid) if beam.grid else []
+    if table:
+        best = (table[0]["alpha"], table[0]["beta"])
+        for r in hyps.values():
+            r["beam"] = r[best]
+        beam = dataclasses.replace(beam, alpha=best[0], beta=best[1])
+    ev = evaluate(m, hyps, results / f"evaluate-{m.split}.tsv")
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
+    summary.update(beam_width=beam.width, decoder=beam.decoder, lm=beam.lm or None,
+                   alpha=beam.alpha if beam.lm else None, beta=beam.beta if beam.lm else None)
+    if table:
+        summary["lm_grid"] = table
+    write_json(results / f"evaluate-{m.split}.json", summary)
+    for r in table:
+        echo(f"  alpha {r['alpha']:<5g} beta {r['beta']:<4g} PER {100 * r['per']:.2f}%")
+    lm = f" + LM (alpha {beam.alpha:g}, beta {beam.beta:g})" if beam.lm else ""
+    echo(f"{m.split}: {ev.utterances} utterances, {ev.phonemes} phonemes\n"
+         f"  greedy: distance {ev.greedy_distance:.3f}, PER {100 * ev.greedy_per:.2f}%\n"
+         f"  beam {beam.width}{lm}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
+         f"  per utterance: {ev.tsv}")
+    if table:
+        echo(f"  best LM weights: --alpha {beam.alpha:g} --beta {beam.beta:g} (give them to predict)")
+    echo(json.dumps(summary))
+
+
+def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print, warn=print) -> list[str]:
+    """`phonerec transcribe`: print `name<TAB>labels` per file (ARPAbet with cfg.arpabet), one file
+    at a time so that a bad file is reported (`warn`) and the others decoded; with cfg.plot a
+    posteriorgram of the first. Returns the problems (empty: every file transcribed)."""
+    device = D.init(cfg.device).device
+    loaded = load_model(cfg.weights, device)
+    beam, inv = beam_settings(cfg), loaded.inventory      # the checkpoint's: its outputs, symbols and codes
+    failed, first = [], None
+    for f in files:
+        try:
+            [out] = transcribe(loaded, [Path(f)], device, beam)
+        except UtteranceError as exc:
+            failed.append(f"cannot read features {exc}")
+            if len(files) > 1:
+                warn(f"error: {failed[-1]}")
+            continue
+        first = first or out
+        echo(f"{out[0].name}\t{' '.join(inv.to_arpabet(out[1])) if cfg.arpabet else inv.to_codes(out[1])}")
+    if cfg.plot and first is not None:
+        path, hyp, frames, lp = first
+        warn(f"posteriorgram: {plot_posteriorgram(Path(cfg.plot), lp, hyp, frames, path.name, inv)}")
+    return failed

@@ -169,6 +169,7 @@ class Run:
     stop: StopSignals = field(default_factory=StopSignals)
     source: ShardSource = field(default_factory=ShardSource)    # how shards are read (local or URL)
     budget: Budget | None = None          # --time-budget: its plan and clock
+    board: object | None = None           # --tensorboard: rank 0's SummaryWriter (training/tensorboard.py)
 
     @property
     def epochs(self) -> int:
@@ -258,7 +259,7 @@ def next_batch(run: Run, st: TrainState, batches, epoch_steps: int, bar) -> Batc
         (float(error is not None), float(run.stop.requested))
     if errors:
         bar.close()
-        getattr(batches, "_shutdown_workers", lambda: None)()
+        getattr(batches, "close", lambda: None)()
         stop_on_data_error(run, st, DataError(gather_messages(ctx, error)), f"training data, epoch {st.epoch + 1}")
     return None if stops and (batch is None or ctx.distributed) else batch
 
@@ -372,7 +373,7 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
                     "continue with --resume")
             return {"stopped": True, "signal": stop_votes > 0, "epoch": st.epoch, "step": st.step}
     bar.close()
-    getattr(batches, "_shutdown_workers", lambda: None)()
+    getattr(batches, "close", lambda: None)()        # not iter([]) of an epoch already done
     return None
 
 
@@ -471,12 +472,16 @@ def network_line(net: dict) -> str:
 
 
 def publish_epoch(run: Run, record: dict, copy_best: bool) -> None:
-    """Rank 0, after last.pt of the epoch's end: best.pt, metrics.jsonl and curves.png."""
+    """Rank 0, after last.pt of the epoch's end: best.pt, metrics.jsonl, curves.png (and the
+    TensorBoard events)."""
     if copy_best:
         with atomic_path(run.weights / BEST) as tmp:
             shutil.copyfile(run.weights / LAST, tmp)
     metrics.append(run.results, record)
     metrics.plot(run.results)
+    if run.board is not None:
+        from . import tensorboard
+        tensorboard.write(run.board, record)
 
 
 # ------------------------------------------------------------------------------- evaluation

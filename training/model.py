@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.options import check_known, from_dict
 from pipeline.vocab import NUM_CLASSES
 from pipeline.features import FEATURE_DIM
 
@@ -146,11 +147,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Strict: an unknown key means the checkpoint came from a different model version.
         Missing keys take their defaults (older checkpoints lack the later fields)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return from_dict(cls, data, "ModelConfig field")
 
     @property
     def split_lstm(self) -> bool:
@@ -375,14 +372,20 @@ PRESET_PARAMETERS: dict[str, tuple[int, int]] = {
 }
 
 
+def preset_help() -> str:
+    """`--preset`'s help: every preset's size (PRESET_PARAMETERS) grouped by time downsampling."""
+    groups: dict[int, list[str]] = {}
+    for name, (n, _) in PRESET_PARAMETERS.items():
+        groups.setdefault(PRESETS[name].downsampling, []).append(f"{name} {n / 1e6:.2f} M")
+    sizes = "; ".join(f"{', '.join(names)} (x{d})" for d, names in groups.items())
+    return f"Model architecture; parameters at 15 features and 43 classes (time downsampling): {sizes}."
+
+
 def preset_config(preset: str = "default", **overrides: Any) -> ModelConfig:
     """A fresh (deep-copied) preset config with overrides applied."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown ModelConfig override(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    check_known(ModelConfig, overrides, "ModelConfig override")
     return dataclasses.replace(copy.deepcopy(PRESETS[preset]), **copy.deepcopy(overrides))
 
 

@@ -18,14 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import manifest as mf
 from pipeline import remote
-from pipeline.atomic import write_json
+from pipeline.atomic import ensure_writable, write_json
 from pipeline.remote import FetchPolicy
 from pipeline.verify import check_shards
 from pipeline.vocab import Inventory
 
 from . import budget as B
 from . import distributed as D
-from . import host, metrics
+from . import host, metrics, tensorboard
 from .augment import AugmentConfig
 from .checkpoint import LAST, Checkpoint, CheckpointError, remove_stale_temps, restore_rng
 from .config import TrainConfig
@@ -46,6 +46,9 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
     and all ranks leave out the union of the damaged ones (reported in the log, metrics.jsonl and
     the checkpoint); without it a damaged shard stops the run with a checkpoint at the current step.
     `on_step(state)` is called after every step; True asks the run to stop there."""
+    if D.main_rank():                  # only rank 0 writes (other machines need not share its disk)
+        ensure_writable(cfg.weights)   # before any step: not after an epoch of training
+        ensure_writable(cfg.results)
     ctx = D.init(cfg.device)
     try:
         return _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None), on_step)
@@ -55,6 +58,8 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
 
 def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> dict:
     started = B.clock()
+    if cfg.tensorboard:        # on every rank (rank 0 writes): all stop here together, before any collective
+        tensorboard.require()
     log(host.tune(cfg.tune_host))
     if ctx.is_main:
         for p in remove_stale_temps(cfg.weights):
@@ -77,7 +82,11 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> d
     _prepare_outputs(run, st, resumed=ck is not None)
     log(f"{train_m.num_utterances} training utterances in {len(train_m.shards)} shards, {ctx.world} rank(s) x "
         f"{max(cfg.workers, 1)} stream(s); {run.steps_per_epoch} steps/epoch; batch budget {cfg.max_frames} frames")
-    return _run_epochs(run, st)
+    try:
+        return _run_epochs(run, st)
+    finally:
+        if run.board is not None:
+            run.board.close()
 
 
 def _run_epochs(run: Run, st: TrainState) -> dict:
@@ -413,7 +422,8 @@ def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
 
 def _prepare_outputs(run: Run, st: TrainState, resumed: bool) -> None:
     """Rank 0: the output folders, metrics.jsonl cut to the checkpoint's epochs (emptied for a
-    fresh run: its curves must not continue an older run's) and config.json."""
+    fresh run: its curves must not continue an older run's), config.json and the TensorBoard
+    writer (its events cut alike)."""
     if not run.ctx.is_main:
         return
     run.weights.mkdir(parents=True, exist_ok=True)
@@ -421,3 +431,5 @@ def _prepare_outputs(run: Run, st: TrainState, resumed: bool) -> None:
     metrics.truncate_after(run.results, st.epoch if resumed else 0)
     write_json(run.weights / "config.json", {"train": run.cfg.to_dict(), "model": st.model.config.to_dict(),
                                              "parameters": count_parameters(st.model)})
+    if run.cfg.tensorboard:        # the kept epochs' records are at or before the current epoch's first step
+        run.board = tensorboard.open_writer(run.results, st.global_step - st.step + 1)

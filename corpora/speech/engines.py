@@ -80,7 +80,7 @@ TARGET_PER = 0.08
 # engines become the second kind, crossed in opposite directions so that both engines' renderings
 # are heard: training hears kal only through festival (kal_diphone) and slt only through flite;
 # dev and test hear kal through flite (kal16) and slt through festival (HTS). Chosen by measuring
-# both pairings with the demo recipe (README, "The demo"; dev / test beam PER):
+# both pairings with the demo recipe (docs/demo.md; dev / test beam PER):
 #   this pairing (2026-11-30):     kal through flite 19.5 / 19.4 %, slt through festival 30.0 / 28.4 %;
 #                                  kinds 1 + 2 together 17.0 / 19.9 %
 #   the reverse one (2026-11-29):  kal through festival 25.0 / 26.9 %, slt through flite 32.7 / 30.7 %;

@@ -1,0 +1,193 @@
+"""Every option declared once: a config dataclass field carries its command-line option's help,
+range, choices and flag (`option`), `click_options` makes the click options of a dataclass, and
+`from_dict` checks a recipe or a checkpoint's dict against the same fields. `--help`, a YAML
+recipe and the dataclass therefore cannot disagree (the way icefall's `add_*_arguments` and
+lhotse's option groups keep one definition per option).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import MISSING, dataclass
+from typing import Any, Callable
+
+import click
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option takes (open: the bound itself excluded)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{value!r} is not a number"
+        if self.low is not None and (value < self.low or self.open_low and value == self.low):
+            return f"{value} is {'not above' if self.open_low else 'below'} {self.low}"
+        if self.high is not None and value > self.high:
+            return f"{value} is above {self.high}"
+        return None
+
+    def click_type(self, integer: bool) -> click.ParamType:
+        if integer:
+            return click.IntRange(min=self.low, max=self.high)
+        return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low)
+
+
+def option(default: Any = MISSING, *, help: str = "", range: Range | None = None,
+           choices: tuple | Callable[[], tuple] | None = None, flag: str | None = None, metavar: str | None = None,
+           factory: Callable | None = None, multiple: bool = False, existing_file: bool = False,
+           required: bool = False, cli: bool = True) -> Any:
+    """A dataclass field and its option. `flag`: the option's declaration when not `--field-name`
+    ('--quiet' on a True default inverts it: given, the field is False; '--a/--no-a' is a pair);
+    `choices` may be a function (read when first needed: e.g. presets, which need torch);
+    `cli=False`: a recipe and checkpoint key with no flag of its own."""
+    meta = {"help": help, "range": range, "choices": choices, "flag": flag, "metavar": metavar,
+            "multiple": multiple, "existing_file": existing_file, "required": required, "cli": cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def redefault(cls, name: str, default: Any, help: str | None = None) -> Any:
+    """`cls`'s field `name` with another default (and help): a command whose option means the same
+    but starts elsewhere (evaluate's split is dev-clean, predict's test-clean)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = dict(f.metadata)
+    if help is not None:
+        meta["help"] = help
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+class Options:
+    """Base of the config dataclasses: a value outside its field's range is a ValueError naming the
+    field and its flag, whether it came from a flag, a recipe, a checkpoint or Python code."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            rng = f.metadata.get("range")
+            problem = rng.problem(getattr(self, f.name)) if rng is not None else None
+            if problem:
+                raise ValueError(f"{f.name} ({flag_of(f)}): {problem}")
+
+
+def from_dict(cls, data: dict, what: str | None = None):
+    """Strict: an unknown key (or, for an Options class, an out-of-range number) is a ValueError."""
+    check_known(cls, data, what)
+    return cls(**data)
+
+
+def check_known(cls, data: dict, what: str | None = None) -> None:
+    """A ValueError naming the keys of `data` that are not `cls`'s fields, and the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what or cls.__name__} key(s): {', '.join(unknown)}; "
+                         f"valid keys: {', '.join(sorted(names))}")
+
+
+def known(cls, data: dict) -> dict:
+    """The keys of `data` that are `cls`'s fields: a checkpoint of another version may hold more."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    return flag.split("/")[0]
+
+
+# ---------------------------------------------------------------------------------- click side
+
+class _LazyChoice(click.Choice):
+    """click.Choice over choices read when first needed (`option(choices=function)`)."""
+
+    def __init__(self, read: Callable[[], tuple]) -> None:
+        self._read = read
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple:
+        return tuple(self._read())
+
+    @choices.setter
+    def choices(self, value) -> None:      # click.Choice.__init__ assigns it
+        pass
+
+
+class FieldOption(click.Option):
+    """A click option made from a config field; `config` and `field` say which (tests walk them).
+    A callable help is called when --help is shown (e.g. the presets' sizes, which need torch)."""
+
+    def __init__(self, decls, *, config: type, field: dataclasses.Field, **kwargs) -> None:
+        self.config, self.field = config, field
+        help_ = kwargs.pop("help", None)
+        self._help_fn = help_ if callable(help_) else None
+        super().__init__(decls, help=None if callable(help_) else help_, **kwargs)
+
+    def get_help_record(self, ctx):
+        if self._help_fn is not None and self.help is None:
+            self.help = self._help_fn()
+        return super().get_help_record(ctx)
+
+
+def _click_kwargs(f: dataclasses.Field) -> dict:
+    """How field `f` looks to click: its type, flag form, default and help."""
+    m, default = f.metadata, default_of(f)
+    flag = m.get("flag") or "--" + f.name.replace("_", "-")
+    kw: dict[str, Any] = {"help": m.get("help") or None, "metavar": m.get("metavar"), "show_default": True,
+                          "required": m.get("required", False)}
+    if isinstance(default, bool):
+        kw["show_default"] = "/" in flag
+        kw.update({"is_flag": True, "default": default} if default is False or "/" in flag else
+                  {"flag_value": False, "default": True})     # '--quiet' sets progress False
+    elif m.get("multiple"):
+        kw.update(multiple=True, default=tuple(default), show_default=False)
+    elif m.get("range") is not None:
+        kw.update(type=m["range"].click_type(isinstance(default, int)), default=default)
+    elif m.get("choices") is not None:
+        c = m["choices"]
+        kw.update(type=_LazyChoice(c) if callable(c) else click.Choice(list(c)), default=default)
+    elif m.get("existing_file"):
+        # "" means none: click would check that "" exists
+        kw.update(type=click.Path(exists=True, dir_okay=False), default=default or None, show_default=False)
+    else:
+        kw.update(default=default, show_default=default not in ("", None))
+    return {"decls": [flag, f.name], **kw}
+
+
+def click_options(cls, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()):
+    """A decorator adding the options of `cls`'s fields: its own first, then its bases' (or just
+    `only`, in that order); fields with `cli=False` and those in `skip` are left out."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if only is None:
+        order = [n for k in cls.__mro__ for n in vars(k).get("__annotations__", {}) if n in fields]
+        only = tuple(dict.fromkeys(order))
+    chosen = [fields[n] for n in only if fields[n].metadata.get("cli", True) and n not in skip]
+
+    def apply(fn):
+        for f in reversed(chosen):      # click lists options in the order the decorators run outward
+            kw = _click_kwargs(f)
+            fn = click.option(*kw.pop("decls"), cls=FieldOption, config=cls, field=f, **kw)(fn)
+        return fn
+    return apply
+
+
+def given(ctx: click.Context) -> set[str]:
+    """The names of the parameters given on the command line (not defaults)."""
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+
+
+def config_of(cls, params: dict):
+    """`cls` from a command's parameters (`None` from an existing-file option means its default '')."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    values = {k: (default_of(names[k]) if v is None else v) for k, v in params.items() if k in names}
+    return from_dict(cls, values)
