@@ -14,11 +14,18 @@ from .options import click_options, config_of
 def make_config(cls, params: dict):
     """The command's config; a bad value (a size, a digest) is a usage error, before any work."""
     try:
-        cfg = config_of(cls, params)
-        if isinstance(cfg, FetchConfig):
-            cfg.fetch_policy()
+        return usable(config_of(cls, params))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def usable(cfg):
+    """`cfg`, once its fetch options make a FetchPolicy (a bad size or digest: usage error)."""
+    if isinstance(cfg, FetchConfig):
+        try:
+            cfg.fetch_policy()
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     return cfg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands import make_config
+from pipeline.commands import make_config, usable
 from pipeline.options import click_options, given
 
 from .config import EvaluateConfig, LMConfig, PredictConfig, TrainConfig, TranscribeConfig, train_config
@@ -44,7 +44,7 @@ def train(ctx, config_file, model_set, **params):
         cfg = train_config(config_file, params, given(ctx), _model_overrides(model_set))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    make_config(TrainConfig, cfg.to_dict())      # a bad size or digest is a usage error now, as elsewhere
+    usable(cfg)                         # a bad size or digest is a usage error now, as elsewhere
     try:
         outcome = _run(lambda: run(cfg, log=lambda m: click.echo(m, err=True)), f"{cfg.weights} or {cfg.results}")
     except ValueError as exc:           # not a PhonerecError: e.g. a bad --set value
