@@ -14,7 +14,7 @@ from pipeline.options import Options, Range, option, redefault
 class CorpusConfig(Options):
     """What both corpus writers take."""
 
-    data: str = option("data", help="Root folder to write the corpus into (standard layout).")
+    data: str = option("data", path="folder", help="Root folder to write the corpus into (standard layout).")
     split: tuple = option((), multiple=True, metavar="NAME=COUNT", help="A split and its utterance count; repeat.")
     unlabelled: str = option("test-clean", help="Comma-separated splits written without transcripts.")
     seed: int = option(0, range=Range(0), help="Seed: same seed, same corpus (any --workers).")

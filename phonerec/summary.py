@@ -19,7 +19,8 @@ import click
 from corpora.report import per_kind
 from pipeline import manifest as mf
 from pipeline.features import hours
-from pipeline.options import Options, click_options, config_of, option
+from pipeline.commands import make_config
+from pipeline.options import Options, click_options, option
 from training import metrics
 
 
@@ -145,7 +146,7 @@ def summary(**params):
     (greedy and beam) and where the plots are. Also written to <results>/summary.json."""
     from pipeline.atomic import write_json
 
-    cfg = config_of(SummaryConfig, params)
+    cfg = make_config(SummaryConfig, params)
     info = collect(cfg.shards, cfg.weights, cfg.results, cfg.split, cfg.data or None)
     if Path(cfg.results).is_dir():
         write_json(Path(cfg.results) / "summary.json", info)

@@ -97,7 +97,7 @@ class ShardsConfig(FetchConfig):
 class PublishConfig(Options):
     """`phonerec publish`: copy built shards to a URL, manifests last."""
 
-    shards: str = option("shards", help="The shards folder `phonerec shards` built.")
+    shards: str = option("shards", path="existing-folder", help="The shards folder `phonerec shards` built.")
     to: str = option("", metavar="URL", required=True,
                      help="Where readers will stream from: s3://bucket/path, gs://bucket/path, file:///path or a "
                           "folder (served over HTTP by any web server).")

@@ -33,23 +33,30 @@ class Range:
 
     def click_type(self, integer: bool) -> click.ParamType:
         if integer:
-            return click.IntRange(min=self.low, max=self.high)
+            return click.IntRange(min=self.low, max=self.high, min_open=self.open_low)
         return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low)
 
 
 def option(default: Any = MISSING, *, help: str = "", range: Range | None = None,
            choices: tuple | Callable[[], tuple] | None = None, flag: str | None = None, metavar: str | None = None,
-           factory: Callable | None = None, multiple: bool = False, existing_file: bool = False,
+           factory: Callable | None = None, multiple: bool = False, path: str | None = None,
            required: bool = False, cli: bool = True) -> Any:
     """A dataclass field and its option. `flag`: the option's declaration when not `--field-name`
     ('--quiet' on a True default inverts it: given, the field is False; '--a/--no-a' is a pair);
     `choices` may be a function (read when first needed: e.g. presets, which need torch);
-    `cli=False`: a recipe and checkpoint key with no flag of its own."""
+    `path`: one of PATHS, checked by click before any work; `required`: no default on the command
+    line, and '' is refused; `cli=False`: a recipe and checkpoint key with no flag of its own."""
+    assert path is None or path in PATHS, path
     meta = {"help": help, "range": range, "choices": choices, "flag": flag, "metavar": metavar,
-            "multiple": multiple, "existing_file": existing_file, "required": required, "cli": cli}
+            "multiple": multiple, "path": path, "required": required, "cli": cli}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+# What a path option must be (click.Path's checks): '' means none for an existing file.
+PATHS = {"file": {"dir_okay": False}, "existing-file": {"dir_okay": False, "exists": True},
+         "folder": {"file_okay": False}, "existing-folder": {"file_okay": False, "exists": True}}
 
 
 def redefault(cls, name: str, default: Any, help: str | None = None) -> Any:
@@ -67,15 +74,37 @@ def default_of(f: dataclasses.Field) -> Any:
 
 
 class Options:
-    """Base of the config dataclasses: a value outside its field's range is a ValueError naming the
-    field and its flag, whether it came from a flag, a recipe, a checkpoint or Python code."""
+    """Base of the config dataclasses: a value outside its field's range or choices, or a required
+    one left empty, is a ValueError naming the field and its flag, whether it came from a flag, a
+    recipe or Python code (a checkpoint's config is read with `unchecked`)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            rng = f.metadata.get("range")
-            problem = rng.problem(getattr(self, f.name)) if rng is not None else None
+            problem = _problem(f, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} ({flag_of(f)}): {problem}")
+
+
+def _problem(f: dataclasses.Field, value) -> str | None:
+    m = f.metadata
+    if m.get("range") is not None:
+        return m["range"].problem(value)
+    if m.get("choices") is not None:
+        choices = m["choices"]() if callable(m["choices"]) else m["choices"]
+        if value not in choices:
+            return f"{value!r} is not one of {', '.join(map(str, choices))}"
+    if m.get("required") and value in ("", None):
+        return "is required"
+    return None
+
+
+def unchecked(cls, data: dict):
+    """`cls` from the known keys of `data` (defaults for the others) without the checks: a
+    checkpoint's config was valid where it was trained (its --workers may exceed this machine's cap)."""
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        setattr(obj, f.name, data[f.name] if f.name in data else default_of(f))
+    return obj
 
 
 def from_dict(cls, data: dict, what: str | None = None):
@@ -142,9 +171,10 @@ def _click_kwargs(f: dataclasses.Field) -> dict:
     """How field `f` looks to click: its type, flag form, default and help."""
     m, default = f.metadata, default_of(f)
     flag = m.get("flag") or "--" + f.name.replace("_", "-")
-    kw: dict[str, Any] = {"help": m.get("help") or None, "metavar": m.get("metavar"), "show_default": True,
-                          "required": m.get("required", False)}
+    kw: dict[str, Any] = {"help": m.get("help") or None, "metavar": m.get("metavar"), "show_default": True}
     if isinstance(default, bool):
+        if default is True and not m.get("flag"):
+            raise ValueError(f"{f.name}: a switch on by default needs flag='--x/--no-x' (or '--quiet' to invert)")
         kw["show_default"] = "/" in flag
         kw.update({"is_flag": True, "default": default} if default is False or "/" in flag else
                   {"flag_value": False, "default": True})     # '--quiet' sets progress False
@@ -155,11 +185,14 @@ def _click_kwargs(f: dataclasses.Field) -> dict:
     elif m.get("choices") is not None:
         c = m["choices"]
         kw.update(type=_LazyChoice(c) if callable(c) else click.Choice(list(c)), default=default)
-    elif m.get("existing_file"):
-        # "" means none: click would check that "" exists
-        kw.update(type=click.Path(exists=True, dir_okay=False), default=default or None, show_default=False)
+    elif m.get("path"):
+        # '' means none: click would check that '' exists
+        kw.update(type=click.Path(**PATHS[m["path"]]), default=default or None, show_default=bool(default))
     else:
         kw.update(default=default, show_default=default not in ("", None))
+    if m.get("required"):               # no default at all: click >= 8.3 takes default=None as a value
+        kw.pop("default", None)
+        kw.update(required=True, show_default=False)
     return {"decls": [flag, f.name], **kw}
 
 
@@ -187,7 +220,7 @@ def given(ctx: click.Context) -> set[str]:
 
 
 def config_of(cls, params: dict):
-    """`cls` from a command's parameters (`None` from an existing-file option means its default '')."""
+    """`cls` from a command's parameters (`None` from a path option means its default '')."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     values = {k: (default_of(names[k]) if v is None else v) for k, v in params.items() if k in names}
     return from_dict(cls, values)

@@ -397,12 +397,34 @@ def size(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count
     return None if info.get("size") is None else int(info["size"])
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:             # another user's process
+        return True
+    return True
+
+
 class ShardCache:
     """A folder of verified shards named by their sha256, shared by every process of a machine:
     later epochs read them from disk. Above `max_bytes` the least recently used are evicted."""
 
     def __init__(self, folder: str | os.PathLike, max_bytes: int = 0):
         self.folder, self.max_bytes = Path(folder), int(max_bytes)
+        self.remove_orphans()
+
+    def remove_orphans(self) -> list[Path]:
+        """Temp files of writers that died mid-put (a loader worker is killed when a run stops):
+        those of a process still running are another rank's writes in progress and stay."""
+        removed = []
+        for p in self.folder.glob(".*.tar.tmp*"):
+            pid = p.name.rsplit(".tmp", 1)[1]
+            if pid.isdigit() and not _running(int(pid)):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
 
     def path(self, sha256: str) -> Path:
         """The cached file of a shard: its name is a sha256 (64 lowercase hex digits, nothing else)

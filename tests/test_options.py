@@ -41,7 +41,10 @@ def test_default_is_the_fields(command, param):
     [p] = [q for q in main.commands[command].params if q.name == param]
     want = default_of(p.field)
     have = p.default
-    if p.field.metadata["existing_file"]:
+    if p.required:
+        assert p.field.metadata["required"] and not isinstance(have, str)   # no default (left out: an error)
+        return
+    if p.field.metadata["path"]:
         have = have or ""                   # click is given None for '' (it would check that '' exists)
     assert have == (tuple(want) if p.multiple else want), (command, param)
     assert p.name == p.field.name and p.opts[0] == flag_of(p.field) or "/" in (p.field.metadata["flag"] or "")
@@ -128,3 +131,40 @@ def test_no_command_module_declares_an_option_by_hand():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "option":
                 found.append((path.parent.name, node.args[0].value))
     assert sorted(found) == [("training", "--config"), ("training", "--set")], found
+
+
+def test_a_required_option_left_out_is_a_usage_error(tmp_path):
+    (tmp_path / "shards").mkdir()
+    required = [(c, p) for c, p in field_options() if p.required]
+    assert ("publish", "to") in [(c, p.name) for c, p in required]
+    res = CliRunner().invoke(main, ["publish", "--shards", str(tmp_path / "shards")])
+    assert res.exit_code == 2 and "Missing option '--to'" in res.output, res.output
+    from pipeline.config import PublishConfig
+    with pytest.raises(ValueError, match=r"^to \(--to\): is required"):
+        PublishConfig(shards=str(tmp_path / "shards"))
+
+
+def test_choices_are_enforced_in_a_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    for text, key in (("scheduler: cosin\n", "scheduler"), ("preset: nope\n", "preset")):
+        recipe.write_text(text)
+        with pytest.raises(ValueError, match=f"^{key} \\(--{key}\\): '(nope|cosin)' is not one of"):
+            train_config(recipe, {}, set(), {})
+
+
+def test_a_checkpoints_config_is_read_unchecked():
+    """Trained where 4 x the cores allowed 64 workers: a resume on a smaller machine still reads it
+    (the plan is pinned to the checkpoint's workers)."""
+    cfg = TrainConfig.from_checkpoint({"workers": 64, "seed": 3, "retired_option": 1})
+    assert (cfg.workers, cfg.seed, cfg.epochs) == (64, 3, TrainConfig().epochs)
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(workers=10_000)
+
+
+@pytest.mark.parametrize("args", [["transcribe", "--plot", "{dir}", "{npy}"], ["synth-corpus", "--data", "{npy}"],
+                                  ["publish", "--shards", "{npy}", "--to", "{dir}/x"]])
+def test_path_options_are_checked_before_any_work(tmp_path, args):
+    (tmp_path / "x.npy").write_bytes(b"")
+    argv = [a.format(dir=tmp_path, npy=tmp_path / "x.npy") for a in args]
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2 and "Invalid value" in res.output, res.output

@@ -617,3 +617,20 @@ def test_verify_over_http_takes_the_fetch_options(fast, published, server):
     assert f"{TRAIN}/{m.shards[1].name}: unreadable (cannot read {server.url}/{rel(m, 1)} after 1 try (HTTP 503))" \
         in res.output
     assert_one_line_error(res, "1 problem(s)")
+
+
+def test_shard_cache_removes_temp_files_of_dead_writers(tmp_path):
+    """A loader worker killed mid-put (a stopped run) leaves `.<sha>.tar.tmp<pid>`: the next cache
+    on that folder removes it, and leaves a running process's write in progress alone."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folder = tmp_path / "c"
+    folder.mkdir()
+    orphan = folder / f".{'a' * 64}.tar.tmp{dead.pid}"
+    live = folder / f".{'b' * 64}.tar.tmp{os.getpid()}"
+    kept = folder / f"{'c' * 64}.tar"
+    for p in (orphan, live, kept):
+        p.write_bytes(b"x" * 10)
+    ShardCache(folder)
+    assert not orphan.exists() and live.exists() and kept.exists()

@@ -46,22 +46,24 @@ def train(ctx, config_file, model_set, **params):
         raise click.ClickException(str(exc)) from None
     usable(cfg)                         # a bad size or digest is a usage error now, as elsewhere
     try:
-        outcome = _run(lambda: run(cfg, log=lambda m: click.echo(m, err=True)), f"{cfg.weights} or {cfg.results}")
+        outcome = _run(lambda: run(cfg, log=lambda m: click.echo(m, err=True)), f"{cfg.weights} or {cfg.results}",
+                       wrote_nothing=False)
     except ValueError as exc:           # not a PhonerecError: e.g. a bad --set value
         raise click.ClickException(str(exc)) from None
     if outcome.get("signal"):
         ctx.exit(130)   # interrupted (checkpoint written): scripts can tell it from a finished run
 
 
-def _run(fn, writes: str = "the results"):
+def _run(fn, writes: str = "the results", wrote_nothing: bool = True):
     """Map the errors a user can cause that are not PhonerecErrors (which the `phonerec` group
-    shows as one line) to one-line messages; a damaged shard also says that nothing was written."""
+    shows as one line) to one-line messages; a damaged shard stops a decoding command before it
+    writes anything, which its message says."""
     from pipeline.atomic import disk_full, disk_full_error
     from .data import ShardReadError, error_message
     try:
         return fn()
     except ShardReadError as exc:
-        raise click.ClickException(f"{error_message(exc)} (nothing was written)") from None
+        raise click.ClickException(error_message(exc) + (" (nothing was written)" if wrote_nothing else "")) from None
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

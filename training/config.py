@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import CacheConfig, progress_field
 from pipeline.limits import MAX_WORKERS
-from pipeline.options import Options, Range, from_dict, known, option, redefault
+from pipeline.options import Options, Range, from_dict, option, redefault, unchecked
 
 from .plan import DEFAULT_MAX_FRAMES
 
@@ -122,7 +122,7 @@ class TrainConfig(CacheConfig):
         """The config a checkpoint was trained with. Keys this version does not know (options other
         versions had, e.g. a retired test-only one in checkpoints written before it went) are
         dropped: what a resume takes from it are the PINNED options."""
-        return cls(**known(cls, d))
+        return unchecked(cls, d)
 
     def pinned_differences(self, other: TrainConfig) -> list[str]:
         """The PINNED options on which `other` differs from this config."""
@@ -139,7 +139,7 @@ class SearchConfig(Options):
     decoder: str = option("torch", choices=("torch", "fast-ctc-decode"),
                           help="torch: the batched prefix beam search (decoding/search.py; CPU or GPU, n-best, LM); "
                                "fast-ctc-decode: the previous decoder, kept for one release to compare (no LM).")
-    lm: str = option("", metavar="FILE.arpa", existing_file=True,
+    lm: str = option("", metavar="FILE.arpa", path="existing-file",
                      help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search.")
     alpha: float = option(0.5, range=Range(0, 10), help="LM weight (with --lm).")
     beta: float = option(2.0, range=Range(-10, 10), help="Bonus per phone (with --lm).")
@@ -161,7 +161,7 @@ class TranscribeConfig(SearchConfig):
     """`phonerec transcribe FILES...`."""
 
     arpabet: bool = option(False, help="Print ARPAbet symbols instead of the one-character codes.")
-    plot: str = option("", help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols "
+    plot: str = option("", path="file", help="Save a posteriorgram PNG of the first file (frames x symbols, decoded symbols "
                                 "marked).")
 
 
@@ -205,7 +205,7 @@ class LMConfig(CacheConfig):
                         help="Comma-separated labelled splits whose transcripts the LM is estimated on.")
     order: int = option(4, range=Range(1, 6),
                         help="n of the n-gram (the decoder holds a dense table: up to 4 for ~45 phones).")
-    out: str = option("", metavar="FILE.arpa", help="Where the ARPA file goes.  [default: "
+    out: str = option("", metavar="FILE.arpa", path="file", help="Where the ARPA file goes.  [default: "
                                                     "<weights>/phones-<order>gram.arpa]")
     weights: str = option("weights", help="The default --out folder.")
     progress: bool = progress_field()

@@ -413,7 +413,8 @@ class _Batches:
         workers as failures: it is set aside until they are reaped. Idempotent."""
         procs, self._procs = self._procs, []
         if not procs or threading.current_thread() is not threading.main_thread():
-            self._it = None             # (signal handlers can only be set in the main thread)
+            self._it = None             # (no signal handlers off the main thread) its shutdown first
+            _kill(procs)                # unregisters the pids; then what ignored its SIGTERM
             return
         old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
