@@ -108,7 +108,8 @@ def unchecked(cls, data: dict):
 
 
 def from_dict(cls, data: dict, what: str | None = None):
-    """Strict: an unknown key (or, for an Options class, an out-of-range number) is a ValueError."""
+    """Strict: an unknown key (or, for an Options class, a value out of its range or choices) is a
+    ValueError naming it."""
     check_known(cls, data, what)
     return cls(**data)
 
@@ -196,14 +197,12 @@ def _click_kwargs(f: dataclasses.Field) -> dict:
     return {"decls": [flag, f.name], **kw}
 
 
-def click_options(cls, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()):
-    """A decorator adding the options of `cls`'s fields: its own first, then its bases' (or just
-    `only`, in that order); fields with `cli=False` and those in `skip` are left out."""
+def click_options(cls):
+    """A decorator adding the options of `cls`'s fields, its own first, then its bases' (a
+    command's main options above the shared fetch options); fields with `cli=False` are left out."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    if only is None:
-        order = [n for k in cls.__mro__ for n in vars(k).get("__annotations__", {}) if n in fields]
-        only = tuple(dict.fromkeys(order))
-    chosen = [fields[n] for n in only if fields[n].metadata.get("cli", True) and n not in skip]
+    order = dict.fromkeys(n for k in cls.__mro__ for n in vars(k).get("__annotations__", {}) if n in fields)
+    chosen = [fields[n] for n in order if fields[n].metadata.get("cli", True)]
 
     def apply(fn):
         for f in reversed(chosen):      # click lists options in the order the decorators run outward
