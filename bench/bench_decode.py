@@ -248,18 +248,18 @@ def run(quick: bool = False, reference: bool = True, log=print, repeats: int | N
 
 def cpu_model() -> str:
     """The CPU's model name (lscpu's), with the vector extensions that matter to torch's kernels."""
-    model, flags = "unknown", set()
+    from bench.report import lscpu_model
+    flags = set()
     try:
         for line in open("/proc/cpuinfo"):
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
+            if key.strip() == "flags":
                 flags = set(value.split())
+                break
     except OSError:
         pass
     ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model} ({', '.join(ext) or 'no AVX2'})"
+    return f"{lscpu_model()} ({', '.join(ext) or 'no AVX2'})"
 
 
 def targets(rows: list[dict]) -> list[dict]:

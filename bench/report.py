@@ -171,7 +171,7 @@ def summary(rep: dict, *, cpu: str | None = None, commit: str | None = None) -> 
     """The ratio rows of a full bench report (bench.json), with the machine, date and commit."""
     rows = [r for r in loader_rows(rep) + other_rows(rep) if r is not None]
     mach = rep.get("machine") or {}
-    return {"cpu": cpu or lscpu_model(), "cpus": mach.get("cpus"), "date": rep.get("date"),
+    return {"cpu": cpu or mach.get("cpu_model") or lscpu_model(), "cpus": mach.get("cpus"), "date": rep.get("date"),
             "commit": commit or git_commit(), "command": rep.get("command"), "rows": rows}
 
 

@@ -61,14 +61,7 @@ QUICK_MAIN, QUICK_SCALE = 160, 320
 
 
 def machine_info() -> dict:
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = summary_report.lscpu_model()
     total_mb = bench_loader.meminfo_mb("MemTotal")
     ram_gb = round(total_mb / 1024, 1) if total_mb is not None else None
     import torch

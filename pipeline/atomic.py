@@ -45,9 +45,18 @@ def temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp{os.getpid()}")
 
 
+_TEMP_NAME = re.compile(r"\..+\.tmp(\d+)")
+
+
 def is_temp_name(name: str) -> bool:
     """A name `temp_name` makes (any pid): the only hidden files a cleanup may remove."""
-    return re.fullmatch(r"\..+\.tmp\d+", name) is not None
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def temp_writer(name: str) -> int | None:
+    """The pid whose write a `temp_name` file is (None: not such a name)."""
+    found = _TEMP_NAME.fullmatch(name)
+    return int(found.group(1)) if found else None
 
 
 @contextlib.contextmanager

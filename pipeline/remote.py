@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import atomic
 from .errors import PhonerecError
 
 URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -420,8 +421,8 @@ class ShardCache:
         those of a process still running are another rank's writes in progress and stay."""
         removed = []
         for p in self.folder.glob(".*.tar.tmp*"):
-            pid = p.name.rsplit(".tmp", 1)[1]
-            if pid.isdigit() and not _running(int(pid)):
+            pid = atomic.temp_writer(p.name)
+            if pid is not None and not _running(pid):
                 p.unlink(missing_ok=True)
                 removed.append(p)
         return removed
@@ -453,7 +454,7 @@ class ShardCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.path(sha256)
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        tmp = atomic.temp_name(final)
         try:
             tmp.write_bytes(data)
             os.replace(tmp, final)

@@ -57,6 +57,13 @@ def write_corpus(pipe, data: Path, counts: dict[str, int], *, seed: int = 7, len
         pipe.write_utterance(data, TRAIN, uid, pipe.random_feats(rng, 10), ["[SOS]", *short_labels, "[EOS]"])
 
 
+def built_shards(pipe, root: Path, counts: dict[str, int], *, min_shards: int, **corpus) -> Path:
+    """write_corpus(pipe, root/data, counts, **corpus) built into root/shards (returned)."""
+    write_corpus(pipe, root / "data", counts, **corpus)
+    pipe.build(root / "data", root / "shards", min_shards=min_shards)
+    return root / "shards"
+
+
 def flip_feature_byte(m, s: int) -> Path:
     """Flip one bit inside the feature data of shard s's first utterance (m: its Manifest): the
     tar and the .npy still parse (this used to be silent corruption)."""

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (DEV, TEST, TRAIN, assert_one_line_error, assert_same_run, cli, finish, load_last,
-                           metrics, popen, train_and_stop, train_args, train_config, write_corpus)
+from tests.helpers import (DEV, TEST, TRAIN, assert_one_line_error, assert_same_run, built_shards, cli, finish,
+                           load_last, metrics, popen, train_and_stop, train_args, train_config)
 from training import budget as B
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,10 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def shards(pipe, tmp_path_factory) -> Path:
     """40 short learnable training utterances in 4 shards, 6 dev."""
-    root = tmp_path_factory.mktemp("budget")
-    write_corpus(pipe, root / "data", {TRAIN: 40, DEV: 6, TEST: 3}, seed=11, lengths=(60, 300))
-    pipe.build(root / "data", root / "shards", min_shards=4)
-    return root / "shards"
+    return built_shards(pipe, tmp_path_factory.mktemp("budget"), {TRAIN: 40, DEV: 6, TEST: 3}, min_shards=4,
+                        seed=11, lengths=(60, 300))
 
 
 @pytest.fixture

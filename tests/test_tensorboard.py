@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import (DEV, TEST, TRAIN, assert_one_line_error, cli, load_last, metrics, train_and_stop,
-                           train_args, train_config, write_corpus)
+from tests.helpers import (DEV, TEST, TRAIN, assert_one_line_error, built_shards, cli, load_last, metrics,
+                           train_and_stop, train_args, train_config)
 from training import tensorboard as tb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,10 +24,8 @@ pytest.importorskip("tensorboard")        # the `test` extra installs it
 @pytest.fixture(scope="module")
 def shards(pipe, tmp_path_factory) -> Path:
     """24 short learnable training utterances in 3 shards, 4 dev."""
-    root = tmp_path_factory.mktemp("tensorboard")
-    write_corpus(pipe, root / "data", {TRAIN: 24, DEV: 4, TEST: 2}, seed=13, lengths=(60, 200))
-    pipe.build(root / "data", root / "shards", min_shards=3)
-    return root / "shards"
+    return built_shards(pipe, tmp_path_factory.mktemp("tensorboard"), {TRAIN: 24, DEV: 4, TEST: 2}, min_shards=3,
+                        seed=13, lengths=(60, 200))
 
 
 def events(run: Path) -> dict[str, list]:

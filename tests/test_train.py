@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from pipeline import manifest as mf
-from tests.helpers import (DEV, MAX_FRAMES, TEST, TRAIN, assert_same_run, cli, finish, load_last, metrics, popen,
-                           torchrun, torchrun_popen, train_and_stop, train_args, train_config, wait_for_checkpoint,
-                           write_corpus)
+from tests.helpers import (DEV, MAX_FRAMES, TEST, TRAIN, assert_same_run, built_shards, cli, finish, load_last,
+                           metrics, popen, torchrun, torchrun_popen, train_and_stop, train_args, train_config,
+                           wait_for_checkpoint)
 from training.plan import BatchOptions, plan_epoch
 
 N_TRAIN = 64
@@ -34,12 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def fast_shards(pipe, tmp_path_factory) -> Path:
     """Short learnable utterances (60-400 frames): 64 train in 6 shards, 12 dev, 6 unlabelled test."""
-    root = tmp_path_factory.mktemp("fast")
-    write_corpus(pipe, root / "data", {TRAIN: N_TRAIN, DEV: 12, TEST: 6}, seed=5, lengths=(60, 400))
-    pipe.build(root / "data", root / "shards", min_shards=6)
-    m = mf.load(root / "shards", TRAIN)
+    shards = built_shards(pipe, tmp_path_factory.mktemp("fast"), {TRAIN: N_TRAIN, DEV: 12, TEST: 6}, min_shards=6,
+                          seed=5, lengths=(60, 400))
+    m = mf.load(shards, TRAIN)
     assert m.num_utterances == N_TRAIN and len(m.shards) == 6
-    return root / "shards"
+    return shards
 
 
 def plan(shards, epoch=0, rank=0, world=1, workers=0, max_frames=MAX_FRAMES, seed=0):

@@ -37,7 +37,7 @@ from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
 
 from . import distributed as D
-from . import metrics
+from . import metrics, tensorboard
 from .augment import AugmentConfig
 from .budget import Budget, describe
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
@@ -480,7 +480,6 @@ def publish_epoch(run: Run, record: dict, copy_best: bool) -> None:
     metrics.append(run.results, record)
     metrics.plot(run.results)
     if run.board is not None:
-        from . import tensorboard
         tensorboard.write(run.board, record)
 
 
