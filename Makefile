@@ -8,7 +8,9 @@ SHARDS ?= shards
 WEIGHTS ?= weights
 RESULTS ?= results
 NGPU ?= 1
-EPOCHS ?= 20
+# EPOCHS=N: train N epochs (unset: the recipe's, else train's default of 20)
+EPOCHS ?=
+EPOCHS_ARGS = $(if $(EPOCHS),--epochs "$(EPOCHS)")
 # MINUTES=N: train as many epochs as fit in N minutes (at most EPOCHS), the schedule spanning them
 MINUTES ?=
 BUDGET_ARGS = $(if $(MINUTES),--time-budget "$(MINUTES)")
@@ -21,27 +23,40 @@ TORCH_VERSION ?= 2.13.0
 # torchrun rendezvous for several machines, e.g. TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_endpoint=host:29500"
 TORCHRUN_ARGS ?= --standalone
 TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node="$(NGPU)"
+# One process on one machine runs phonerec itself (its one-line error stays the last line); several
+# processes, or several machines, go through torchrun.
+ALONE = $(and $(filter 1,$(NGPU)),$(if $(filter-out --standalone,$(TORCHRUN_ARGS)),,1))
+LAUNCH = $(if $(ALONE),$(BIN)/phonerec,$(TORCHRUN) -m phonerec)
 
-# A phone n-gram LM (ARPA) for predict/evaluate: LM=weights/phones-4gram.arpa after `make lm`
+# `train` chooses a phone LM and its weights on dev (WEIGHTS/decode.json), which predict and evaluate use;
+# LM=FILE.arpa decodes with another one instead (its --alpha/--beta in ARGS, or evaluate chooses them)
 LM ?=
 ORDER ?= 4
 LM_ARGS = $(if $(LM),--lm "$(LM)")
 
-.PHONY: setup shards publish train lm predict evaluate test bench demo speech-corpus help
+.PHONY: setup speech-tools shards publish train lm predict evaluate test bench demo speech-corpus help
 
 help:
 	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | speech-corpus"
-	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS=$(EPOCHS) MINUTES='$(MINUTES)' TB='$(TB)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
+	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS='$(EPOCHS)' MINUTES='$(MINUTES)' TB='$(TB)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned to the CPU build on disk; a bare `torch` requirement would pull a multi-GB CUDA build.
-setup: $(BIN)/python
-	@bash scripts/install-speech-tools.sh || echo "warning: speech tools missing: synth-speech and its tests will be skipped"
+# Done once (a stamp; again when pyproject.toml changes): `rm $(VENV)/.setup-done` forces it.
+SETUP_STAMP := $(VENV)/.setup-done
+$(SETUP_STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install -q -e ".[test,speech]"
-	@$(BIN)/phonerec --help >/dev/null && echo "setup done: $(BIN)/phonerec"
+	@$(BIN)/phonerec --help >/dev/null && touch "$@" && echo "setup done: $(BIN)/phonerec (activate it: source $(BIN)/activate)"
+
+setup: $(SETUP_STAMP)
+
+# The system synthesizers, only for what synthesizes speech (demo, speech-corpus, and the tests of it)
+speech-tools:
+	@bash scripts/install-speech-tools.sh --check >/dev/null 2>&1 || bash scripts/install-speech-tools.sh || \
+	  echo "warning: speech tools missing: synth-speech and its tests will be skipped"
 
 shards: setup
 	$(BIN)/phonerec shards --data "$(DATA)" --shards "$(SHARDS)" $(ARGS)
@@ -54,23 +69,23 @@ publish: setup
 	$(BIN)/phonerec publish --shards "$(SHARDS)" --to "$(PUBLISH_TO)" $(ARGS)
 
 train: setup
-	$(TORCHRUN) -m phonerec train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --epochs "$(EPOCHS)" $(BUDGET_ARGS) $(TB_ARGS) $(ARGS)
+	$(LAUNCH) train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(EPOCHS_ARGS) $(BUDGET_ARGS) $(TB_ARGS) $(ARGS)
 
-# evaluate with LM=... and no --alpha/--beta in ARGS prints the best LM weights; give them to predict in ARGS
+# An LM of another order or other splits; `make evaluate LM=... ARGS=--tune` then chooses its weights for predict
 lm: setup
 	$(BIN)/phonerec lm --shards "$(SHARDS)" --weights "$(WEIGHTS)" --order "$(ORDER)" $(ARGS)
 
 predict: setup
-	$(TORCHRUN) -m phonerec predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(LM_ARGS) $(ARGS)
+	$(LAUNCH) predict --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(LM_ARGS) $(ARGS)
 
 evaluate: setup
 	$(BIN)/phonerec evaluate --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(LM_ARGS) $(ARGS)
 
-test: setup
+test: setup speech-tools
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # A corpus of synthesized English speech (flite, festival, espeak-ng) in the raw layout, e.g. ARGS="--split train-clean-100=3000"
-speech-corpus: setup
+speech-corpus: setup speech-tools
 	$(BIN)/phonerec synth-speech --data "$(DATA)" $(ARGS)
 
 # ---- benchmarks and the demo -------------------------------------------------------------
@@ -84,7 +99,8 @@ BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python -m bench.run_all --out "$(RESULTS)" $(BENCH_ARGS)
 
-# The whole job on synthesized English speech: corpus -> shards -> train -> evaluate -> predict.
+# The whole job on synthesized English speech: corpus -> shards -> train (which then chooses the phone LM
+# and its weights on dev: WEIGHTS/decode.json, RESULTS/evaluate-dev-clean.*) -> predict (with that choice).
 # The recipe is configs/demo.yaml on a CPU and configs/demo-gpu.yaml where CUDA is available
 # (DEMO_CONFIG=FILE chooses; ARGS add to or override it; the CPU recipe trains for 20 minutes,
 # DEMO_MINUTES=N for N instead, DEMO_EPOCHS=N for N epochs whatever the time);
@@ -100,7 +116,7 @@ DEMO_CONFIG ?= auto
 # TIMED=1: each stage under /usr/bin/time -v (CPU, system time, page faults), appended to RESULTS/demo-time.txt
 TIMED ?=
 T = $(if $(TIMED),/usr/bin/time -v -a -o "$(RESULTS)/demo-time.txt")
-demo: setup
+demo: setup speech-tools
 	@$(if $(TIMED),mkdir -p "$(RESULTS)" && rm -f "$(RESULTS)/demo-time.txt")
 	$(T) $(BIN)/phonerec synth-speech --data "$(DEMO_DATA)" --quiet \
 	  --split "train-clean-100=$(DEMO_TRAIN)" --split "dev-clean=$(DEMO_DEV)" --split "test-clean=$(DEMO_TEST)"
@@ -109,9 +125,8 @@ demo: setup
 	  if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
 	    cfg=configs/demo-gpu.yaml; fi; fi; \
 	echo "demo recipe: $$cfg"; set -x; \
-	$(T) $(TORCHRUN) -m phonerec train --config "$$cfg" --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
+	$(T) $(LAUNCH) train --config "$$cfg" --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" \
 	  --results "$(RESULTS)" $(if $(DEMO_MINUTES),--time-budget "$(DEMO_MINUTES)") \
 	  $(if $(DEMO_EPOCHS),--epochs "$(DEMO_EPOCHS)" --time-budget 0) --quiet $(TB_ARGS) $(ARGS)
-	$(T) $(BIN)/phonerec evaluate --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	$(T) $(BIN)/phonerec predict --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --quiet
 	@$(BIN)/phonerec summary --shards "$(DEMO_SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" --data "$(DEMO_DATA)"

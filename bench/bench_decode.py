@@ -347,7 +347,7 @@ def model_rows(shards, weights, split: str = "dev-clean", train: str = "train-cl
     import Levenshtein
 
     from decoding import load_lm
-    from training.inference import LM_GRID
+    from training.tuning import ALPHAS, BETAS, grid_pairs
     from training.phone_lm import build_lm
 
     batches, m = model_log_probs(shards, weights, split)
@@ -386,7 +386,7 @@ def model_rows(shards, weights, split: str = "dev-clean", train: str = "train-cl
         add("fast-ctc-decode", w, per(beam(w, "fast-ctc-decode")))
         add("torch (ours), every frame searched", w, per(beam(w, blank_skip=2.0)))
         add("torch (ours)", w, per(beam(w)))
-        grid = {pair: per(beam(w, alpha=pair[0], beta=pair[1], with_lm=True)) for pair in LM_GRID}
+        grid = {pair: per(beam(w, alpha=pair[0], beta=pair[1], with_lm=True)) for pair in grid_pairs(ALPHAS, BETAS)}
         best = min(grid, key=lambda k: (grid[k][0], k))
         add(f"torch (ours) + {order}-gram LM", w, grid[best], alpha=best[0], beta=best[1],
             grid=[{"alpha": a, "beta": b, "per": round(v[0], 2)} for (a, b), v in grid.items()])

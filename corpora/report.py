@@ -26,12 +26,14 @@ from .speech.generate import ANSWERS, read_answers, read_metadata
 
 @dataclass
 class Scored:
-    """One utterance: who spoke it, its reference length and the two decodes' distances."""
+    """One utterance: who spoke it, its reference length and the decodes' distances (the beam
+    without the LM, and with it where one was used: None otherwise)."""
     voice: str
     kind: str
     phonemes: int
     greedy: int | None
     beam: int
+    lm: int | None = None
 
 
 class NotScored(Exception):
@@ -70,8 +72,9 @@ def _from_evaluation(sdir: Path, scored: Path) -> list[Scored]:
             raise NotScored(f"{scored} scores utterance {r['id']}, which {sdir / 'metadata.tsv'} does not "
                             "hold: metadata of another corpus")
         v = voice[r["id"]]
+        lm = int(float(r["lm_distance"])) if r.get("lm_distance") not in (None, "") else None
         rows.append(Scored(v, voice_kind(sdir.name, v) or v, len(r["reference"]), int(float(r["greedy_distance"])),
-                           int(float(r["beam_distance"]))))
+                           int(float(r["beam_distance"])), lm))
     return rows
 
 
@@ -92,27 +95,35 @@ def _from_submission(sdir: Path, submission: Path, predictions: Path) -> list[Sc
     if sorted(labels) != list(range(len(answers))):
         raise NotScored(f"{submission} has {len(labels)} rows, {sdir / ANSWERS} {len(answers)}: "
                         "not this split's submission")
-    greedy = {}
+    decodes = {}
     if predictions.is_file():
-        greedy = {int(r["index"]): (r["id"], r["greedy"], r["beam"]) for r in read_metadata(predictions)}
+        decodes = {int(r["index"]): r for r in read_metadata(predictions)}
     rows = []
     for a in answers:
         i = int(a["index"])
         ref = to_codes(encode_transcript([SOS, *a["phonemes"].split(), EOS]))
-        g = greedy.get(i)
-        if g is not None and (g[0] != a["id"] or g[2] != labels[i]):
-            raise NotScored(f"{predictions} row {i} is utterance {g[0]}, answers.tsv says {a['id']}, or its beam "
+        d = decodes.get(i)
+        submitted = None if d is None else d.get("lm", d["beam"])      # with an LM, the submission is its decode
+        if d is not None and (d["id"] != a["id"] or submitted != labels[i]):
+            raise NotScored(f"{predictions} row {i} is utterance {d['id']}, answers.tsv says {a['id']}, or its decode "
                             "differs from the submission's: files of different runs")
-        rows.append(Scored(a["voice"], a["kind"] or a["voice"], len(ref),
-                           None if g is None else Levenshtein.distance(g[1], ref), Levenshtein.distance(labels[i], ref)))
+        dist = lambda h: Levenshtein.distance(h, ref)    # noqa: E731
+        if d is None:                                     # the submission alone: its decode counts as the beam
+            rows.append(Scored(a["voice"], a["kind"] or a["voice"], len(ref), None, dist(labels[i])))
+            continue
+        rows.append(Scored(a["voice"], a["kind"] or a["voice"], len(ref), dist(d["greedy"]), dist(d["beam"]),
+                           dist(d["lm"]) if "lm" in d else None))
     return rows
 
 
 def _group(rows: list[Scored]) -> dict:
+    """PERs of a group: greedy, the beam without the LM, with it (None where no LM was used), and the
+    decoder's own output ("final": with the LM where there is one)."""
     n = sum(r.phonemes for r in rows)
-    greedy = None if any(r.greedy is None for r in rows) else round(sum(r.greedy for r in rows) / max(n, 1), 4)
-    return {"utterances": len(rows), "phonemes": n, "greedy_per": greedy,
-            "beam_per": round(sum(r.beam for r in rows) / max(n, 1), 4)}
+    per = lambda xs: None if any(x is None for x in xs) else round(sum(xs) / max(n, 1), 4)   # noqa: E731
+    beam, lm = per([r.beam for r in rows]), per([r.lm for r in rows])
+    return {"utterances": len(rows), "phonemes": n, "greedy_per": per([r.greedy for r in rows]),
+            "beam_per": beam, "lm_per": lm, "final_per": beam if lm is None else lm}
 
 
 def _voice_key(voice: str) -> str:
@@ -130,7 +141,7 @@ def figures(rows: list[Scored]) -> dict:
     if target_rows:
         t = _group(target_rows)
         target = {"kinds": [k for k in TARGET_KINDS if k in kinds], "goal_per": TARGET_PER, **t,
-                  "met": t["beam_per"] <= TARGET_PER}
+                  "met": t["final_per"] <= TARGET_PER}
     return {"kinds": dict(sorted(kinds.items(), key=lambda kv: _kind_order(kv[0]))), "voices": voices,
             "target": target}
 

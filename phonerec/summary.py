@@ -64,8 +64,7 @@ def collect(shards: str | Path, weights: str | Path, results: str | Path, split:
                  "padding_efficiency": last.get("padding_efficiency"),
                  "frames_per_s": round(sum(r.get("frames_per_s", 0.0) for r in rows) / len(rows)),
                  "world": last.get("world", 1),
-                 "best_dev_distance": min(r["dev_distance"] for r in rows if r.get("dev_distance") is not None)
-                 if any(r.get("dev_distance") is not None for r in rows) else None}
+                 "best_dev_distance": _best_distance(rows)}
     config = None
     cfg_path = weights / "config.json"
     if cfg_path.is_file():
@@ -85,6 +84,12 @@ def collect(shards: str | Path, weights: str | Path, results: str | Path, split:
     voices = per_kind(Path(data), results) if data else None
     return {"corpus": corpus, "train": train, "model": config, "evaluate": ev, "split": split,
             "voices": voices, "submission": submission, "plots": plots}
+
+
+def _best_distance(rows: list[dict]) -> float | None:
+    """The best dev distance of the run, of the trained or the averaged weights (what best.pt holds)."""
+    found = [r[k] for r in rows for k in ("dev_distance", "dev_distance_averaged") if r.get(k) is not None]
+    return min(found) if found else None
 
 
 def render(info: dict) -> str:
@@ -109,6 +114,10 @@ def render(info: dict) -> str:
                      f"greedy distance {ev['greedy_distance']:.2f} (PER {100 * ev['greedy_per']:.2f}%), "
                      f"beam {ev.get('beam_width', '?')} distance {ev['beam_distance']:.2f} "
                      f"(PER {100 * ev['beam_per']:.2f}%)")
+        if ev.get("lm_per") is not None:
+            lines.append(f"  {' ' * len(info['split'])}  beam {ev.get('beam_width', '?')} + LM {ev.get('lm')} (alpha "
+                         f"{ev.get('alpha'):g}, beta {ev.get('beta'):g}) distance {ev['lm_distance']:.2f} "
+                         f"(PER {100 * ev['lm_per']:.2f}%){'' if ev.get('use_lm', True) else ': did not help, not used'}")
     for name, v in (info.get("voices") or {}).items():
         lines.extend(_voice_lines(name, v))
     if info["submission"]:
@@ -129,13 +138,16 @@ def _voice_lines(split: str, v: dict) -> list[str]:
         return [f"  {split} by kind of voice: not scored: {v['problem']}"]
     out = [f"  {split} by kind of voice (scored from {v['source']}):"]
     t = v.get("target") or {"kinds": []}
+    lm = any(k.get("lm_per") is not None for k in v["kinds"].values())
     for kind, k in v["kinds"].items():
         mark = "*" if kind in t["kinds"] else " "
         out.append(f"    {mark} {kind:<30} {k['utterances']:>4} utts {k['phonemes']:>6,} phonemes: "
-                   f"greedy PER {_per(k['greedy_per'])}  beam PER {_per(k['beam_per'])}")
+                   f"greedy PER {_per(k['greedy_per'])}  beam PER {_per(k['beam_per'])}"
+                   + (f"  beam + LM PER {_per(k.get('lm_per'))}" if lm else ""))
     if t["kinds"]:
-        out.append(f"      target: beam PER of the kinds marked * <= {100 * t['goal_per']:.0f}%: "
-                   f"{100 * t['beam_per']:.2f}%, {'met' if t['met'] else 'NOT met'}")
+        what = "beam + LM" if t.get("lm_per") is not None else "beam"
+        out.append(f"      target: {what} PER of the kinds marked * <= {100 * t['goal_per']:.0f}%: "
+                   f"{100 * t['final_per']:.2f}%, {'met' if t['met'] else 'NOT met'}")
     return out
 
 

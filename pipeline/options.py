@@ -21,20 +21,21 @@ class Range:
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
 
     def problem(self, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
         if self.low is not None and (value < self.low or self.open_low and value == self.low):
             return f"{value} is {'not above' if self.open_low else 'below'} {self.low}"
-        if self.high is not None and value > self.high:
-            return f"{value} is above {self.high}"
+        if self.high is not None and (value > self.high or self.open_high and value == self.high):
+            return f"{value} is {'not below' if self.open_high else 'above'} {self.high}"
         return None
 
     def click_type(self, integer: bool) -> click.ParamType:
         if integer:
-            return click.IntRange(min=self.low, max=self.high, min_open=self.open_low)
-        return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low)
+            return click.IntRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
+        return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
 
 
 def option(default: Any = MISSING, *, help: str = "", range: Range | None = None,
@@ -87,6 +88,8 @@ class Options:
 
 def _problem(f: dataclasses.Field, value) -> str | None:
     m = f.metadata
+    if value is None and f.default is None:        # "not given": the command decides (e.g. from a record)
+        return None
     if m.get("range") is not None:
         return m["range"].problem(value)
     if m.get("choices") is not None:

@@ -163,6 +163,18 @@ def tiny_shards(tiny_corpus, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained(tiny_shards, tmp_path_factory) -> Path:
+    """A model1 checkpoint trained for a few steps on the tiny shards, without a decode.json
+    (read-only: tests that choose a decoding copy it)."""
+    from tests.helpers import cli
+    w = tmp_path_factory.mktemp("weights")
+    cli("train", "--shards", tiny_shards, "--weights", w, "--results", w / "results", "--epochs", "1", "--preset",
+        "model1", "--workers", "0", "--max-frames", "8000", "--max-steps", "4", "--no-tune-decoding", "--quiet")
+    assert (w / "best.pt").is_file() and not (w / "decode.json").exists()
+    return w
+
+
+@pytest.fixture(scope="session")
 def fast(tmp_path_factory):
     """(data, shards) of short learnable utterances (60-300 frames) for training runs: 48 train
     utterances in 6 shards, 8 dev, 6 unlabelled test; read-only."""

@@ -109,11 +109,13 @@ def assert_one_line_error(res: Result, *words) -> str:
 
 
 def train_args(shards, run: Path, *extra, preset: str = "model1", max_frames: int = MAX_FRAMES,
-               lr: float | None = None) -> list:
-    """`phonerec train` on `shards` into run/weights and run/results: model1, in-process loading."""
+               lr: float | None = None, tune: bool = False) -> list:
+    """`phonerec train` on `shards` into run/weights and run/results: model1, in-process loading;
+    without the choice of the decoding after training (tests/test_decoding_choice.py tests it)
+    unless `tune`."""
     return ["train", "--shards", shards, "--weights", run / "weights", "--results", run / "results",
             "--preset", preset, "--workers", "0", "--max-frames", max_frames, "--quiet",
-            *(["--lr", lr] if lr is not None else []), *extra]
+            *(["--lr", lr] if lr is not None else []), *([] if tune else ["--no-tune-decoding"]), *extra]
 
 
 def decode_args(command: str, shards, weights, results, *extra) -> list:
@@ -128,6 +130,7 @@ def train_config(shards, run: Path, *, preset: str = "model1", max_frames: int =
                  **options):
     """The TrainConfig that `train_args(shards, run, ...)` gives on the command line."""
     from training.config import TrainConfig
+    options.setdefault("tune_decoding", False)
     return TrainConfig(shards=str(shards), weights=str(run / "weights"), results=str(run / "results"),
                        preset=preset, workers=workers, max_frames=max_frames, progress=False, **options)
 
@@ -169,6 +172,11 @@ def assert_same_run(a: Path, b: Path, dev: bool = False) -> None:
         for name, t in st.items():
             assert torch.equal(t, sb.optimizer["state"][k][name]), f"optimizer state {k}.{name} differs"
     assert sa.scheduler == sb.scheduler
+    # The weight average is training state too (on by default, so this is not vacuous).
+    assert bool(sa.average) and sa.average.keys() == sb.average.keys()
+    assert sa.average["updates"] == sb.average["updates"] == sa.global_step
+    for k in sa.average["model"]:
+        assert torch.equal(sa.average["model"][k], sb.average["model"][k]), f"averaged weights {k} differ"
     for ra, rb in zip(metrics(a), metrics(b), strict=True):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)
         if dev:

@@ -83,15 +83,31 @@ def test_summary_per_kind_figures(tmp_path):
     info = json.loads(CliRunner().invoke(cli_main, [*args, "--json"]).output)
     test = info["voices"]["test-clean"]
     assert test["target"] == {"kinds": list(sp.TARGET_KINDS), "goal_per": 0.08, "utterances": 2, "phonemes": 7,
-                              "greedy_per": 0.1429, "beam_per": 0.1429, "met": False}
+                              "greedy_per": 0.1429, "beam_per": 0.1429, "lm_per": None, "final_per": 0.1429,
+                              "met": False}
     assert test["voices"]["espeak-ng (all variants)"]["beam_per"] == 0.0 and test["voices"]["flite:kal16"]["utterances"] == 1
     assert json.loads((res / "summary.json").read_text())["voices"] == info["voices"]
+
+    # decoded with an LM: the submission is the LM's decode; the plain beam and the LM side by side,
+    # the target on the LM's (t1's LM decode is right, its plain beam wrong)
+    _write_tsv(res / "predict-test-clean.tsv", ["index", "id", "greedy", "beam", "lm", "arpabet"],
+               [(0, "t0", "-a-", "-a-", "-ab-", ""), (1, "t1", "-a-", "-b-", "-a-", ""), (2, "t2", "-b-", "-b-", "", "")])
+    (res / "submission.csv").write_text("id,predictions\n0,-ab-\n1,-a-\n2,\n")
+    out = CliRunner().invoke(cli_main, args)
+    lines = out.output.splitlines()
+    at = lines.index("  test-clean by kind of voice (scored from submission.csv):")
+    assert lines[at + 1] == ("    * unseen synthesizer variants       1 utts      4 phonemes: greedy PER 25.00%  "
+                             "beam PER 25.00%  beam + LM PER  0.00%")
+    assert lines[at + 4] == "      target: beam + LM PER of the kinds marked * <= 8%: 0.00%, met"
+    (res / "submission.csv").write_text("id,predictions\n0,-a-\n1,-a-\n2,\n")      # the plain beam's: another run
+    assert "not scored" in CliRunner().invoke(cli_main, args).output
+    (res / "submission.csv").write_text("id,predictions\n0,-ab-\n1,-b-\n2,\n")     # the first run's again
 
     # without predict-<split>.tsv the test's greedy PER is unknown (shown as -); the beam is still scored
     (res / "predict-test-clean.tsv").unlink()
     info = json.loads(CliRunner().invoke(cli_main, [*args, "--json"]).output)
     assert info["voices"]["test-clean"]["kinds"][sp.KIND_VARIANTS] == {
-        "utterances": 1, "phonemes": 4, "greedy_per": None, "beam_per": 0.0}
+        "utterances": 1, "phonemes": 4, "greedy_per": None, "beam_per": 0.0, "lm_per": None, "final_per": 0.0}
     # files that do not belong together are said, not scored: a short submission, another corpus
     (res / "submission.csv").write_text("index,label\n0,-a-\n1,-a-\n")
     (data / "dev-clean" / "metadata.tsv").write_text("id\tvoice\ttext\na1\tespeak-ng:en-us+f3\tText.\n")

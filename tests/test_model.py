@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pipeline.features import FEATURE_DIM
 from pipeline.vocab import BLANK, NUM_CLASSES
 from tests.helpers import intermediate_shapes
-from training.augment import AugmentConfig, add_noise, spec_augment
+from training.augment import AugmentConfig, add_noise, spec_augment, speed_perturb
 from training.model import (
     PRESETS,
     Model,
@@ -395,6 +395,31 @@ def test_augment_config_takes_the_run_config():
     assert not quiet.noise and not quiet.active
     # no second set of defaults: a bare AugmentConfig is the default run's
     assert AugmentConfig() == AugmentConfig.from_train(TrainConfig())
+
+
+def test_speed_perturb_resamples_each_utterance_within_its_range():
+    gen = lambda: torch.Generator().manual_seed(3)    # noqa: E731
+    lens = torch.tensor([100, 37, 1, 80])
+    x = torch.randn(4, 100, 5)
+    x[1, 37:] = x[2, 1:] = x[3, 80:] = 0
+    y, new = speed_perturb(x, lens, gen(), change=0.1)
+    y2, new2 = speed_perturb(x, lens, gen(), change=0.1)
+    assert torch.equal(y, y2) and torch.equal(new, new2)            # seeded
+    assert y.shape == (4, int(new.max()), 5) and new.dtype == lens.dtype
+    for i, (n, m) in enumerate(zip(lens.tolist(), new.tolist())):
+        assert round(n / 1.1) <= m <= round(n / 0.9)
+        assert torch.allclose(y[i, 0], x[i, 0]) and torch.allclose(y[i, m - 1], x[i, n - 1], atol=1e-6)
+        assert (y[i, m:] == 0).all()                                 # padding stays zero
+        lo, hi = x[i, :n].min(0).values, x[i, :n].max(0).values     # interpolation: within the frames' range
+        assert ((y[i, :m] >= lo - 1e-6) & (y[i, :m] <= hi + 1e-6)).all()
+    assert new.tolist() != lens.tolist()
+    # a constant utterance stays constant; change 0 is the identity
+    c, nc = speed_perturb(torch.ones(1, 50, 2), torch.tensor([50]), gen(), change=0.5)
+    assert torch.allclose(c[0, : int(nc[0])], torch.ones(1, 2))
+    same, n0 = speed_perturb(x, lens, gen(), change=0.0)
+    assert torch.equal(same, x) and torch.equal(n0, lens)
+    aug = AugmentConfig(spec_augment=False, speed_perturb=0.1)
+    assert aug.active and aug.resample(x, lens, gen())[1].tolist() == new.tolist()
 
 
 def test_augment_config_apply():

@@ -16,7 +16,7 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["spec_augment", "add_noise", "AugmentConfig"]
+__all__ = ["spec_augment", "add_noise", "speed_perturb", "AugmentConfig"]
 
 
 def _valid_frames(lengths: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
@@ -102,6 +102,35 @@ def add_noise(
     return torch.where(valid, x + noise, x)
 
 
+def speed_perturb(x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator,
+                  change: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each utterance played faster or slower by a factor uniform in [1 - change, 1 + change]: its L
+    real frames resampled (linear interpolation between neighbouring frames) to round(L / factor),
+    which is what speed perturbation of the audio does to its feature frames, to first order.
+    Returns the new batch [B, T', F] (padding zero) and lengths [B]."""
+    _check(x, lengths)
+    B, T, F = x.shape
+    if B == 0 or T == 0 or change <= 0:
+        return x.clone(), lengths.clone()
+    u = torch.rand(B, generator=generator, device=generator.device, dtype=torch.float64).to(x.device)
+    factor = 1.0 + change * (2.0 * u - 1.0)
+    lens = lengths.to(device=x.device, dtype=torch.int64)
+    new = torch.clamp(torch.round(lens.to(torch.float64) / factor), min=1).to(torch.int64)
+    new = torch.where(lens > 0, new, lens)
+    out_t = int(new.max())
+    t = torch.arange(out_t, device=x.device, dtype=torch.float64)[None, :]
+    # frame t of the new utterance sits at t * (L - 1) / (L' - 1) of the old one
+    scale = (lens - 1).clamp(min=0).to(torch.float64) / (new - 1).clamp(min=1).to(torch.float64)
+    pos = (t * scale[:, None]).clamp(max=(lens - 1).clamp(min=0).to(torch.float64)[:, None])
+    lo = pos.floor().to(torch.int64)
+    hi = torch.minimum(lo + 1, (lens - 1).clamp(min=0)[:, None])
+    w = (pos - lo.to(torch.float64)).to(x.dtype)[..., None]
+    gather = lambda idx: x.gather(1, idx[..., None].expand(-1, -1, F))    # noqa: E731
+    y = gather(lo) * (1 - w) + gather(hi) * w
+    valid = _valid_frames(new, out_t, x.device)[:, :, None]
+    return y.masked_fill(~valid, 0.0), new.to(lengths.dtype).to(lengths.device)
+
+
 @dataclass
 class AugmentConfig:
     """Which augmentations run and with what parameters; JSON-serialisable via asdict().
@@ -117,18 +146,26 @@ class AugmentConfig:
     freq_width: int = TrainConfig.freq_width
     noise: bool = TrainConfig.noise_std > 0
     noise_std: float = TrainConfig.noise_std
+    speed_perturb: float = TrainConfig.speed_perturb
 
     @classmethod
     def from_train(cls, cfg: TrainConfig) -> AugmentConfig:
         return cls(spec_augment=cfg.spec_augment, time_masks=cfg.time_masks, time_width=cfg.time_width,
                    freq_masks=cfg.freq_masks, freq_width=cfg.freq_width, noise=cfg.noise_std > 0,
-                   noise_std=cfg.noise_std)
+                   noise_std=cfg.noise_std, speed_perturb=cfg.speed_perturb)
 
     @property
     def active(self) -> bool:
         return (self.spec_augment and (self.time_masks > 0 or self.freq_masks > 0)) or (
             self.noise and self.noise_std > 0
-        )
+        ) or self.speed_perturb > 0
+
+    def resample(self, x: torch.Tensor, lengths: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speed perturbation (which changes the lengths), before `apply`; the inputs when it is off."""
+        if self.speed_perturb <= 0:
+            return x, lengths
+        return speed_perturb(x, lengths, generator, self.speed_perturb)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -75,6 +75,8 @@ class Checkpoint:
     ctc_infeasible: int = 0
     ctc_infeasible_ids: list = field(default_factory=list)
     budget: dict = field(default_factory=dict)             # a time budget's plan and clock (training.budget)
+    average: dict = field(default_factory=dict)            # the weight average (training.average), training state
+    averaged: bool = False                                 # `model` holds the averaged weights (a best.pt)
 
     def symbol_inventory(self) -> Inventory:
         """The symbol inventory the model was trained with (InventoryError if its records disagree)."""

@@ -91,8 +91,8 @@ def predict(**params):
     if done is None:                    # not rank 0
         return
     m = done.manifest
-    click.echo(f"wrote {done.submission}: {done.rows} rows ({m.num_utterances} decoded, {_describe(cfg)}); "
-               f"ids and greedy decodes beside it in {done.predictions.name}")
+    click.echo(f"wrote {done.submission}: {done.rows} rows ({m.num_utterances} decoded, {done.decoding}); "
+               f"ids and every decode beside it in {done.predictions.name}, what made it in {done.record.name}")
     if m.num_utterances == 0:
         click.echo(f"warning: split {m.split} has no utterances: the submission has {done.rows} rows", err=True)
     if done.missing:
@@ -103,13 +103,14 @@ def predict(**params):
 
 @click.command("evaluate")
 @click_options(EvaluateConfig)
-@click.pass_context
-def evaluate(ctx, **params):
-    """Mean Levenshtein distance and phoneme error rate, greedy and beam, on a labelled split.
+def evaluate(**params):
+    """Mean Levenshtein distance and phoneme error rate on a labelled split: greedy, the beam
+    alone, and the beam with the LM that <weights>/decode.json records (or --lm's).
 
-    With --lm and no --alpha/--beta, also decodes with each pair of a small grid of LM weights,
-    prints their PER and scores the beam with the best pair (the one to give `predict`).
-    Writes <results>/evaluate-<split>.tsv (id, reference, greedy, beam, distances) and
+    With --tune (or --lm without --alpha/--beta) it chooses the LM weights on this split, as
+    `train` does after training: the beam without the LM and with each --alphas x --betas pair,
+    the grid grown past an edge its best pair sits on, the choice recorded in decode.json.
+    Writes <results>/evaluate-<split>.tsv (id, reference, each decode, distances) and
     <results>/evaluate-<split>.json.
     """
     from .data import ShardSource
@@ -117,18 +118,9 @@ def evaluate(ctx, **params):
 
     cfg = make_config(EvaluateConfig, params)
     source = ShardSource.create(cfg.fetch_policy(), cfg.workers)
-    tune = not given(ctx) & {"alpha", "beta"}
-    m = _run(lambda: evaluate_split(cfg, tune_lm=tune, source=source, echo=click.echo))
-    if m is not None:
-        _network_note(m, source)
-
-
-def _describe(cfg) -> str:
-    """'beam width 50, torch decoder, LM phones.arpa (alpha 0.5, beta 1)'."""
-    if cfg.beam_width <= 0:
-        return "greedy"
-    lm = f", LM {cfg.lm} (alpha {cfg.alpha:g}, beta {cfg.beta:g})" if cfg.lm else ""
-    return f"beam width {cfg.beam_width}, {cfg.decoder} decoder{lm}"
+    ev = _run(lambda: evaluate_split(cfg, source=source, echo=click.echo))
+    if ev is not None:
+        _network_note(ev.manifest, source)
 
 
 def _network_note(m, source) -> None:

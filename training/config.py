@@ -90,6 +90,17 @@ class TrainConfig(CacheConfig):
     freq_masks: int = option(2, range=Range(0), help="SpecAugment: frequency masks per utterance.")
     freq_width: int = option(3, range=Range(0), help="SpecAugment: widest frequency mask, in features.")
     noise_std: float = option(0.0, range=Range(0), help="Gaussian input noise (0 = off).")
+    speed_perturb: float = option(0.0, range=Range(0, 0.5), metavar="CHANGE",
+                                  help="Speed perturbation: each training utterance's frames resampled to a speed "
+                                       "uniform in 1 +- CHANGE (e.g. 0.1; 0 = off).")
+    average: float = option(0.999, range=Range(0, 1, open_high=True), metavar="DECAY",
+                            help="Keep an exponential moving average of the weights with this decay (0 = off); "
+                                 "each epoch's dev pass scores both and best.pt holds whichever decodes better.")
+    tune_decoding: bool = option(True, flag="--tune-decoding/--no-tune-decoding",
+                                 help="After training: estimate a phone n-gram LM on the training transcripts, "
+                                      "choose its weights on the dev split and record the choice in "
+                                      "<weights>/decode.json, which predict, evaluate and transcribe then use.")
+    lm_order: int = option(4, range=Range(1, 6), help="The n of the phone n-gram LM estimated after training.")
     checkpoint_every: int = option(500, range=Range(0),
                                    help="Also write weights/last.pt every N steps (0 = at epoch ends only).")
     max_steps: int = option(0, range=Range(0), help="Cap on steps per epoch (0 = all).")
@@ -107,7 +118,7 @@ class TrainConfig(CacheConfig):
     progress: bool = progress_field()
 
     # Options that change the data order or the model: a resumed run keeps the checkpoint's values.
-    PINNED = ("seed", "max_frames", "max_utts", "preset", "model", "train", "workers", "time_budget")
+    PINNED = ("seed", "max_frames", "max_utts", "preset", "model", "train", "workers", "time_budget", "average")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,9 +151,11 @@ class SearchConfig(Options):
                           help="torch: the batched prefix beam search (decoding/search.py; CPU or GPU, n-best, LM); "
                                "fast-ctc-decode: the previous decoder, kept for one release to compare (no LM).")
     lm: str = option("", metavar="FILE.arpa", path="existing-file",
-                     help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search.")
-    alpha: float = option(0.5, range=Range(0, 10), help="LM weight (with --lm).")
-    beta: float = option(2.0, range=Range(-10, 10), help="Bonus per phone (with --lm).")
+                     help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search. "
+                          "[default: the one <weights>/decode.json records, chosen on dev after training]")
+    alpha: float | None = option(None, range=Range(0, 10), help="LM weight. [default: decode.json's]")
+    beta: float | None = option(None, range=Range(-10, 10), help="Bonus per phone with the LM. [default: decode.json's]")
+    no_lm: bool = option(False, help="Decode without a language model, whatever decode.json says.")
     blank_skip: float = option(0.999, range=Range(0, open_low=True),
                                help="Frames whose blank probability reaches this extend no hypothesis (their blank "
                                     "and repeat paths are still summed exactly); above 1: search every frame.")
@@ -154,6 +167,8 @@ class SearchConfig(Options):
         super().__post_init__()
         if self.lm and self.decoder != "torch":
             raise ValueError(f"--lm needs the torch decoder (--decoder {self.decoder} takes no language model)")
+        if self.lm and self.no_lm:
+            raise ValueError("--lm and --no-lm contradict each other: give one")
 
 
 @dataclass
@@ -194,6 +209,13 @@ class EvaluateConfig(SplitConfig):
     results: str = redefault(SplitConfig, "results", "results", help="Where the per-utterance TSV goes.")
     split: str = redefault(SplitConfig, "split", "dev-clean", help="A labelled split.")
     beam_width: int = redefault(SearchConfig, "beam_width", 20)
+    tune: bool = option(False, help="Choose the LM weights on this split (the beam without the LM and with each "
+                                    "--alphas x --betas pair, the grid grown past an edge its best pair sits on) and "
+                                    "record them in <weights>/decode.json; without --lm, an LM is estimated on the "
+                                    "checkpoint's training splits first. `train` does this after training.")
+    alphas: str = option("0.25,0.5,0.75,1", metavar="A,B,..", help="LM weights to try (--tune).")
+    betas: str = option("0,1,2,3", metavar="A,B,..", help="Bonuses per phone to try (--tune).")
+    lm_order: int = option(4, range=Range(1, 6), help="The n of the LM --tune estimates (without --lm).")
 
 
 @dataclass

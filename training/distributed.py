@@ -52,6 +52,16 @@ def init(device: str = "auto") -> Context:
     return Context(rank=rank, world=world, local_rank=local, device=dev)
 
 
+def local(device: str = "auto") -> Context:
+    """A context of one process on this machine's device, whatever torchrun set: for the work rank 0
+    does alone after the ranks are done (train's choice of the decoding)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    return Context(device=dev)
+
+
 def all_sum(ctx: Context, values: list[float]) -> list[float]:
     """Sum a few numbers over ranks (one collective)."""
     t = torch.tensor(values, dtype=torch.float64, device=ctx.device)

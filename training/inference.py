@@ -33,6 +33,9 @@ from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restric
 from . import distributed as D
 from .config import EvaluateConfig, PredictConfig, SearchConfig, TranscribeConfig
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
+from .tuning import (MAX_EXTENSIONS, RECORD, Choice, DecodeRecord, edges, extend, grid_pairs, parse_values, sha256,
+                     weights_folder, write_record)
+from .tuning import resolve as resolve_choice
 from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
 from .model import Model, ModelConfig
 from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
@@ -45,29 +48,42 @@ class CompatibilityError(PhonerecError):
 @dataclass(frozen=True)
 class BeamSettings:
     """How a split is beam-decoded: the decoding commands' options. ``width`` 0: greedy only.
-    ``grid``: also decode with each (alpha, beta) (evaluate's search for the LM weights)."""
+
+    Each decode is a key of decode_split's rows: "beam" (no LM; with ``plain``, or when there is
+    no LM), "lm" (the LM at ``alpha``, ``beta``) and each (alpha, beta) of ``grid`` (the search
+    for the LM weights)."""
     width: int = 10
     threads: int = 1
     decoder: str = "torch"
     lm: str = ""
-    alpha: float = 0.5
-    beta: float = 2.0
+    alpha: float | None = None
+    beta: float | None = None
     blank_skip: float = BLANK_SKIP
+    plain: bool = True
     grid: tuple[tuple[float, float], ...] = ()
 
+    @property
+    def final(self) -> str:
+        """The key of the decode a submission takes: "lm" with an LM, else "beam"."""
+        return "lm" if self.lm and self.alpha is not None and self.beta is not None and self.width > 0 else "beam"
+
     def decoders(self, inventory: Inventory) -> dict:
-        """(alpha, beta) or "beam" -> the CTCBeamDecoder; {} for greedy only. The LM is read once."""
+        """"beam", "lm" or (alpha, beta) -> the CTCBeamDecoder; {} for greedy only. The LM is read once."""
         if self.width <= 0:
             return {}
         lm = load_lm(self.lm, inventory.symbols) if self.lm else None
 
-        def make(alpha, beta):
-            return CTCBeamDecoder(labels=inventory.symbols, lm=lm, alpha=alpha, beta=beta,
+        def make(model, alpha, beta):
+            return CTCBeamDecoder(labels=inventory.symbols, lm=model, alpha=alpha, beta=beta,
                                   cutoff_top_n=inventory.num_classes, beam_width=self.width,
                                   num_processes=max(self.threads, 1), log_probs_input=True,
                                   blank_skip=self.blank_skip, backend=self.decoder)
-        out = {"beam": make(self.alpha, self.beta)}
-        out.update({pair: make(*pair) for pair in self.grid})
+        out = {}
+        if self.plain or self.final == "beam":
+            out["beam"] = make(None, 0.0, 0.0)
+        if self.final == "lm":
+            out["lm"] = make(lm, self.alpha, self.beta)
+        out.update({pair: make(lm, *pair) for pair in self.grid})
         return out
 
 
@@ -188,9 +204,10 @@ def empty_split_message(m: mf.Manifest, shards: str | Path) -> str:
 
 
 def decode_checkpoint(weights: str | Path, m: mf.Manifest, ctx: D.Context, *, beam: BeamSettings = BeamSettings(),
-                      workers: int = 2, progress: bool = True, source: ShardSource | None = None) -> dict[int, dict]:
+                      workers: int = 2, progress: bool = True,
+                      source: ShardSource | None = None) -> tuple[dict[int, dict], Loaded]:
     """Load best.pt of `weights`, check it fits the split's manifest `m` (read once by the caller,
-    from a folder or a URL) and decode the split (decode_split)."""
+    from a folder or a URL) and decode the split (decode_split). Returns the hypotheses and the model."""
     source = source or ShardSource()
     loaded = load_model(weights, ctx.device, ctx=ctx)
     check_compatible(loaded, m)
@@ -198,7 +215,7 @@ def decode_checkpoint(weights: str | Path, m: mf.Manifest, ctx: D.Context, *, be
     if problems:
         found = {shard_label(m, s): why for s, why in problems}
         raise ShardReadError(f"{damage_report(found)}; {repair_hint(m.shard_location(problems[0][0]))}")
-    return decode_split(loaded, m, ctx, beam=beam, workers=workers, progress=progress, source=source)
+    return decode_split(loaded, m, ctx, beam=beam, workers=workers, progress=progress, source=source), loaded
 
 
 def submission_rows(m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> tuple[list[tuple[int, str]], list[int]]:
@@ -241,15 +258,20 @@ def write_submission(path: str | Path, rows: list[tuple[int, str]], header=DEFAU
     write_text(path, buf.getvalue())
 
 
-def write_predictions(path: str | Path, m: mf.Manifest, hyps: dict[int, dict]) -> None:
-    """index, id, greedy and beam code strings of every decoded utterance, in submission order: the
-    submission's rows with their ids (and the greedy decode, which costs nothing beside the beam)."""
+def write_predictions(path: str | Path, m: mf.Manifest, hyps: dict[int, dict], key: str = "beam") -> None:
+    """index, id, the greedy, beam (no LM) and, with an LM, lm code strings of every decoded
+    utterance in submission order, and the submitted decode (`key`) in ARPAbet: the submission's
+    rows with their ids and what each decode made of them."""
     inv = m.inventory
-    lines = ["index\tid\tgreedy\tbeam"]
+    lm = key == "lm"
+    lines = ["index\tid\tgreedy\tbeam" + ("\tlm" if lm else "") + "\tarpabet"]
     for r in sorted(hyps, key=lambda r: int(m.index[r])):
         g = hyps[r]["greedy"]
-        lines.append(f"{int(m.index[r])}\t{m.ids[r]}\t{'' if g is None else inv.to_codes(g)}\t"
-                     f"{inv.to_codes(hyps[r]['beam'])}")
+        cols = [str(int(m.index[r])), m.ids[r], "" if g is None else inv.to_codes(g), inv.to_codes(hyps[r]["beam"])]
+        if lm:
+            cols.append(inv.to_codes(hyps[r]["lm"]))
+        cols.append(" ".join(inv.to_arpabet(hyps[r][key])))
+        lines.append("\t".join(cols))
     write_text(path, "\n".join(lines) + "\n")
 
 
@@ -263,6 +285,9 @@ class Evaluation:
     greedy_per: float
     beam_per: float
     tsv: Path | None = None
+    lm_distance: float | None = None     # the beam with the LM (None: decoded without one)
+    lm_per: float | None = None
+    manifest: object = dataclasses.field(default=None, repr=False)
 
 
 def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluation:
@@ -272,20 +297,29 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
     if m.num_utterances == 0:
         raise CompatibilityError(f"split {m.split} has no utterances: nothing to evaluate")
     inv = m.inventory
-    rows_out = ["id\treference\tgreedy\tbeam\tgreedy_distance\tbeam_distance"]
-    dg = db = 0
+    lm = m.num_utterances > 0 and "lm" in hyps[0]
+    rows_out = ["id\treference\tgreedy\tbeam" + ("\tlm" if lm else "") + "\tgreedy_distance\tbeam_distance"
+                + ("\tlm_distance" if lm else "")]
+    dg = db = dl = 0
     refs = 0
     for r in range(m.num_utterances):                    # manifest order: shard by shard
         ref = inv.to_codes(hyps[r]["ref"])
         g, b = inv.to_codes(hyps[r]["greedy"]), inv.to_codes(hyps[r]["beam"])
         dgi, dbi = Levenshtein.distance(g, ref), Levenshtein.distance(b, ref)
         dg, db, refs = dg + dgi, db + dbi, refs + len(ref)
-        rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
+        if lm:
+            h = inv.to_codes(hyps[r]["lm"])
+            dli = Levenshtein.distance(h, ref)
+            dl += dli
+            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{h}\t{dgi}\t{dbi}\t{dli}")
+        else:
+            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
     n = max(m.num_utterances, 1)
     if tsv is not None:
         write_text(tsv, "\n".join(rows_out) + "\n")
     return Evaluation(split=m.split, utterances=m.num_utterances, phonemes=refs, greedy_distance=dg / n,
-                      beam_distance=db / n, greedy_per=dg / max(refs, 1), beam_per=db / max(refs, 1), tsv=tsv)
+                      beam_distance=db / n, greedy_per=dg / max(refs, 1), beam_per=db / max(refs, 1), tsv=tsv,
+                      lm_distance=dl / n if lm else None, lm_per=dl / max(refs, 1) if lm else None)
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -322,7 +356,7 @@ def features_for(loaded: Loaded, path: Path) -> np.ndarray:
 def transcribe(loaded: Loaded, paths: list[Path], device: torch.device,
                beam: BeamSettings = BeamSettings()) -> list[tuple[Path, list[int], list[int], torch.Tensor]]:
     """(file, hypothesis, frame of each token, log-probs [T', C]) per file."""
-    decoder = beam.decoders(loaded.inventory).get("beam")
+    decoder = beam.decoders(loaded.inventory).get(beam.final)
     out = []
     for p in paths:
         try:
@@ -369,11 +403,6 @@ def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], fram
     return path
 
 
-# evaluate's search for the LM weights (with --lm and no --alpha/--beta): 16 decodes of the split. On
-# the demo model's dev split a 4-gram's best was alpha 0.5, beta 2 (bench/bench_decode.py --model).
-LM_GRID: tuple[tuple[float, float], ...] = tuple((a, b) for a in (0.25, 0.5, 0.75, 1.0) for b in (0.0, 1.0, 2.0, 3.0))
-
-
 def grid_table(m: mf.Manifest, hyps: dict[int, dict], grid) -> list[dict]:
     """Mean distance and PER of each (alpha, beta) of the grid, best (lowest PER) first."""
     inv = m.inventory
@@ -387,104 +416,221 @@ def grid_table(m: mf.Manifest, hyps: dict[int, dict], grid) -> list[dict]:
     return sorted(rows, key=lambda r: (r["per"], r["alpha"], r["beta"]))
 
 
-def beam_settings(cfg: SearchConfig, grid: tuple = ()) -> BeamSettings:
-    """The search a decoding command's options ask for; threads 0 = this machine's CPUs shared among
-    the ranks torchrun started on it (no oversubscription)."""
+def beam_settings(cfg: SearchConfig, choice: Choice | None = None, *, plain: bool = True,
+                  grid: tuple = ()) -> BeamSettings:
+    """The search a decoding command's options ask for, with the LM of `choice`; threads 0 = this
+    machine's CPUs shared among the ranks torchrun started on it (no oversubscription)."""
     threads = cfg.threads
     if threads <= 0:
         ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
         threads = max((os.cpu_count() or 1) // ranks, 1)
-    return BeamSettings(width=cfg.beam_width, threads=threads, decoder=cfg.decoder, lm=cfg.lm, alpha=cfg.alpha,
-                        beta=cfg.beta, blank_skip=cfg.blank_skip, grid=tuple(grid))
+    choice = choice or Choice()
+    return BeamSettings(width=cfg.beam_width, threads=threads, decoder=cfg.decoder, lm=choice.lm,
+                        alpha=choice.alpha, beta=choice.beta, blank_skip=cfg.blank_skip, plain=plain,
+                        grid=tuple(grid))
+
+
+def decoding_choice(cfg: SearchConfig) -> Choice:
+    """The LM a decoding command uses: its flags, else <weights>/decode.json (training.tuning)."""
+    if cfg.decoder != "torch" and not cfg.lm:
+        return Choice(origin=f"no LM (the {cfg.decoder} decoder takes none)")
+    return resolve_choice(cfg.weights, cfg.lm, cfg.alpha, cfg.beta, cfg.no_lm, cfg.beam_width)
+
+
+def describe_decoding(beam: BeamSettings, choice: Choice) -> str:
+    """'beam width 50 + LM weights/phones-4gram.arpa (alpha 0.75, beta 2; from weights/decode.json)'."""
+    if beam.width <= 0:
+        return "greedy"
+    if beam.final != "lm":
+        return f"beam width {beam.width}, {beam.decoder} decoder, {choice.origin}"
+    return f"beam width {beam.width} + LM {beam.lm} (alpha {beam.alpha:g}, beta {beam.beta:g}; from {choice.origin})"
 
 
 @dataclass
 class Prediction:
-    """What `predict` wrote (rank 0): the submission, its rows, and the rows left empty."""
-    manifest: mf.Manifest
+    """What `predict` wrote (rank 0): the submission, its rows, the rows left empty, and what made it."""
+    manifest: mf.Manifest = dataclasses.field(repr=False)
     submission: Path
     rows: int
     missing: list[int]
     predictions: Path
+    decoding: str = ""
+    record: Path | None = None
 
 
 def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction | None:
     """`phonerec predict`: decode a split (every rank its share) into <results>/<output> with one
-    row per input utterance in the original order, and the ids and greedy decodes beside it in
-    predict-<split>.tsv. Returns what rank 0 wrote (None on the other ranks)."""
+    row per input utterance in the original order, the ids and every decode beside it in
+    predict-<split>.tsv, and what made it (checkpoint, LM and weights) in predict-<split>.json.
+    Returns what rank 0 wrote (None on the other ranks)."""
     source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
+    choice = decoding_choice(cfg)
+    if choice.tune:
+        raise CompatibilityError(f"--lm {cfg.lm} needs --alpha and --beta, or choose them on dev with `phonerec "
+                                 f"evaluate --tune --lm {cfg.lm}` (recorded in decode.json, which predict then uses)")
     if D.main_rank():
         ensure_writable(cfg.results)    # before decoding the whole split, not after
     m = mf.load(cfg.shards, cfg.split, source.policy)
     columns = submission_header(m, cfg.header or None)
+    beam = beam_settings(cfg, choice)
     ctx = D.init(cfg.device)
     try:
-        hyps = decode_checkpoint(cfg.weights, m, ctx, beam=beam_settings(cfg), workers=cfg.workers,
-                                 progress=cfg.progress, source=source)
+        hyps, loaded = decode_checkpoint(cfg.weights, m, ctx, beam=beam, workers=cfg.workers,
+                                         progress=cfg.progress, source=source)
         if not ctx.is_main:
             return None
-        rows, missing = submission_rows(m, hyps)
+        rows, missing = submission_rows(m, hyps, beam.final)
         out, tsv = Path(cfg.results) / cfg.output, Path(cfg.results) / f"predict-{cfg.split}.tsv"
         write_submission(out, rows, columns)
-        write_predictions(tsv, m, hyps)
-        return Prediction(manifest=m, submission=out, rows=len(rows), missing=missing, predictions=tsv)
+        write_predictions(tsv, m, hyps, beam.final)
+        record = Path(cfg.results) / f"predict-{cfg.split}.json"
+        write_json(record, provenance(loaded, beam, choice, {"submission": str(out), "rows": len(rows)}))
+        return Prediction(manifest=m, submission=out, rows=len(rows), missing=missing, predictions=tsv,
+                          decoding=describe_decoding(beam, choice), record=record)
     finally:
         D.shutdown(ctx)
 
 
-def evaluate_split(cfg: EvaluateConfig, *, tune_lm: bool = False, source: ShardSource | None = None,
-                   echo=print) -> mf.Manifest | None:
-    """`phonerec evaluate`: decode a labelled split, write <results>/evaluate-<split>.tsv and .json
-    and print the figures (rank 0, which gets the manifest back; the other ranks None). With
-    `tune_lm` (and an LM) also decode with each LM_GRID pair and score the beam with the best."""
+def provenance(loaded: Loaded, beam: BeamSettings, choice: Choice, extra: dict) -> dict:
+    """Which checkpoint and which LM made a decode: what a user needs to tell submissions apart."""
+    lm = beam.final == "lm"
+    return {"checkpoint": str(loaded.path), "checkpoint_sha256": sha256(loaded.path),
+            "averaged_weights": bool(loaded.checkpoint.averaged), "epoch": loaded.checkpoint.epoch,
+            "beam_width": beam.width, "decoder": beam.decoder, "lm": beam.lm if lm else None,
+            "lm_sha256": sha256(beam.lm) if lm else None, "alpha": beam.alpha if lm else None,
+            "beta": beam.beta if lm else None, "lm_from": choice.origin, **extra}
+
+
+def evaluate_split(cfg: EvaluateConfig, *, source: ShardSource | None = None, echo=print,
+                   local: bool = False) -> Evaluation | None:
+    """`phonerec evaluate`: decode a labelled split greedily, with the beam alone and with the LM
+    (decode.json's, or --lm's), write <results>/evaluate-<split>.tsv and .json and print the
+    figures. With --tune (or --lm without --alpha/--beta) choose the LM weights on this split and
+    record them in <weights>/decode.json (`tune`). Returns the figures on rank 0 (None on the
+    others); `local`: run alone even under torchrun (train's choice after its ranks are done)."""
     source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
-    beam = beam_settings(cfg, LM_GRID if tune_lm and cfg.lm and cfg.beam_width > 0 else ())
+    choice = decoding_choice(cfg)
     if D.main_rank():
         ensure_writable(cfg.results)    # before decoding the whole split, not after
     m = mf.load(cfg.shards, cfg.split, source.policy)
     if m.num_utterances == 0:
         raise CompatibilityError(f"{empty_split_message(m, cfg.shards)}: nothing to evaluate (a distance of 0 "
                                  "would mean nothing); fix the split and rerun `phonerec shards`")
-    ctx = D.init(cfg.device)
+    ctx = D.local(cfg.device) if local else D.init(cfg.device)
     try:
-        hyps = decode_checkpoint(cfg.weights, m, ctx, beam=beam, workers=cfg.workers, progress=cfg.progress,
-                                 source=source)
+        if (cfg.tune or choice.tune) and cfg.beam_width > 0 and not cfg.no_lm:
+            hyps, beam, table, rec = tune(cfg, m, ctx, choice, source, echo)
+            choice = Choice(beam.lm, beam.alpha, beam.beta, origin="this run's choice")
+        else:
+            beam = beam_settings(cfg, choice)
+            (hyps, _), table, rec = decode_checkpoint(cfg.weights, m, ctx, beam=beam, workers=cfg.workers,
+                                                      progress=cfg.progress, source=source), [], None
         if ctx.is_main:
-            _report_evaluation(m, hyps, beam, Path(cfg.results), echo)
-            return m
+            return _report_evaluation(m, hyps, beam, choice, Path(cfg.results), echo, table, rec,
+                                      weights_folder(cfg.weights) / RECORD)
         return None
     finally:
-        D.shutdown(ctx)
+        if not local:
+            D.shutdown(ctx)
 
 
-def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: BeamSettings, results: Path, echo) -> None:
-    """Score the hypotheses (the best grid pair's beam, if a grid was searched), write the TSV and
-    JSON and print the figures."""
-    import json
+def tune(cfg: EvaluateConfig, m: mf.Manifest, ctx: D.Context, choice: Choice, source: ShardSource, echo):
+    """Choose the LM weights on the split: the beam without the LM and with each pair of the
+    --alphas x --betas grid, grown past an edge the best pair sits on (at most MAX_EXTENSIONS
+    times); the LM is --lm's, else one estimated on the checkpoint's training splits. Records the
+    choice in <weights>/decode.json (rank 0). Returns (hyps with "lm" the best pair's, the
+    settings, the grid table, the record)."""
+    import time
+    t0 = time.perf_counter()
+    alphas, betas = parse_values(cfg.alphas, "--alphas"), parse_values(cfg.betas, "--betas")
+    lm = choice.lm or estimate_lm(cfg, ctx, source)
+    base = beam_settings(cfg, Choice(lm=lm))
+    done = grid_pairs(alphas, betas)
+    hyps, loaded = decode_checkpoint(cfg.weights, m, ctx, beam=dataclasses.replace(base, grid=done),
+                                     workers=cfg.workers, progress=cfg.progress, source=source)
+    for _ in range(MAX_EXTENSIONS):
+        best = grid_table(m, hyps, done)[0]
+        where = edges((best["alpha"], best["beta"]), alphas, betas)
+        if not where:
+            break
+        alphas, betas = extend(alphas, betas, where)
+        new = tuple(p for p in grid_pairs(alphas, betas) if p not in done)
+        echo(f"  the best LM weights sit on the grid's edge ({', '.join(where)}): also trying {len(new)} more pairs")
+        more, _ = decode_checkpoint(cfg.weights, m, ctx, beam=dataclasses.replace(base, plain=False, grid=new),
+                                    workers=cfg.workers, progress=cfg.progress, source=source)
+        for r, h in hyps.items():
+            h.update({p: more[r][p] for p in new})
+        done += new
+    table = grid_table(m, hyps, done)
+    best = (table[0]["alpha"], table[0]["beta"])
+    for h in hyps.values():
+        h["lm"] = h[best]
+    ev = evaluate(m, hyps, None)
+    folder = weights_folder(cfg.weights)
+    rec = DecodeRecord(
+        checkpoint=loaded.path.name, checkpoint_sha256=sha256(loaded.path), split=m.split,
+        utterances=m.num_utterances, beam_width=cfg.beam_width, greedy_per=ev.greedy_per, beam_per=ev.beam_per,
+        lm=_relative(Path(lm), folder), lm_sha256=sha256(lm), lm_per=ev.lm_per, alpha=best[0], beta=best[1],
+        use_lm=ev.lm_per < ev.beam_per, edge=edges(best, alphas, betas), grid=table,
+        averaged=bool(loaded.checkpoint.averaged), seconds=round(time.perf_counter() - t0, 1))
+    if ctx.is_main:
+        write_record(folder, rec)
+    beam = dataclasses.replace(base, alpha=best[0], beta=best[1]) if rec.use_lm else base
+    return hyps, beam, table, rec
 
-    table = grid_table(m, hyps, beam.grid) if beam.grid else []
-    if table:
-        best = (table[0]["alpha"], table[0]["beta"])
-        for r in hyps.values():
-            r["beam"] = r[best]
-        beam = dataclasses.replace(beam, alpha=best[0], beta=best[1])
+
+def estimate_lm(cfg: EvaluateConfig, ctx: D.Context, source: ShardSource) -> str:
+    """<weights>/phones-<order>gram.arpa, estimated on the training splits of the checkpoint (rank 0
+    writes it; the other ranks read it after a barrier: they need the folder on a shared disk)."""
+    from .phone_lm import build_lm
+    path = resolve(cfg.weights)
+    splits = Checkpoint.load(path).config.get("train") or "train-clean-100"
+    out = weights_folder(cfg.weights) / f"phones-{cfg.lm_order}gram.arpa"
+    if ctx.is_main:
+        build_lm(cfg.shards, splits, cfg.lm_order, out, source, progress=cfg.progress)
+    D.barrier(ctx)
+    return str(out)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """`path` as a name inside `folder` when it is there (the record moves with the folder)."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: BeamSettings, choice: Choice, results: Path,
+                       echo, table: list[dict], rec: DecodeRecord | None, record: Path | None = None) -> Evaluation:
+    """Score the hypotheses (greedy, beam, and beam + LM), write the TSV and JSON and print the figures."""
     ev = evaluate(m, hyps, results / f"evaluate-{m.split}.tsv")
-    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items()}
-    summary.update(beam_width=beam.width, decoder=beam.decoder, lm=beam.lm or None,
-                   alpha=beam.alpha if beam.lm else None, beta=beam.beta if beam.lm else None)
-    if table:
-        summary["lm_grid"] = table
+    lm = "lm" in hyps[0]
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items() if k != "manifest"}
+    summary.update(beam_width=beam.width, decoder=beam.decoder, lm=beam.lm or None if lm else None,
+                   alpha=beam.alpha if lm else None, beta=beam.beta if lm else None, lm_from=choice.origin)
+    if rec is not None:
+        summary.update(lm=rec.lm, alpha=rec.alpha, beta=rec.beta, use_lm=rec.use_lm, lm_grid=table, edge=rec.edge)
     write_json(results / f"evaluate-{m.split}.json", summary)
-    for r in table:
-        echo(f"  alpha {r['alpha']:<5g} beta {r['beta']:<4g} PER {100 * r['per']:.2f}%")
-    lm = f" + LM (alpha {beam.alpha:g}, beta {beam.beta:g})" if beam.lm else ""
+    if table:
+        echo(f"  no LM            PER {100 * ev.beam_per:.2f}%")
+        for r in table:
+            echo(f"  alpha {r['alpha']:<5g} beta {r['beta']:<4g} PER {100 * r['per']:.2f}%")
     echo(f"{m.split}: {ev.utterances} utterances, {ev.phonemes} phonemes\n"
          f"  greedy: distance {ev.greedy_distance:.3f}, PER {100 * ev.greedy_per:.2f}%\n"
-         f"  beam {beam.width}{lm}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%\n"
-         f"  per utterance: {ev.tsv}")
-    if table:
-        echo(f"  best LM weights: --alpha {beam.alpha:g} --beta {beam.beta:g} (give them to predict)")
-    echo(json.dumps(summary))
+         f"  beam {beam.width}: distance {ev.beam_distance:.3f}, PER {100 * ev.beam_per:.2f}%")
+    if lm:
+        a, b = (rec.alpha, rec.beta) if rec is not None else (beam.alpha, beam.beta)
+        echo(f"  beam {beam.width} + LM (alpha {a:g}, beta {b:g}): distance {ev.lm_distance:.3f}, "
+             f"PER {100 * ev.lm_per:.2f}%")
+    if rec is not None:
+        edge = f"; still on the grid's edge ({', '.join(rec.edge)}): widen --alphas/--betas" if rec.edge else ""
+        echo(f"  chosen in {rec.seconds:.0f} s for predict, evaluate and transcribe (recorded in {record}): "
+             f"{rec.describe()}{edge}")
+    elif lm or choice.origin:
+        echo(f"  LM: {choice.origin}")
+    echo(f"  per utterance: {ev.tsv}")
+    ev.manifest = m
+    return ev
 
 
 def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print, warn=print) -> list[str]:
@@ -492,8 +638,12 @@ def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print,
     at a time so that a bad file is reported (`warn`) and the others decoded; with cfg.plot a
     posteriorgram of the first. Returns the problems (empty: every file transcribed)."""
     device = D.init(cfg.device).device
+    choice = decoding_choice(cfg)
+    if choice.tune:
+        raise CompatibilityError(f"--lm {cfg.lm} needs --alpha and --beta, or choose them on dev with `phonerec "
+                                 f"evaluate --tune --lm {cfg.lm}` (recorded in decode.json, which transcribe then uses)")
     loaded = load_model(cfg.weights, device)
-    beam, inv = beam_settings(cfg), loaded.inventory      # the checkpoint's: its outputs, symbols and codes
+    beam, inv = beam_settings(cfg, choice, plain=False), loaded.inventory   # the checkpoint's symbols and codes
     failed, first = [], None
     for f in files:
         try:

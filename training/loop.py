@@ -39,6 +39,7 @@ from pipeline.errors import PhonerecError
 from . import distributed as D
 from . import metrics, tensorboard
 from .augment import AugmentConfig
+from .average import WeightAverage
 from .budget import Budget, describe
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
 from .config import TrainConfig
@@ -140,6 +141,7 @@ class TrainState:
     step: int = 0
     global_step: int = 0
     best: float = math.inf                # best dev distance so far
+    average: WeightAverage | None = None  # --average: the EMA of the weights (training state)
     acc: dict[str, float] = field(default_factory=_new_accumulators)
     bad_streak: int = 0                   # consecutive non-finite losses
     t_epoch: float = 0.0                  # perf_counter() at the (resumed) epoch's start
@@ -201,8 +203,9 @@ def plan_for(run: Run, epoch: int) -> EpochPlan:
 
 # ------------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(run: Run, st: TrainState, name: str, epoch: int, step: int) -> None:
-    """Write weights/<name> at this data position; collective (every rank takes part)."""
+def save_checkpoint(run: Run, st: TrainState, name: str, epoch: int, step: int) -> Checkpoint | None:
+    """Write weights/<name> at this data position; collective (every rank takes part). Returns
+    what rank 0 wrote (None on the others)."""
     ctx = run.ctx
     # Every rank's RNG state, step count (shows all ranks ran the same steps) and accumulators
     # (each rank sums over its own batches: a resumed epoch needs every rank's partial sums).
@@ -213,8 +216,8 @@ def save_checkpoint(run: Run, st: TrainState, name: str, epoch: int, step: int) 
     else:
         gathered = [mine]
     if not ctx.is_main:
-        return
-    Checkpoint(
+        return None
+    ck = Checkpoint(
         model=st.model.state_dict(), optimizer=st.opt.state_dict(),
         scheduler=st.sched.state_dict() if st.sched is not None else None, scaler=st.scaler.state_dict(),
         rng=[g[0] for g in gathered], epoch=epoch, step=step, global_step=st.global_step, best=st.best,
@@ -223,7 +226,10 @@ def save_checkpoint(run: Run, st: TrainState, name: str, epoch: int, step: int) 
         rank_steps=[int(g[1]) for g in gathered], rank_accumulators=[g[2] for g in gathered],
         skipped_shards=run.skipped, ctc_infeasible=len(run.infeasible_ids),
         ctc_infeasible_ids=run.infeasible_ids, budget=run.budget.to_json() if run.budget is not None else {},
-    ).save(run.weights / name)
+        average=st.average.state_dict() if st.average is not None else {},
+    )
+    ck.save(run.weights / name)
+    return ck
 
 
 def stop_on_data_error(run: Run, st: TrainState, exc: DataError, where: str) -> NoReturn:
@@ -269,13 +275,14 @@ def train_step(run: Run, st: TrainState, batch: Batch) -> float:
     is not finite); returns the number of ranks asked to stop (by a signal)."""
     ctx, cfg = run.ctx, run.cfg
     batch = batch.to(ctx.device)
-    x = batch.feats.float()
+    x, lengths = batch.feats.float(), batch.lengths
     if run.aug.active:
         seed = np.random.SeedSequence([cfg.seed, st.epoch, st.step, ctx.rank]).generate_state(1)[0]
         gen = torch.Generator(device=ctx.device).manual_seed(int(seed))
-        x = run.aug.apply(x, batch.lengths, gen)
+        x, lengths = run.aug.resample(x, lengths, gen)
+        x = run.aug.apply(x, lengths, gen)
     with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=st.amp):
-        lp, out_lens = st.ddp(x, batch.lengths)
+        lp, out_lens = st.ddp(x, lengths)
     loss_sum = ctc_sum(lp, out_lens, batch)
     finite = bool(torch.isfinite(loss_sum.detach()))
     tokens, stop_votes, bad_votes = D.all_sum(
@@ -312,6 +319,8 @@ def _update(run: Run, st: TrainState, loss_sum: torch.Tensor, tokens: float) -> 
         torch.nn.utils.clip_grad_norm_(st.model.parameters(), run.cfg.clip)
     st.scaler.step(st.opt)
     st.scaler.update()
+    if st.average is not None:
+        st.average.update(st.model)
     if st.step_sched:
         st.sched.step()
 
@@ -382,7 +391,9 @@ def plan_budget(run: Run, st: TrainState, plan: EpochPlan) -> None:
     end with it. Collective: times and frames are summed over ranks, so all make the same plan."""
     b, ctx = run.budget, run.ctx
     mine = padded_frames(plan, run.steps_per_epoch)
-    dev = float(run.dev_m.frames.sum()) if run.dev_m is not None else 0.0
+    # The dev pass scores the averaged weights too: twice the dev frames.
+    passes = 2 if st.average is not None else 1
+    dev = passes * float(run.dev_m.frames.sum()) if run.dev_m is not None else 0.0
     # Every rank plans from the same sums (its own clock could tip the plan: ranks must agree).
     before_epoch = b.elapsed() - (time.perf_counter() - st.t_epoch)
     seconds, frames, epoch_frames, before_epoch = D.all_sum(ctx, [b.measured, b.frames, mine, before_epoch])
@@ -412,37 +423,70 @@ def finish_epoch(run: Run, st: TrainState, plan: EpochPlan) -> dict:
     acc = st.acc
     tot = D.all_sum(ctx, [acc["loss"], acc["tokens"], acc["real"], acc["padded"], acc["utts"],
                           acc["wait"], acc["busy"]])
-    try:
-        ev = evaluate(st.model, run.dev_m, ctx, run.cfg, st.amp, run.source) if run.dev_m is not None else None
-    except DataError as exc:      # the epoch's training is kept: checkpoint at its last step
-        stop_on_data_error(run, st, exc, f"dev data, after the training steps of epoch {st.epoch + 1}")
+    ev, avg = dev_pass(run, st)
     lr = st.opt.param_groups[0]["lr"]
     if st.sched is not None and not st.step_sched and ev is not None:
         st.sched.step(ev.distance)
-    record = epoch_record(run, st, plan, tot, ev, lr, seconds)
+    record = epoch_record(run, st, plan, tot, ev, lr, seconds, avg)
     net = network_record(run)
     if net is not None:
         record["network"] = net
-    improved = ev is not None and ev.distance < st.best
+    use_avg = avg is not None and avg.distance < ev.distance
+    score = (avg if use_avg else ev).distance if ev is not None else math.inf
+    improved = ev is not None and score < st.best
     if improved:
-        st.best = ev.distance
-    save_checkpoint(run, st, LAST, st.epoch + 1, 0)
+        st.best = score
+    ck = save_checkpoint(run, st, LAST, st.epoch + 1, 0)
     if ctx.is_main:
-        publish_epoch(run, record, copy_best=improved or run.dev_m is None)
-    dev_txt = f"dev loss {ev.loss:.3f}, dev distance {ev.distance:.2f}" if ev else "no dev split"
-    run.log(f"epoch {st.epoch + 1}/{run.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
-            f"padding {record['padding_efficiency']:.3f}, {record['frames_per_s']:.0f} frames/s, lr {lr:.2e}"
-            f"{'  (best)' if improved else ''}")
+        best = None
+        if improved or run.dev_m is None:
+            best = best_checkpoint(ck, st, use_avg)
+        publish_epoch(run, record, best)
+    run.log(epoch_line(run, st, record, ev, avg, lr, improved))
     if net is not None:
         run.log(network_line(net))
     D.barrier(ctx)
     return record
 
 
+def dev_pass(run: Run, st: TrainState) -> tuple[EvalResult | None, EvalResult | None]:
+    """The dev figures of the trained weights and of their average (None without a dev split or
+    an average). Collective."""
+    if run.dev_m is None:
+        return None, None
+    try:
+        ev = evaluate(st.model, run.dev_m, run.ctx, run.cfg, st.amp, run.source)
+        avg = None if st.average is None else evaluate(st.average.model, run.dev_m, run.ctx, run.cfg, st.amp,
+                                                       run.source)
+    except DataError as exc:      # the epoch's training is kept: checkpoint at its last step
+        stop_on_data_error(run, st, exc, f"dev data, after the training steps of epoch {st.epoch + 1}")
+    return ev, avg
+
+
+def best_checkpoint(ck: Checkpoint, st: TrainState, averaged: bool) -> Checkpoint:
+    """best.pt: last.pt's state with the weights that decoded best on dev (the averaged ones
+    when they did, which the checkpoint says)."""
+    if not averaged:
+        return ck
+    import dataclasses
+    return dataclasses.replace(ck, model=st.average.model.state_dict(), averaged=True)
+
+
+def epoch_line(run: Run, st: TrainState, record: dict, ev: EvalResult | None, avg: EvalResult | None, lr: float,
+               improved: bool) -> str:
+    """The log's line of the epoch."""
+    dev_txt = f"dev loss {ev.loss:.3f}, dev distance {ev.distance:.2f}" if ev else "no dev split"
+    if avg is not None:
+        dev_txt += f" (averaged weights {avg.distance:.2f})"
+    return (f"epoch {st.epoch + 1}/{run.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
+            f"padding {record['padding_efficiency']:.3f}, {record['frames_per_s']:.0f} frames/s, lr {lr:.2e}"
+            f"{'  (best)' if improved else ''}")
+
+
 def epoch_record(run: Run, st: TrainState, plan: EpochPlan, tot: list[float], ev: EvalResult | None,
-                 lr: float, seconds: float) -> dict:
+                 lr: float, seconds: float, avg: EvalResult | None = None) -> dict:
     """The epoch's line of metrics.jsonl; `tot` are the accumulators summed over ranks (loss,
-    tokens, real, padded, utts, wait, busy)."""
+    tokens, real, padded, utts, wait, busy); `avg` the averaged weights' dev figures."""
     return {
         "epoch": st.epoch, "step": st.global_step, "train_loss": tot[0] / max(tot[1], 1),
         "dev_loss": ev.loss if ev else None, "dev_distance": ev.distance if ev else None,
@@ -453,6 +497,8 @@ def epoch_record(run: Run, st: TrainState, plan: EpochPlan, tot: list[float], ev
         "dropped_utterances": plan.dropped_utterances, "skipped_steps": int(st.acc["skipped"]),
         "epoch_seconds": seconds, "world": run.ctx.world, **run.skipped_info,
         "ctc_infeasible": len(run.infeasible_ids), "planned_epochs": run.epochs,
+        "dev_distance_averaged": avg.distance if avg else None,
+        "dev_per_averaged": avg.distance * avg.utterances / max(avg.phonemes, 1) if avg else None,
     }
 
 
@@ -471,12 +517,14 @@ def network_line(net: dict) -> str:
             f"{net['cache_hits']} from the cache")
 
 
-def publish_epoch(run: Run, record: dict, copy_best: bool) -> None:
-    """Rank 0, after last.pt of the epoch's end: best.pt, metrics.jsonl, curves.png (and the
-    TensorBoard events)."""
-    if copy_best:
+def publish_epoch(run: Run, record: dict, best: Checkpoint | None) -> None:
+    """Rank 0, after last.pt of the epoch's end: best.pt (when `best`), metrics.jsonl,
+    curves.png (and the TensorBoard events)."""
+    if best is not None and not best.averaged:
         with atomic_path(run.weights / BEST) as tmp:
             shutil.copyfile(run.weights / LAST, tmp)
+    elif best is not None:
+        best.save(run.weights / BEST)
     metrics.append(run.results, record)
     metrics.plot(run.results)
     if run.board is not None:

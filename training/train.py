@@ -27,6 +27,7 @@ from . import budget as B
 from . import distributed as D
 from . import host, metrics, tensorboard
 from .augment import AugmentConfig
+from .average import WeightAverage
 from .checkpoint import LAST, Checkpoint, CheckpointError, remove_stale_temps, restore_rng
 from .config import TrainConfig
 from .data import ShardSource, damage_report, shard_label, without_shards
@@ -51,9 +52,31 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
         ensure_writable(cfg.results)
     ctx = D.init(cfg.device)
     try:
-        return _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None), on_step)
+        record = _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None), on_step)
     finally:
         D.shutdown(ctx)
+    if ctx.is_main and record and not record.get("stopped") and cfg.tune_decoding and cfg.dev:
+        record["decoding"] = choose_decoding(cfg, log)
+    return record
+
+
+def choose_decoding(cfg: TrainConfig, log=print) -> dict:
+    """After training, rank 0 alone (the other ranks are done): a phone LM from the training
+    transcripts and its weights chosen on the dev split with best.pt, recorded in
+    <weights>/decode.json (training.tuning), which the decoding commands then use; the dev figures
+    with and without the LM in <results>/evaluate-<dev>.json. Returns those figures."""
+    import dataclasses
+    from .config import EvaluateConfig
+    from .inference import evaluate_split
+
+    shared = {f.name for f in dataclasses.fields(EvaluateConfig)} & {f.name for f in dataclasses.fields(TrainConfig)}
+    ecfg = EvaluateConfig(**{k: getattr(cfg, k) for k in shared}, split=cfg.dev, tune=True)
+    log(f"choosing the decoding on {cfg.dev}: a {cfg.lm_order}-gram phone LM from {cfg.train}, its weights on a grid")
+    ev = evaluate_split(ecfg, echo=log, local=True)
+    if ev is None:
+        return {}
+    return {f.name: str(v) if isinstance(v := getattr(ev, f.name), Path) else v
+            for f in dataclasses.fields(ev) if f.name != "manifest"}
 
 
 def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> dict:
@@ -177,6 +200,8 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
 def _restore(st: TrainState, ck: Checkpoint, ctx: D.Context, log) -> None:
     """The checkpoint's weights, optimizer, scheduler, scaler, position, accumulators and RNG."""
     st.model.load_state_dict(ck.model)
+    if st.average is not None:          # a checkpoint without one: the average starts from its weights
+        st.average.load_state_dict(ck.average or {"model": ck.model, "updates": 0})
     st.opt.load_state_dict(ck.optimizer)
     if st.sched is not None and ck.scheduler:
         st.sched.load_state_dict(ck.scheduler)
@@ -377,7 +402,8 @@ def _build_state(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None, log, f
         if ctx.distributed else model
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    return TrainState(model=model, ddp=ddp, opt=opt, scaler=scaler, amp=amp)
+    average = WeightAverage(model, cfg.average) if cfg.average > 0 else None
+    return TrainState(model=model, ddp=ddp, opt=opt, scaler=scaler, amp=amp, average=average)
 
 
 def make_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.Optimizer:
