@@ -8,7 +8,6 @@ comes from its own seeded generator, so output does not depend on the worker cou
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from pipeline.features import FEATURE_DIM, FRAME_RATE
 from pipeline.vocab import EOS, SOS, VOCAB
+from pipeline.workers import spawn_pool
 
 PHONEMES = VOCAB[1:-2]                  # [SIL] + 39 phonemes
 FRAMES_PER_S = FRAME_RATE
@@ -122,7 +122,7 @@ def generate(out: str | Path, splits: dict[str, int] | None = None, *, seed: int
                 _write(j)
                 bar.update()
         else:
-            with mp.get_context("spawn").Pool(workers) as pool:
+            with spawn_pool(workers) as pool:
                 for _ in pool.imap_unordered(_write, jobs, chunksize=16):
                     bar.update()
         bar.close()

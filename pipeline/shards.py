@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import re
 import zlib
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from .manifest import Stats
 from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
 from .store import CorpusStore
 from .vocab import ctc_min_frames_ragged
+from .workers import spawn_pool
 
 SHARD_FORMAT = 1
 PLAN_NAME = ".plan.json"
@@ -211,7 +211,7 @@ def _write_missing(jobs: list, total: int, split: str, workers: int, progress: b
                 infos[info.name], offsets[info.name] = info, at
                 bar.update()
         else:
-            with mp.get_context("spawn").Pool(workers) as pool:
+            with spawn_pool(workers) as pool:
                 for info, at in pool.imap_unordered(_write_shard, jobs):
                     infos[info.name], offsets[info.name] = info, at
                     bar.update()

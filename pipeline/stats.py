@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from .manifest import Stats
 from .errors import PhonerecError
 from .store import CHUNK_FRAMES, CorpusStore
 from .features import FEATURE_DIM
+from .workers import spawn_pool
 
 STATS_JSON = "stats.json"
 MIN_STD = 1e-8
@@ -64,7 +64,7 @@ def compute(stores: list[CorpusStore], *, cmn: bool = False, workers: int = 2, p
     if workers <= 1:
         results = map(_partial, jobs)
     else:
-        pool = mp.get_context("spawn").Pool(workers)
+        pool = spawn_pool(workers)
         results = pool.imap(_partial, jobs)   # ordered: the float64 sum is the same for any worker count
     try:
         for n, s1, s2 in results:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from .layout import SplitFiles, read_template, safe_text
 from .validate import Rejection, UtteranceError, load_utterance, npy_frames
 from .features import FEATURE_DIM
 from .vocab import F22, Inventory
+from .workers import spawn_pool
 
 CHUNK_FRAMES = 32768          # 32768 x 15 x 4 B ~= 1.97 MB per chunk
 STORE_FORMAT = 1
@@ -179,7 +179,7 @@ def _read_all(jobs: list, workers: int):
         yield from map(_read_one, jobs)
         return
     window = 64 * workers
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with spawn_pool(workers) as pool:
         pending = None
         for s in range(0, len(jobs) + window, window):
             nxt = pool.map_async(_read_one, jobs[s:s + window], chunksize=8) if s < len(jobs) else None

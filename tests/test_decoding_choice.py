@@ -167,3 +167,17 @@ def test_best_checkpoint_says_which_weights_it_holds(chosen):
     held = last.average["model"] if ck.averaged else None
     if held is not None and ck.epoch == last.epoch:
         assert all((ck.model[k] == held[k]).all() for k in held)
+
+
+def test_transcribe_decodes_as_predict_does(fast, chosen, tmp_path):
+    """transcribe takes decode.json's choice too: a test file's line is its submission row, with
+    the LM and with --no-lm."""
+    from pipeline import manifest as mf
+    data, shards = fast
+    m = mf.load(shards, TEST)
+    first = m.ids[list(m.index).index(0)]
+    npy = data / TEST / "mfcc" / f"{first}.npy"
+    for extra in ((), ("--no-lm",)):
+        _, rows, _ = _predict(shards, chosen, tmp_path / "-".join(extra or ("lm",)), *extra)
+        out = cli("transcribe", "--weights", chosen / "weights", "--beam-width", "4", *extra, npy).output
+        assert out.splitlines()[0].split("\t") == [npy.name, rows[0][1]]

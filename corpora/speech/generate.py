@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from .engines import (ENGINES, FLITE_PITCH_FIXED, Pool, check_tools, render, spl
                       voice_group, voice_kind)
 from .phonemes import PAUSE, UnmappablePhone
 from .sentences import FORTUNE_FILES, Clause, _word_key, parse_sentence, pronunciations, sentence_pool
+from pipeline.workers import spawn_pool
 
 # ------------------------------------------------------------------- variation ranges
 
@@ -285,7 +285,7 @@ def _run_jobs(out: Path, jobs_by_split: dict[str, list[tuple]], partitions: dict
     tmp_root = tempfile.mkdtemp(prefix="phonerec-speech-")
     try:
         if workers > 1:
-            pool_ctx = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+            pool_ctx = spawn_pool(workers, initializer=_init_worker,
                                                     initargs=(partitions, engines, tmp_root))
         else:
             _init_worker(partitions, engines, tmp_root)
