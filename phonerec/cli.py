@@ -10,6 +10,10 @@ from pipeline.errors import PhonerecError
 class _Group(click.Group):
     """Shows every PhonerecError a command lets escape as one line (`Error: ...`, exit status 1)."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """In the order of the stages (as registered), not alphabetically."""
+        return list(self.commands)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -19,21 +23,22 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
-    """phonerec: phoneme recognition on MFCC features.
+    """phonerec: phoneme recognition on MFCC features (`phonerec COMMAND --help`: a stage's options)."""
 
-    \b
-    Stages:
-      synth-corpus  write a LibriSpeech-shaped random corpus (tests, benchmarks)
-      synth-speech  write a corpus of synthesized English speech (flite, festival, espeak-ng)
-      shards        raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards
-      publish       copy built shards to a URL (s3://, gs://, file://, a served folder), manifests last
-      train         stream the shards and train the CNN + BiLSTM CTC model (torchrun-aware)
-      predict       beam-decode the test split into results/submission.csv
-      evaluate      greedy and beam distance on a labelled split
-      transcribe    decode individual .npy feature files (or .wav recordings)
-      lm            estimate a phone n-gram LM (ARPA) on the training transcripts, for --lm
-      summary       a short report of a run (corpus, padding, training time, scores)
-    """
+
+# Each command's line in `phonerec --help`, in the order of the stages.
+STAGES = {
+    "synth-corpus": "write a LibriSpeech-shaped random corpus (tests, benchmarks)",
+    "synth-speech": "write a corpus of synthesized English speech (flite, festival, espeak-ng)",
+    "shards": "raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards",
+    "publish": "copy built shards to a URL (s3://, gs://, file://, a served folder), manifests last",
+    "train": "train the CNN + BiLSTM CTC model on the shards, then choose the LM on dev",
+    "predict": "decode the test split into results/submission.csv (with the LM train chose)",
+    "evaluate": "greedy, beam and beam + LM distance and PER on a labelled split",
+    "transcribe": "decode individual .npy feature files (or .wav recordings)",
+    "lm": "estimate a phone n-gram LM (ARPA) on the training transcripts, for --lm",
+    "summary": "a short report of a run (corpus, padding, training time, scores)",
+}
 
 
 def _register() -> None:
@@ -50,7 +55,8 @@ def _register() -> None:
         if exc.name != "torch":
             raise
         TRAINING = []
-    for cmd in [*commands, *TRAINING]:
+    for cmd in sorted([*commands, *TRAINING], key=lambda c: list(STAGES).index(c.name)):
+        cmd.short_help = STAGES[cmd.name]
         main.add_command(cmd)
 
 

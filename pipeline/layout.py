@@ -14,6 +14,7 @@ rejected and, in a test split, still keeps its row. Hidden names (``.*``, such a
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -167,8 +168,14 @@ def list_split(root: str | Path, name: str, *, labelled: bool) -> SplitFiles:
     split_dir = Path(root) / name
     mfcc_dir = split_dir / "mfcc"
     if not mfcc_dir.is_dir():
-        have = ", ".join(discover_splits(root)) or "none"
-        raise LayoutError(f"split {name!r} not found: {mfcc_dir} is not a folder (splits under {root}: {have})")
+        if (Path(root) / "mfcc").is_dir():
+            raise LayoutError(f"{root} is a split folder (it holds mfcc/): pass its parent, "
+                              f"--data {Path(root).resolve().parent}")
+        splits = discover_splits(root)
+        close = difflib.get_close_matches(name, splits, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise LayoutError(f"split {name!r} not found: {mfcc_dir} is not a folder (splits under {root}: "
+                          f"{', '.join(splits) or 'none'}){hint}")
     feats = _npy_entries(mfcc_dir)
     tdir = transcript_dir(split_dir)
     trans = _Listing()

@@ -6,6 +6,7 @@ Utterances are listed in shard order: shard ``i`` holds utterances
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -188,6 +189,12 @@ class Manifest:
     @property
     def num_utterances(self) -> int:
         return len(self.ids)
+
+    def __repr__(self) -> str:
+        """One line (the dataclass's would print every id: ~200 KB for a real split in a notebook)."""
+        return (f"Manifest(split={self.split!r}, utterances={self.num_utterances}, shards={len(self.shards)}, "
+                f"frames={self.total_frames}, feature_dim={self.feature_dim}, labelled={self.labelled}, "
+                f"rejected={self.rejected}, location={str(self.url or self.directory)!r})")
 
     @property
     def vocab(self) -> list[str]:
@@ -376,9 +383,14 @@ def _read_raw(shards_dir: str | Path, split: str, policy: remote.FetchPolicy | N
     try:
         text = remote.read_location(where, policy)
     except FileNotFoundError:
-        have = ", ".join(available_splits(shards_dir, policy)) or "none"
-        raise ManifestError(f"no manifest for split {split!r} at {where} (splits with manifests: {have}); "
-                            f"run `phonerec shards`{' and publish the shards' if url else ''} first") from None
+        splits = available_splits(shards_dir, policy)
+        close = difflib.get_close_matches(split, splits, n=1, cutoff=0.6)
+        if close:
+            raise ManifestError(f"no split {split!r} in {shards_dir}: did you mean {close[0]!r}? (splits with "
+                                f"manifests: {', '.join(splits)})") from None
+        raise ManifestError(f"no manifest for split {split!r} at {where} (splits with manifests: "
+                            f"{', '.join(splits) or 'none'}); run `phonerec shards`"
+                            f"{' and publish the shards' if url else ''} first") from None
     except remote.FetchError:
         raise
     except OSError as exc:

@@ -87,6 +87,27 @@ def test_evaluate_writes_per_utterance_tsv(tiny_shards, trained, tmp_path):
     assert summary["greedy_distance"] == pytest.approx(sum(dists) / len(dists))
     assert summary["phonemes"] == int(m.label_lens.sum())
     assert 0 < summary["greedy_per"] and summary["beam_per"] >= 0
+    # per phoneme: every reference phoneme counted once; the confusion matrix drawn
+    with open(tmp_path / "evaluate-dev-clean-phones.tsv", newline="") as fh:
+        phones = list(csv.DictReader(fh, delimiter="\t"))
+    assert sum(int(r["count"]) for r in phones) == summary["phonemes"]
+    assert all(int(r["count"]) == int(r["correct"]) + int(r["substituted"]) + int(r["deleted"]) for r in phones)
+    assert (tmp_path / "evaluate-dev-clean-confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_phone_scoring_by_hand():
+    """Reference -ab- decoded -ac-, -a-; reference -a- decoded -ab-: b substituted once (by c),
+    deleted once, inserted once; a and [SIL] always right."""
+    from pipeline.vocab import F22
+    from training import scoring
+    index = {c: i for i, c in enumerate(F22.codes)}
+    m = scoring.confusion([("-ab-", "-ac-"), ("-ab-", "-a-"), ("-a-", "-ab-")], F22.num_classes, index)
+    rows = {r["phone"]: r for r in scoring.phone_rows(m, F22)}
+    b, c, a = (F22.symbols[index[x]] for x in "bca")
+    assert rows[b] == {"phone": b, "count": 2, "correct": 0, "substituted": 1, "deleted": 1, "inserted": 1,
+                       "error_rate": 1.5, "confused_with": c}
+    assert rows[a]["correct"] == rows[a]["count"] == 3 and rows["[SIL]"]["count"] == 6
+    assert list(rows)[0] == b                                        # worst first
 
 
 def test_mismatched_statistics_fail_clearly(tiny_corpus, trained, tmp_path):

@@ -42,7 +42,7 @@ def event_files(root: Path) -> list[Path]:
 
 def assert_events_match_metrics(run: Path) -> dict[str, list]:
     """Every scalar of every metrics.jsonl row, at the row's step, once (float32: how events keep them)."""
-    rows, seen = metrics(run), events(run)
+    rows, seen = metrics(run), {k: v for k, v in events(run).items() if not k.startswith("step/")}
     expected: dict[str, list] = {}
     for r in rows:
         for tag, value in tb.scalars(r).items():
@@ -63,7 +63,8 @@ def test_scalars_are_the_records_numbers():
                                   "data/wait_fraction": 0.25, "network/fetched": 3.0, "network/bytes": 1000.0}
 
 
-def test_events_hold_the_metrics_of_every_epoch(shards, tmp_path):
+def test_events_hold_the_metrics_of_every_epoch(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(tb, "STEP_EVERY", 2)          # the tiny run has a few steps per epoch
     cli(*train_args(shards, tmp_path, "--epochs", "2", "--tensorboard"))
     rows = metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [0, 1]
@@ -72,6 +73,11 @@ def test_events_hold_the_metrics_of_every_epoch(shards, tmp_path):
                 "data/wait_fraction", "data/padding_efficiency", "speed/epoch_seconds"):
         assert [e.step for e in seen[tag]] == [r["step"] for r in rows], tag
     assert [p.parent for p in event_files(tmp_path)] == [tmp_path / "results"]
+    # per step too: the training loss and the learning rate every STEP_EVERY steps
+    every = [s for s in range(1, rows[-1]["step"] + 1) if s % tb.STEP_EVERY == 0]
+    all_events = events(tmp_path)
+    assert every and [e.step for e in all_events["step/train_loss"]] == every == [e.step for e in all_events["step/lr"]]
+    assert all(e.value > 0 for e in all_events["step/train_loss"])
 
 
 def test_resumed_and_fresh_runs_show_each_step_once(shards, tmp_path):

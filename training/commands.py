@@ -143,7 +143,7 @@ def transcribe(files, **params):
     from .inference import transcribe_files
 
     cfg = make_config(TranscribeConfig, params)
-    failed = _run(lambda: transcribe_files(cfg, files, echo=click.echo, warn=lambda m: click.echo(m, err=True)))
+    failed = _run(lambda: transcribe_files(cfg, files, echo=click.echo, warn=lambda m: click.echo(m, err=True))).failed
     if len(files) == 1 and failed:
         raise click.ClickException(failed[0])
     if failed:

@@ -36,7 +36,7 @@ def workers_field():
 
 
 def device_field():
-    return option("auto", help="auto, cpu or cuda.")
+    return option("auto", choices=("auto", "cpu", "cuda"), help="Where the model runs (auto: cuda where available).")
 
 
 def _presets() -> tuple[str, ...]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import PhonerecError
+
 
 @dataclass
 class Context:
@@ -33,13 +35,23 @@ def main_rank() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+def _device_kind(device: str) -> str:
+    """'cpu' or 'cuda' for a --device value; one line where CUDA was asked for and is not here."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+        raise PhonerecError(f"--device cuda: CUDA is not available on this machine ({why}); use --device cpu "
+                            "(or auto)")
+    return device
+
+
 def init(device: str = "auto") -> Context:
     """Join the torchrun job if there is one (RANK/WORLD_SIZE set), else run alone."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device_kind(device)
     if device == "cuda":
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
@@ -55,8 +67,7 @@ def init(device: str = "auto") -> Context:
 def local(device: str = "auto") -> Context:
     """A context of one process on this machine's device, whatever torchrun set: for the work rank 0
     does alone after the ranks are done (train's choice of the decoding)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device_kind(device)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
     return Context(device=dev)

@@ -381,12 +381,11 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device,
 
 def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], frames: list[int], title: str,
                        inventory: Inventory = F22) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure           # no pyplot: a notebook's backend is left alone
 
     probs = log_probs.exp().numpy().T                # [C, T]
-    fig, ax = plt.subplots(figsize=(min(24, 4 + probs.shape[1] / 40), 7))
+    fig = Figure(figsize=(min(24, 4 + probs.shape[1] / 40), 7))
+    ax = fig.subplots()
     ax.imshow(probs, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
     ax.plot(frames, hyp, "o", ms=3, mfc="none", color="cyan", label="decoded symbols")
     ax.set_yticks(range(inventory.num_classes))
@@ -399,7 +398,6 @@ def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], fram
     from pipeline.atomic import atomic_path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return path
 
 
@@ -480,10 +478,12 @@ def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction
         if not ctx.is_main:
             return None
         rows, missing = submission_rows(m, hyps, beam.final)
-        out, tsv = Path(cfg.results) / cfg.output, Path(cfg.results) / f"predict-{cfg.split}.tsv"
+        out = Path(cfg.results) / cfg.output
+        # beside the default submission predict-<split>.*; beside another --output its own, so two never clash
+        stem = f"predict-{cfg.split}" if cfg.output == PredictConfig.output else f"{out.stem}.predict-{cfg.split}"
+        tsv, record = out.with_name(f"{stem}.tsv"), out.with_name(f"{stem}.json")
         write_submission(out, rows, columns)
         write_predictions(tsv, m, hyps, beam.final)
-        record = Path(cfg.results) / f"predict-{cfg.split}.json"
         write_json(record, provenance(loaded, beam, choice, {"submission": str(out), "rows": len(rows)}))
         return Prediction(manifest=m, submission=out, rows=len(rows), missing=missing, predictions=tsv,
                           decoding=describe_decoding(beam, choice), record=record)
@@ -628,15 +628,53 @@ def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: BeamSettings
              f"{rec.describe()}{edge}")
     elif lm or choice.origin:
         echo(f"  LM: {choice.origin}")
+    _report_phones(m, hyps, "lm" if lm else "beam", results, echo)
     echo(f"  per utterance: {ev.tsv}")
     ev.manifest = m
     return ev
 
 
-def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print, warn=print) -> list[str]:
+def _report_phones(m: mf.Manifest, hyps: dict[int, dict], key: str, results: Path, echo) -> None:
+    """Per-phoneme errors of the `key` decodes (training/scoring.py): evaluate-<split>-phones.tsv,
+    evaluate-<split>-confusion.png, the worst phonemes and a few example decodes."""
+    from . import scoring
+    inv = m.inventory
+    triples = [(m.ids[r], inv.to_codes(hyps[r]["ref"]), inv.to_codes(hyps[r][key])) for r in range(m.num_utterances)]
+    matrix = scoring.confusion([(ref, hyp) for _, ref, hyp in triples], inv.num_classes,
+                               {c: i for i, c in enumerate(inv.codes)})
+    rows = scoring.phone_rows(matrix, inv)
+    table = results / f"evaluate-{m.split}-phones.tsv"
+    scoring.write_phone_table(table, rows)
+    png = scoring.plot_confusion(results / f"evaluate-{m.split}-confusion.png", matrix, inv,
+                                 f"{m.split}: {'beam + LM' if key == 'lm' else 'beam'} decodes, {m.num_utterances} utterances")
+    worst = ", ".join(f"{r['phone']} {100 * r['error_rate']:.0f}%" + (f" (as {r['confused_with']})"
+                                                                       if r["confused_with"] else "")
+                      for r in rows[:5])
+    echo(f"  hardest phonemes: {worst}; all in {table.name}, confusions in {png.name}")
+    echo("  examples (good, middling, bad):")
+    for line in scoring.examples(triples, inv):
+        echo(line)
+
+
+@dataclass
+class Transcription:
+    """What `transcribe` made of one file: its symbols (ARPAbet) and one-character codes."""
+    file: Path
+    arpabet: list[str]
+    codes: str
+
+
+@dataclass
+class Transcribed:
+    """`transcribe_files`' result: a Transcription per file read, and a problem per file that was not."""
+    done: list[Transcription]
+    failed: list[str]
+
+
+def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print, warn=print) -> Transcribed:
     """`phonerec transcribe`: print `name<TAB>labels` per file (ARPAbet with cfg.arpabet), one file
     at a time so that a bad file is reported (`warn`) and the others decoded; with cfg.plot a
-    posteriorgram of the first. Returns the problems (empty: every file transcribed)."""
+    posteriorgram of the first. Returns the transcriptions and the problems."""
     device = D.init(cfg.device).device
     choice = decoding_choice(cfg)
     if choice.tune:
@@ -644,7 +682,7 @@ def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print,
                                  f"evaluate --tune --lm {cfg.lm}` (recorded in decode.json, which transcribe then uses)")
     loaded = load_model(cfg.weights, device)
     beam, inv = beam_settings(cfg, choice, plain=False), loaded.inventory   # the checkpoint's symbols and codes
-    failed, first = [], None
+    failed, first, done = [], None, []
     for f in files:
         try:
             [out] = transcribe(loaded, [Path(f)], device, beam)
@@ -654,8 +692,9 @@ def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print,
                 warn(f"error: {failed[-1]}")
             continue
         first = first or out
-        echo(f"{out[0].name}\t{' '.join(inv.to_arpabet(out[1])) if cfg.arpabet else inv.to_codes(out[1])}")
+        done.append(Transcription(out[0], inv.to_arpabet(out[1]), inv.to_codes(out[1])))
+        echo(f"{out[0].name}\t{' '.join(done[-1].arpabet) if cfg.arpabet else done[-1].codes}")
     if cfg.plot and first is not None:
         path, hyp, frames, lp = first
         warn(f"posteriorgram: {plot_posteriorgram(Path(cfg.plot), lp, hyp, frames, path.name, inv)}")
-    return failed
+    return Transcribed(done, failed)

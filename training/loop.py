@@ -293,6 +293,10 @@ def train_step(run: Run, st: TrainState, batch: Batch) -> float:
         _update(run, st, loss_sum, tokens)
         st.acc["loss"] += float(loss_sum.detach())
         st.acc["tokens"] += float(batch.label_lengths.sum())
+        if run.board is not None:
+            tensorboard.write_step(run.board, st.global_step + 1,    # rank 0's own batch
+                                   float(loss_sum.detach()) / max(float(batch.label_lengths.sum()), 1.0),
+                                   st.opt.param_groups[0]["lr"])
     st.acc["real"] += int(batch.lengths.sum())
     st.acc["padded"] += int(batch.lengths.max()) * len(batch.lengths)
     st.acc["utts"] += len(batch.lengths)
@@ -442,7 +446,7 @@ def finish_epoch(run: Run, st: TrainState, plan: EpochPlan) -> dict:
         if improved or run.dev_m is None:
             best = best_checkpoint(ck, st, use_avg)
         publish_epoch(run, record, best)
-    run.log(epoch_line(run, st, record, ev, avg, lr, improved))
+    run.log(epoch_line(run, st, record, ev, avg, lr, improved, time.perf_counter() - st.t_epoch))
     if net is not None:
         run.log(network_line(net))
     D.barrier(ctx)
@@ -473,14 +477,18 @@ def best_checkpoint(ck: Checkpoint, st: TrainState, averaged: bool) -> Checkpoin
 
 
 def epoch_line(run: Run, st: TrainState, record: dict, ev: EvalResult | None, avg: EvalResult | None, lr: float,
-               improved: bool) -> str:
-    """The log's line of the epoch."""
-    dev_txt = f"dev loss {ev.loss:.3f}, dev distance {ev.distance:.2f}" if ev else "no dev split"
+               improved: bool, seconds: float) -> str:
+    """The log's line of the epoch: where the run is (epoch, time, what is left), its figures."""
+    dev_txt = "no dev split"
+    if ev is not None:
+        dev_txt = f"dev loss {ev.loss:.3f}, dev distance {ev.distance:.2f} (PER {100 * record['dev_per']:.2f}%)"
     if avg is not None:
-        dev_txt += f" (averaged weights {avg.distance:.2f})"
-    return (f"epoch {st.epoch + 1}/{run.epochs}: train loss {record['train_loss']:.3f}, {dev_txt}, "
-            f"padding {record['padding_efficiency']:.3f}, {record['frames_per_s']:.0f} frames/s, lr {lr:.2e}"
-            f"{'  (best)' if improved else ''}")
+        dev_txt += f", averaged weights {avg.distance:.2f} (PER {100 * record['dev_per_averaged']:.2f}%)"
+    left = run.epochs - (st.epoch + 1)
+    eta = f", about {left * seconds / 60:.0f} min left" if left > 0 else ""
+    return (f"epoch {st.epoch + 1}/{run.epochs} in {seconds / 60:.1f} min{eta}: train loss "
+            f"{record['train_loss']:.3f}, {dev_txt}, padding {record['padding_efficiency']:.3f}, "
+            f"{record['frames_per_s']:.0f} frames/s, lr {lr:.2e}{'  (best)' if improved else ''}")
 
 
 def epoch_record(run: Run, st: TrainState, plan: EpochPlan, tot: list[float], ev: EvalResult | None,

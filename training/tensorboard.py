@@ -47,6 +47,17 @@ def open_writer(results: str | Path, purge_step: int):
     return SummaryWriter(str(results), purge_step=purge_step)
 
 
+STEP_EVERY = 10         # steps between the per-step points (loss and learning rate)
+
+
+def write_step(writer, step: int, loss: float, lr: float) -> None:
+    """Every STEP_EVERY steps: the step's training loss (per target symbol) and learning rate, not
+    flushed (the epoch's write flushes)."""
+    if step % STEP_EVERY == 0:
+        writer.add_scalar("step/train_loss", loss, step)
+        writer.add_scalar("step/lr", lr, step)
+
+
 def write(writer, record: dict) -> None:
     """The epoch's scalars at its global step, flushed (TensorBoard shows the epoch at once)."""
     for tag, value in scalars(record).items():

@@ -48,6 +48,9 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
     the checkpoint); without it a damaged shard stops the run with a checkpoint at the current step.
     `on_step(state)` is called after every step; True asks the run to stop there."""
     if D.main_rank():                  # only rank 0 writes (other machines need not share its disk)
+        if cfg.resume and not Path(cfg.weights).is_dir():
+            raise TrainingError(f"--resume: there is no folder {cfg.weights} to resume from (a typo?); create it "
+                                "to start a new run there with --resume, or drop --resume")
         ensure_writable(cfg.weights)   # before any step: not after an epoch of training
         ensure_writable(cfg.results)
     ctx = D.init(cfg.device)
@@ -116,6 +119,9 @@ def _run_epochs(run: Run, st: TrainState) -> dict:
     """The epochs from the (resumed) position: train, then evaluate, record and checkpoint."""
     start_epoch, start_step = st.epoch, st.step
     record: dict = {}
+    if start_epoch >= run.epochs:
+        run.log(f"nothing to train: {run.weights / LAST} has finished its {start_epoch} of {run.epochs} epoch(s); "
+                "give a larger --epochs to train on")
     with run.stop:
         epoch = start_epoch
         while epoch < run.epochs:        # a time budget's plan may change run.epochs in epoch 1
@@ -191,6 +197,9 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
         log(f"resume: keeping the checkpoint's {', '.join(changed)} (they fix the data order and model)")
         for k in changed:
             setattr(cfg, k, getattr(old, k))
+    if cfg.epochs > old.epochs and ck.epoch >= old.epochs and old.scheduler == "cosine" and not cfg.time_budget:
+        log(f"resume: warning: the cosine schedule of this finished run ended at epoch {old.epochs}; its "
+            f"{cfg.epochs - old.epochs} new epoch(s) train at the schedule's floor (2 % of --lr)")
     if ck.world != ctx.world:
         log(f"resume: checkpoint made with {ck.world} rank(s), now {ctx.world}: "
             "the epoch plan changes from here on")
