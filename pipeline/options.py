@@ -26,6 +26,8 @@ class Range:
     def problem(self, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
+        if value != value:                               # NaN compares false with both bounds
+            return "nan is not a number"
         if self.low is not None and (value < self.low or self.open_low and value == self.low):
             return f"{value} is {'not above' if self.open_low else 'below'} {self.low}"
         if self.high is not None and (value > self.high or self.open_high and value == self.high):
