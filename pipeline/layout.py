@@ -40,7 +40,7 @@ def safe_text(text: str) -> str:
 @dataclass
 class SplitFiles:
     name: str
-    ids: list[str]                       # sorted utterance ids (file stems): the split's original order
+    ids: list[str]                       # utterance ids (file stems) in sorted-file-name order: the split's order
     mfcc: list[Path]
     transcripts: list[Path | None]       # parallel to ids; None when unlabelled or missing
     labelled: bool
@@ -185,7 +185,9 @@ def list_split(root: str | Path, name: str, *, labelled: bool) -> SplitFiles:
         ignored += trans.ignored
     elif tdir is not None:
         ignored.append(split_dir / "transcript")      # (whichever name it has: reported as one folder)
-    ids = sorted(feats.files)
+    # The split's order is its files' names sorted as the course's starter sorts them
+    # (`sorted(os.listdir(mfcc))`), not the ids: 'a b.npy' < 'a.npy' though 'a' < 'a b'.
+    ids = sorted(feats.files, key=lambda i: feats.files[i].name)
     return SplitFiles(
         name=name, ids=ids, mfcc=[feats.files[i] for i in ids],
         transcripts=[trans.files.get(i) for i in ids] if labelled else [None] * len(ids), labelled=labelled,

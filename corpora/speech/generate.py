@@ -211,7 +211,7 @@ ANSWERS_COLUMNS = ("index", "id", "voice", "kind", "phonemes")
 def write_answers(path: Path, split: str, answers: dict[str, tuple[str, list[str]]]) -> None:
     """One row per utterance: index, id, voice, kind of voice, the ARPAbet labels without the frame."""
     lines = ["\t".join(ANSWERS_COLUMNS)]
-    for i, uid in enumerate(sorted(answers)):
+    for i, uid in enumerate(sorted(answers, key=lambda u: f"{u}.npy")):     # as the file names sort
         voice, labels = answers[uid]
         body = [s for s in labels if s not in (SOS, EOS)]
         lines.append(f"{i}\t{uid}\t{voice}\t{voice_kind(split, voice) or ''}\t{' '.join(body)}")
