@@ -22,7 +22,8 @@ ARGS ?=
 TORCH_VERSION ?= 2.13.0
 # torchrun rendezvous for several machines, e.g. TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_endpoint=host:29500"
 TORCHRUN_ARGS ?= --standalone
-TORCHRUN := $(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node="$(NGPU)"
+# torchrun, with a failing rank's one-line error repeated last (phonerec/launch.py)
+TORCHRUN := $(BIN)/python -m phonerec.launch $(TORCHRUN_ARGS) --nproc_per_node="$(NGPU)"
 # One process on one machine runs phonerec itself (its one-line error stays the last line); several
 # processes, or several machines, go through torchrun.
 ALONE = $(and $(filter 1,$(NGPU)),$(if $(filter-out --standalone,$(TORCHRUN_ARGS)),,1))

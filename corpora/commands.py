@@ -9,12 +9,12 @@ import click
 
 from pipeline.commands import make_config
 from pipeline.features import hours
-from pipeline.options import click_options
+from pipeline.options import FieldCommand, click_options
 
 from .config import SynthCorpusConfig, SynthSpeechConfig
 
 
-@click.command("synth-corpus")
+@click.command("synth-corpus", cls=FieldCommand)
 @click_options(SynthCorpusConfig)
 def synth_corpus(**params):
     """Write a random corpus with LibriSpeech-like lengths (1-35 s, most 10-16 s).
@@ -31,7 +31,7 @@ def synth_corpus(**params):
                    f"{'' if s['labelled'] else ' (unlabelled)'} -> {Path(cfg.data) / name}")
 
 
-@click.command("synth-speech")
+@click.command("synth-speech", cls=FieldCommand)
 @click_options(SynthSpeechConfig)
 def synth_speech(**params):
     """Write a corpus of synthesized English speech with read-back phoneme labels.

@@ -20,7 +20,7 @@ from corpora.report import per_kind
 from pipeline import manifest as mf
 from pipeline.features import hours
 from pipeline.commands import make_config
-from pipeline.options import Options, click_options, option
+from pipeline.options import FieldCommand, Options, click_options, option
 from training import metrics
 
 
@@ -151,7 +151,7 @@ def _voice_lines(split: str, v: dict) -> list[str]:
     return out
 
 
-@click.command("summary")
+@click.command("summary", cls=FieldCommand)
 @click_options(SummaryConfig)
 def summary(**params):
     """A short report of a run: corpus size, padding efficiency, training time, dev distance

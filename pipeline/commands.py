@@ -8,7 +8,7 @@ import sys
 import click
 
 from .config import FetchConfig, PublishConfig, ShardsConfig
-from .options import click_options, config_of
+from .options import FieldCommand, click_options, config_of
 
 
 def make_config(cls, params: dict):
@@ -29,7 +29,7 @@ def usable(cfg):
     return cfg
 
 
-@click.command("shards")
+@click.command("shards", cls=FieldCommand)
 @click_options(ShardsConfig)
 def shards(**params):
     """Raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards.
@@ -54,7 +54,7 @@ def shards(**params):
     sys.stdout.flush()
 
 
-@click.command("publish")
+@click.command("publish", cls=FieldCommand)
 @click_options(PublishConfig)
 def publish(**params):
     """Copy built shards to a URL: old manifests removed first, shards, then manifests last.

@@ -24,6 +24,8 @@ def progress_field():
 class FetchConfig(Options):
     """How shards at a URL are read (pipeline/remote.py): `shards --verify` and stage 2's readers."""
 
+    SECTION = "Shards at a URL"          # their heading in --help (pipeline.options.FieldCommand)
+
     fetch_retries: int = option(FetchPolicy.retries, range=Range(0),
                                 help="Shards at a URL: tries after the first on a transient error (5xx, reset, "
                                      "timeout).")
@@ -50,6 +52,8 @@ class FetchConfig(Options):
 @dataclass
 class CacheConfig(FetchConfig):
     """FetchConfig plus a local cache of verified shards (stage 2's readers, which read them again)."""
+
+    SECTION = "Shards at a URL"
 
     shard_cache: str = option("", metavar="DIR",
                               help="Keep verified shards fetched from a URL here; later epochs read them from disk.")

@@ -157,6 +157,32 @@ class _LazyChoice(click.Choice):
         pass
 
 
+def section_of(config: type, name: str) -> str | None:
+    """The help section of field `name`: the SECTION of the config class that declares it (only its
+    own: a subclass's options are the command's main ones)."""
+    for k in config.__mro__:
+        if name in vars(k).get("__annotations__", {}):
+            return vars(k).get("SECTION")
+    return None
+
+
+class FieldCommand(click.Command):
+    """A command whose --help lists its own options first, then each SECTION of shared ones (the
+    options for shards at a URL) under its own heading."""
+
+    def format_options(self, ctx, formatter) -> None:
+        groups: dict[str, list] = {"Options": []}
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx)
+            if record:
+                section = section_of(p.config, p.field.name) if isinstance(p, FieldOption) else None
+                groups.setdefault(section or "Options", []).append(record)
+        for title, records in groups.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 class FieldOption(click.Option):
     """A click option made from a config field; `config` and `field` say which (tests walk them).
     A callable help is called when --help is shown (e.g. the presets' sizes, which need torch)."""

@@ -107,3 +107,27 @@ def test_the_library_leaves_matplotlib_and_reprs_alone(fast, finished, tmp_path)
         matplotlib.use(before)
     m = mf.load(shards, TEST)
     assert len(repr(m)) < 300 and "utterances=" in repr(m) and "\n" not in repr(m)
+
+
+@pytest.mark.slow
+def test_a_failing_rank_s_error_is_the_last_line(tmp_path):
+    """`make train NGPU=2` with a mistake: torchrun's own report comes first, the rank's one line last."""
+    import subprocess
+    import sys
+    from tests.helpers import ROOT, subprocess_env
+    proc = subprocess.run([sys.executable, "-m", "phonerec.launch", "--standalone", "--nproc_per_node=2",
+                           "--monitor-interval=0.2", "-m", "phonerec", "train", "--shards", tmp_path / "none",
+                           "--weights", tmp_path / "w", "--results", tmp_path / "r", "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=240)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and lines[-1].startswith("Error: ") and "manifest" in lines[-1], proc.stderr[-3000:]
+    assert "ChildFailedError" in proc.stderr                       # torchrun's report is still there, above it
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "lm", "shards"])
+def test_help_puts_the_url_options_in_their_own_section(command):
+    out = cli(command, "--help").output
+    head, url = out.split("\nShards at a URL:\n")
+    flags = lambda text: set(re.findall(r"^  (--[a-z-]+)", text, flags=re.M))     # noqa: E731
+    assert "--shards" in flags(head) and not flags(head) & {"--fetch-retries", "--expect-digest", "--shard-cache"}
+    assert {"--fetch-retries", "--expect-digest"} <= flags(url) and "--shards" not in flags(url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from pipeline.commands import make_config, usable
-from pipeline.options import click_options, given
+from pipeline.options import FieldCommand, click_options, given
 
 from .config import EvaluateConfig, LMConfig, PredictConfig, TrainConfig, TranscribeConfig, train_config
 
@@ -22,7 +22,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
     return out
 
 
-@click.command("train")
+@click.command("train", cls=FieldCommand)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML/JSON recipe of any options below (command-line flags override it).")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
@@ -72,7 +72,7 @@ def _run(fn, writes: str = "the results", wrote_nothing: bool = True):
         raise
 
 
-@click.command("predict")
+@click.command("predict", cls=FieldCommand)
 @click_options(PredictConfig)
 def predict(**params):
     """Beam-decode a split (the test split) into <results>/submission.csv (index,label, or the
@@ -101,7 +101,7 @@ def predict(**params):
     _network_note(m, source)
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=FieldCommand)
 @click_options(EvaluateConfig)
 def evaluate(**params):
     """Mean Levenshtein distance and phoneme error rate on a labelled split: greedy, the beam
@@ -130,7 +130,7 @@ def _network_note(m, source) -> None:
         click.echo(network_line(source.totals()), err=True)
 
 
-@click.command("transcribe")
+@click.command("transcribe", cls=FieldCommand)
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click_options(TranscribeConfig)
 def transcribe(files, **params):
@@ -151,7 +151,7 @@ def transcribe(files, **params):
                                    "the others were transcribed")
 
 
-@click.command("lm")
+@click.command("lm", cls=FieldCommand)
 @click_options(LMConfig)
 def lm(**params):
     """Estimate a phone n-gram language model (interpolated Kneser-Ney) on the training split's
