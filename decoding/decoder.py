@@ -14,6 +14,7 @@ from pipeline.vocab import BLANK, VOCAB
 
 from .ctc import check_lengths, ctc_log_likelihood, default_labels, prune_probs
 from .lm import DenseLM, dense, read_arpa
+from .rerank import rerank
 from .search import SearchOptions, search
 
 DECODERS = ("torch", "fast-ctc-decode")
@@ -118,12 +119,15 @@ class CTCBeamDecoder:
 
     def best(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         """The best hypothesis of each utterance of normalised ``log_probs`` (any device; no checks,
-        no timesteps): what predict and evaluate keep."""
+        no timesteps): what predict and evaluate keep. The n-best and the greedy hypothesis are
+        re-ranked by their exact scores (``decoding.rerank``): never less likely than greedy's."""
         if self.backend != "torch":
             res, _, _, lens = self.decode(log_probs, lengths, compute_scores=False)
             return [res[i, 0, : int(lens[i, 0])].tolist() for i in range(res.shape[0])]
         r = self.search(log_probs, lengths.to(log_probs.device), timesteps=False)
-        return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
+        tokens, lens, _, _ = rerank(log_probs, lengths, r.tokens, r.lengths, r.total > float("-inf"),
+                                    blank=self.blank_id, lm=self.lm, alpha=self.alpha, beta=self.beta)
+        return [t[:k] for t, k in zip(tokens[:, 0].cpu().tolist(), lens[:, 0].cpu().tolist())]
 
     def search(self, log_probs: torch.Tensor, lengths: torch.Tensor, timesteps: bool = True):
         """``decoding.search.Result`` of normalised ``log_probs`` on their device (no checks, no

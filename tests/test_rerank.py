@@ -1,0 +1,73 @@
+"""Exact re-ranking (decoding/rerank.py): the decoder's best hypothesis is never less likely than the
+greedy path's, its score is exact, and on posteriors far from peaked (where pruning loses) it is
+what makes that so."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from decoding import CTCBeamDecoder, ctc_log_likelihood, greedy_decode
+from decoding.lm import dense, estimate
+from decoding.rerank import lm_scores, rerank
+from decoding.search import SearchOptions, search
+
+LABELS = ["", "a", "b", "c", "d", "e", "f", "g"]
+
+
+def unpeaked(batch=48, frames=50, classes=len(LABELS), seed=0) -> torch.Tensor:
+    """Posteriors of an early model: blank far from certain, a confusable runner-up on many frames."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, frames, classes, generator=g) * 0.5
+    logits[..., 0] += 1.0
+    return logits.log_softmax(-1)
+
+
+def test_plain_pruning_loses_and_the_reranked_best_never_does():
+    lp = unpeaked()
+    lens = torch.full((lp.shape[0],), lp.shape[1])
+    greedy = greedy_decode(lp, lens)
+    g_ll = ctc_log_likelihood(lp, lens, greedy)
+    plain = search(lp, lens, SearchOptions(beam_width=2, cutoff_top_n=len(LABELS), blank_skip=2.0))
+    top = [t[:k] for t, k in zip(plain.tokens[:, 0].tolist(), plain.lengths[:, 0].tolist())]
+    top_ll = ctc_log_likelihood(lp, lens, top)
+    assert (top_ll < g_ll - 1e-9).any(), "these posteriors must make plain pruning lose somewhere"
+    dec = CTCBeamDecoder(LABELS, beam_width=2, cutoff_top_n=len(LABELS), log_probs_input=True, blank_skip=2.0,
+                         num_processes=1)
+    best = dec.best(lp, lens)
+    best_ll = ctc_log_likelihood(lp, lens, best)
+    assert (best_ll >= g_ll - 1e-6).all() and (best_ll >= top_ll - 1e-6).all()
+
+
+def test_scores_are_exact_and_ranked():
+    lp = unpeaked(batch=6, frames=30, seed=3)
+    lens = torch.tensor([30, 29, 20, 12, 5, 1])
+    res = search(lp, lens, SearchOptions(beam_width=4, cutoff_top_n=len(LABELS)))
+    tokens, tl, acoustic, total = rerank(lp, lens, res.tokens, res.lengths, res.total > -math.inf)
+    for i in range(6):
+        rows = [tokens[i, j, : tl[i, j]].tolist() for j in range(tokens.shape[1]) if total[i, j] > -math.inf]
+        exact = ctc_log_likelihood(lp[i:i + 1].expand(len(rows), -1, -1), lens[i:i + 1].expand(len(rows)), rows)
+        assert torch.allclose(acoustic[i, : len(rows)], exact, atol=1e-4)
+        assert (total[i, : len(rows)].diff() <= 1e-9).all()          # best first
+
+
+def test_with_an_lm_the_total_is_exact():
+    lm = dense(estimate([list("abcab"), list("bca"), list("dd"), list("efg")], 3), LABELS)
+    lp = unpeaked(batch=8, frames=25, seed=5)
+    lens = torch.full((8,), 25)
+    alpha, beta = 0.7, 1.5
+    dec = CTCBeamDecoder(LABELS, beam_width=3, cutoff_top_n=len(LABELS), log_probs_input=True, lm=lm, alpha=alpha,
+                         beta=beta, num_processes=1)
+
+    def score(hyps):
+        ac = ctc_log_likelihood(lp, lens, hyps)
+        return ac + torch.tensor([alpha * lm.score([LABELS[c] for c in h]) + beta * len(h) for h in hyps],
+                                 dtype=torch.float64)
+    best, greedy = dec.best(lp, lens), greedy_decode(lp, lens)
+    assert (score(best) >= score(greedy) - 1e-4).all()
+    # the table walk equals DenseLM.score
+    toks = torch.tensor([[1, 2, 3, 0], [4, 4, 0, 0], [0, 0, 0, 0]])
+    want = [lm.score(list("abc")), lm.score(list("dd")), lm.score([])]
+    assert lm_scores(lm, toks, torch.tensor([3, 2, 0])).tolist() == pytest.approx(want, abs=1e-5)
