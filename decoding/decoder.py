@@ -109,13 +109,23 @@ class CTCBeamDecoder:
         if self.backend == "fast-ctc-decode":
             return _fast_ctc_decode(self, log_probs, lens, compute_scores)
         res = self.search(log_probs, lens)
+        r = self._rerank(log_probs, lens, res)
         batch, frames = log_probs.shape[:2]
-        width, size = self.beam_width, res.tokens.shape[2]
+        width = self.beam_width
+        steps = _candidate_frames(log_probs, lens, res, self.blank_id).gather(
+            1, r.order[:, :width, None].expand(-1, -1, r.tokens.shape[2]).to(res.frames.device))
+        live = r.total[:, :width] > float("-inf")
+        size = r.tokens.shape[2]
         beam_results = torch.zeros(batch, width, frames, dtype=torch.int32)
         timesteps = torch.zeros(batch, width, frames, dtype=torch.int32)
-        beam_results[..., :size] = res.tokens.cpu()
-        timesteps[..., :size] = res.frames.cpu()
-        return beam_results, (-res.acoustic).cpu(), timesteps, res.lengths.cpu()
+        beam_results[..., :size] = torch.where(live[..., None], r.tokens[:, :width], 0).int().cpu()
+        timesteps[..., :size] = torch.where(live[..., None], steps, 0).int().cpu()
+        scores = torch.where(live, -r.acoustic[:, :width], float("inf")).float().cpu()
+        return beam_results, scores, timesteps, torch.where(live, r.lengths[:, :width], 0).int().cpu()
+
+    def _rerank(self, log_probs, lengths, res):
+        return rerank(log_probs, lengths, res.tokens, res.lengths, res.total > float("-inf"), blank=self.blank_id,
+                      lm=self.lm, alpha=self.alpha, beta=self.beta)
 
     def best(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         """The best hypothesis of each utterance of normalised ``log_probs`` (any device; no checks,
@@ -124,10 +134,8 @@ class CTCBeamDecoder:
         if self.backend != "torch":
             res, _, _, lens = self.decode(log_probs, lengths, compute_scores=False)
             return [res[i, 0, : int(lens[i, 0])].tolist() for i in range(res.shape[0])]
-        r = self.search(log_probs, lengths.to(log_probs.device), timesteps=False)
-        tokens, lens, _, _ = rerank(log_probs, lengths, r.tokens, r.lengths, r.total > float("-inf"),
-                                    blank=self.blank_id, lm=self.lm, alpha=self.alpha, beta=self.beta)
-        return [t[:k] for t, k in zip(tokens[:, 0].cpu().tolist(), lens[:, 0].cpu().tolist())]
+        r = self._rerank(log_probs, lengths, self.search(log_probs, lengths.to(log_probs.device), timesteps=False))
+        return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
 
     def search(self, log_probs: torch.Tensor, lengths: torch.Tensor, timesteps: bool = True):
         """``decoding.search.Result`` of normalised ``log_probs`` on their device (no checks, no
@@ -141,6 +149,19 @@ class CTCBeamDecoder:
         with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
             parts = list(pool.map(lambda c: search(log_probs[c], lengths[c], opts, self.lm, timesteps), chunks))
         return _concat(parts)
+
+
+def _candidate_frames(log_probs, lengths, res, blank: int) -> torch.Tensor:
+    """The timesteps of every re-ranking candidate [B, K+1, L]: the search's rows, then the greedy
+    hypothesis's (the peak of each token over the frames it holds)."""
+    from .rerank import greedy_frames
+    from .search import peak_frames
+    starts, counts = greedy_frames(log_probs, lengths, blank)
+    tokens = log_probs.argmax(-1).gather(1, starts) if starts.shape[1] else starts
+    g = peak_frames(log_probs, tokens[:, None], starts[:, None], counts[:, None], lengths.to(log_probs.device))
+    size = max(res.frames.shape[2], g.shape[2])
+    pad = lambda x: torch.nn.functional.pad(x.long(), (0, size - x.shape[2]))    # noqa: E731
+    return torch.cat([pad(res.frames), pad(g)], 1)
 
 
 def _concat(parts):

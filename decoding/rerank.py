@@ -11,6 +11,8 @@ is never less likely than greedy's, and its score is exact.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -41,12 +43,14 @@ def exact_acoustic(log_probs: torch.Tensor, lengths: torch.Tensor, tokens: torch
     ``lens [B, K]``: [B, K] float64 (-inf where infeasible)."""
     batch, k, size = tokens.shape
     frames, classes = log_probs.shape[1], log_probs.shape[2]
+    if frames == 0 or batch == 0:                      # no frames: only the empty hypothesis, with probability 1
+        return torch.where(lens == 0, 0.0, float("-inf")).to(torch.float64)
     out = torch.empty(batch, k, dtype=torch.float64, device=log_probs.device)
     per = max(1, CHUNK_ELEMENTS // max(frames * classes * k, 1))          # utterances per call
     lp = log_probs.float().transpose(0, 1)                                # [T, B, C]
     for b0 in range(0, batch, per):
         b1 = min(batch, b0 + per)
-        x = lp[:, b0:b1, None, :].expand(frames, b1 - b0, k, classes).reshape(frames, -1, classes)
+        x = lp[:, b0:b1, None, :].expand(frames, b1 - b0, k, classes).reshape(frames, (b1 - b0) * k, classes)
         tl = lens[b0:b1].reshape(-1).long()
         targets = tokens[b0:b1].reshape(-1, size).long() if size else torch.zeros(len(tl), 1, dtype=torch.long)
         targets = torch.where(torch.arange(targets.shape[1], device=targets.device) < tl[:, None], targets, 1)
@@ -83,8 +87,40 @@ def rerank(log_probs: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor,
     if lm is not None:
         flat = cand.reshape(-1, cand.shape[2])
         total += alpha * lm_scores(lm, flat, clens.reshape(-1)).reshape(clens.shape) + beta * clens.double()
-    ok = torch.cat([valid.to(total.device), torch.ones_like(valid[:, :1], device=total.device)], 1)
+    k = tokens.shape[1]
+    valid = valid.to(total.device)
+    same = (cand[:, :k] == cand[:, k:]).all(2) & (clens[:, :k] == clens[:, k:]) & valid
+    ok = torch.cat([valid, ~same.any(1, keepdim=True)], 1)     # the greedy hypothesis, unless already a row
     total = total.masked_fill(~ok, float("-inf"))              # n-best rows past the distinct hypotheses
     order = torch.sort(total, dim=1, descending=True, stable=True).indices
-    pick = lambda x: x.gather(1, order) if x.dim() == 2 else x.gather(1, order[..., None].expand_as(x))  # noqa: E731
-    return pick(cand), pick(clens), pick(acoustic), pick(total)
+    return Reranked(*(_pick(x, order) for x in (cand, clens, acoustic, total)), order)
+
+
+def _pick(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Rows of `x` ([B, K] or [B, K, L]) in `order` [B, K]."""
+    return x.gather(1, order) if x.dim() == 2 else x.gather(1, order[..., None].expand_as(x))
+
+
+class Reranked(NamedTuple):
+    """Candidates best first: the n-best rows and, last before re-ranking, the greedy hypothesis.
+    `order[b, j]` is the candidate number of row j (the greedy hypothesis is number K)."""
+    tokens: torch.Tensor          # [B, K+1, L]
+    lengths: torch.Tensor         # [B, K+1]
+    acoustic: torch.Tensor        # [B, K+1] float64, exact
+    total: torch.Tensor           # [B, K+1] float64, exact (-inf: no candidate)
+    order: torch.Tensor           # [B, K+1]
+
+
+def greedy_frames(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame each greedy token is emitted at ([B, L], padded with 0) and the token counts [B]."""
+    pred = log_probs.argmax(-1)
+    prev = torch.cat([torch.full_like(pred[:, :1], -1), pred[:, :-1]], 1)
+    valid = torch.arange(pred.shape[1], device=pred.device)[None, :] < lengths.to(pred.device)[:, None]
+    keep = valid & (pred != blank) & (pred != prev)
+    counts = keep.sum(1)
+    out = torch.zeros(pred.shape[0], int(counts.max()) if counts.numel() else 0, dtype=torch.long,
+                      device=pred.device)
+    for i in range(pred.shape[0]):
+        at = torch.nonzero(keep[i]).flatten()
+        out[i, : len(at)] = at
+    return out, counts

@@ -45,7 +45,7 @@ def test_scores_are_exact_and_ranked():
     lp = unpeaked(batch=6, frames=30, seed=3)
     lens = torch.tensor([30, 29, 20, 12, 5, 1])
     res = search(lp, lens, SearchOptions(beam_width=4, cutoff_top_n=len(LABELS)))
-    tokens, tl, acoustic, total = rerank(lp, lens, res.tokens, res.lengths, res.total > -math.inf)
+    tokens, tl, acoustic, total, _ = rerank(lp, lens, res.tokens, res.lengths, res.total > -math.inf)
     for i in range(6):
         rows = [tokens[i, j, : tl[i, j]].tolist() for j in range(tokens.shape[1]) if total[i, j] > -math.inf]
         exact = ctc_log_likelihood(lp[i:i + 1].expand(len(rows), -1, -1), lens[i:i + 1].expand(len(rows)), rows)

@@ -611,12 +611,21 @@ def test_decoder_conventions():
     results, scores, timesteps, out_lens = dec.decode(lp, lengths)
     assert results.shape == timesteps.shape == (6, 6, 40) and scores.shape == out_lens.shape == (6, 6)
     assert results.dtype == timesteps.dtype == out_lens.dtype == torch.int32 and scores.dtype == torch.float32
+    # the search's n-best and the greedy hypothesis, re-ranked by exact likelihood (decoding/rerank.py)
     res = S.search(lp, lengths, dec.options(43))
-    size = res.tokens.shape[2]
-    assert torch.equal(results[..., :size], res.tokens) and not results[..., size:].any()
-    assert torch.equal(timesteps[..., :size], res.frames) and not timesteps[..., size:].any()
-    assert torch.equal(out_lens, res.lengths)
-    assert torch.equal(scores, -res.acoustic)                       # ctcdecode: minus the log mass
+    greedy = greedy_decode(lp, lengths)
+    for i in range(6):
+        rows = [results[i, w, : out_lens[i, w]].tolist() for w in range(6) if scores[i, w] < float("inf")]
+        searched = [res.tokens[i, w, : res.lengths[i, w]].tolist() for w in range(6)]
+        assert len(rows) == len({tuple(r) for r in rows}) and all(r in searched or r == greedy[i] for r in rows)
+        exact = ctc_log_likelihood(lp[i:i + 1].expand(len(rows), -1, -1), lengths[i:i + 1].expand(len(rows)), rows)
+        assert torch.allclose(scores[i, : len(rows)].double(), -exact, atol=1e-4)     # minus the exact log mass
+        assert (scores[i, : len(rows)].diff() >= -1e-5).all()                         # most likely first
+        assert exact[0] >= ctc_log_likelihood(lp[i:i + 1], lengths[i:i + 1], [greedy[i]])[0] - 1e-6
+        for w, r in enumerate(rows):                                  # a searched row keeps its timesteps
+            if r in searched:
+                j = searched.index(r)
+                assert timesteps[i, w, : len(r)].tolist() == res.frames[i, j, : len(r)].tolist()
     assert torch.isfinite(scores[[0, 2, 3, 4, 5]]).all()            # every row filled where possible
     assert scores[1, 0].item() == 0.0 and (scores[1, 1:] == float("inf")).all()
     assert out_lens[1].tolist() == [0] * 6
@@ -647,7 +656,13 @@ def test_decoder_model_path_arpa(tmp_path):
     r1, s1, _, n1 = with_lm.decode(lp, torch.tensor([4]))
     assert r0[0, 0, : n0[0, 0]].tolist() == [1, 2] and r1[0, 0, : n1[0, 0]].tolist() == [1, 3, 2]
     res = S.search(lp, torch.tensor([4]), with_lm.options(4), lm=load_lm(path, XYZ))
-    assert torch.equal(r1[..., : res.tokens.shape[2]], res.tokens) and torch.equal(s1, -res.acoustic)
+    searched = [res.tokens[0, w, : res.lengths[0, w]].tolist() for w in range(8)]
+    rows = [r1[0, w, : n1[0, w]].tolist() for w in range(8) if s1[0, w] < float("inf")]
+    assert len(rows) == len({tuple(r) for r in rows}) and all(r in searched or r == greedy_decode(lp, [4])[0]
+                                                              for r in rows)
+    assert torch.allclose(s1[0, : len(rows)].double(), -ctc_log_likelihood(lp.expand(len(rows), -1, -1),
+                                                                            torch.tensor([4] * len(rows)), rows),
+                          atol=1e-4)
     # the file holds 7 decimals: its table is the estimated one up to rounding
     assert torch.allclose(with_lm.lm.table, dense(estimate(NO_XY, 2), XYZ).table, atol=1e-5)
 

@@ -366,17 +366,25 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device,
         x = torch.from_numpy(feats)[None].to(device)
         lp, ol = loaded.model(x, torch.tensor([x.shape[1]], device=device))
         lp, ol = restrict_to_labels(lp.float().cpu(), loaded.inventory), ol.cpu()
-        if decoder is not None:
-            res, _, steps, lens = decoder.decode(lp, ol)
-            n = int(lens[0, 0])
-            hyp, frames = res[0, 0, :n].tolist(), steps[0, 0, :n].tolist()
-        else:
-            hyp = greedy_decode(lp, ol)[0]
-            best = lp[0, : int(ol[0])].argmax(-1)
-            keep = (best != 0) & torch.cat([torch.tensor([True]), best[1:] != best[:-1]])
-            frames = torch.nonzero(keep).flatten().tolist()
-        out.append((p, hyp, frames, lp[0, : int(ol[0])]))
+        out.append((p, *_hypothesis_frames(decoder, lp, ol), lp[0, : int(ol[0])]))
     return out
+
+
+def _hypothesis_frames(decoder: CTCBeamDecoder | None, lp: torch.Tensor, ol: torch.Tensor):
+    """(hypothesis, the frame of each token) of one utterance: the decoder's best (re-ranked, as
+    predict keeps it) with its n-best row's timesteps, or the greedy path's and its frames."""
+    best = lp[0, : int(ol[0])].argmax(-1)
+    keep = (best != 0) & torch.cat([torch.tensor([True]), best[1:] != best[:-1]])
+    greedy = (greedy_decode(lp, ol)[0], torch.nonzero(keep).flatten().tolist())
+    if decoder is None:
+        return greedy
+    hyp = decoder.best(lp, ol)[0]
+    res, _, steps, lens = decoder.decode(lp, ol)
+    for j in range(res.shape[1]):
+        n = int(lens[0, j])
+        if res[0, j, :n].tolist() == hyp:
+            return hyp, steps[0, j, :n].tolist()
+    return greedy                        # the re-ranking chose the greedy path's hypothesis
 
 
 def plot_posteriorgram(path: Path, log_probs: torch.Tensor, hyp: list[int], frames: list[int], title: str,
