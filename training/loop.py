@@ -459,9 +459,9 @@ def dev_pass(run: Run, st: TrainState) -> tuple[EvalResult | None, EvalResult | 
     if run.dev_m is None:
         return None, None
     try:
-        ev = evaluate(st.model, run.dev_m, run.ctx, run.cfg, st.amp, run.source)
-        avg = None if st.average is None else evaluate(st.average.model, run.dev_m, run.ctx, run.cfg, st.amp,
-                                                       run.source)
+        models = [st.model] + ([st.average.model] if st.average is not None else [])
+        ev, *avg = evaluate(models, run.dev_m, run.ctx, run.cfg, st.amp, run.source)
+        avg = avg[0] if avg else None
     except DataError as exc:      # the epoch's training is kept: checkpoint at its last step
         stop_on_data_error(run, st, exc, f"dev data, after the training steps of epoch {st.epoch + 1}")
     return ev, avg
@@ -550,33 +550,37 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: Model, m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp: bool,
-             source: ShardSource | None = None) -> EvalResult:
-    """Dev loss and greedy distance; each rank takes its share of shards, sums are all-reduced."""
-    model.eval()
+def evaluate(models: list[Model], m: mf.Manifest, ctx: D.Context, cfg: TrainConfig, amp: bool,
+             source: ShardSource | None = None) -> list[EvalResult]:
+    """Dev loss and greedy distance of each model (the trained weights and their average), in one
+    pass over the shards (each is read once); each rank takes its share, sums are all-reduced."""
+    for model in models:
+        model.eval()
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=cfg.workers,
                       opts=BatchOptions(cfg.max_frames, cfg.max_utts), shuffle=False, balance=False)
-    loss = dist_sum = 0.0
+    sums = [[0.0, 0.0] for _ in models]         # loss, distance
     n = tokens = 0
     error = None
     inv = m.inventory
     try:
         for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda", source=source):
             batch = batch.to(ctx.device)
-            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-                lp, out_lens = model(batch.feats.float(), batch.lengths)
-            loss += float(ctc_sum(lp.float(), out_lens, batch))
-            hyps = greedy_decode(restrict_to_labels(lp, inv), out_lens)
             labels, llens = batch.labels.cpu(), batch.label_lengths.cpu()
-            for i, h in enumerate(hyps):
-                dist_sum += Levenshtein.distance(inv.to_codes(h), inv.to_codes(labels[i, : llens[i]].tolist()))
-            n += len(hyps)
+            refs = [inv.to_codes(labels[i, : llens[i]].tolist()) for i in range(len(llens))]
+            for model, acc in zip(models, sums):
+                with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+                    lp, out_lens = model(batch.feats.float(), batch.lengths)
+                acc[0] += float(ctc_sum(lp.float(), out_lens, batch))
+                hyps = greedy_decode(restrict_to_labels(lp, inv), out_lens)
+                acc[1] += sum(Levenshtein.distance(inv.to_codes(h), ref) for h, ref in zip(hyps, refs))
+            n += len(refs)
             tokens += int(llens.sum())
     except ShardReadError as exc:      # voted on below, so every rank stops together (no DDP hang)
         error = error_message(exc)
-    loss, dist_sum, n, tokens, errors = D.all_sum(ctx, [loss, dist_sum, n, tokens, float(error is not None)])
-    model.train()
+    *flat, n, tokens, errors = D.all_sum(ctx, [v for acc in sums for v in acc] + [n, tokens, float(error is not None)])
+    for model in models:
+        model.train()
     if errors:
         raise DataError(gather_messages(ctx, error), ctx.world)
-    return EvalResult(loss=loss / max(tokens, 1), distance=dist_sum / max(n, 1), utterances=int(n),
-                      phonemes=int(tokens))
+    return [EvalResult(loss=flat[2 * k] / max(tokens, 1), distance=flat[2 * k + 1] / max(n, 1), utterances=int(n),
+                       phonemes=int(tokens)) for k in range(len(models))]

@@ -8,6 +8,7 @@ checkpoints, the epoch record) are in training/loop.py.
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
     the checkpoint); without it a damaged shard stops the run with a checkpoint at the current step.
     `on_step(state)` is called after every step; True asks the run to stop there."""
     if D.main_rank():                  # only rank 0 writes (other machines need not share its disk)
-        if cfg.resume and not Path(cfg.weights).is_dir():
+        # outside torchrun a missing folder is a typo; under it (--max-restarts with --resume) the
+        # first launch starts the run
+        if cfg.resume and not Path(cfg.weights).is_dir() and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
             raise TrainingError(f"--resume: there is no folder {cfg.weights} to resume from (a typo?); create it "
                                 "to start a new run there with --resume, or drop --resume")
         ensure_writable(cfg.weights)   # before any step: not after an epoch of training
