@@ -107,7 +107,7 @@ def test_time_budget_run_follows_its_plan_and_anneals(shards, tmp_path, planned)
     assert cap == 5 and 0 < available <= 600 and epoch_s > 0
     assert any("time budget 10 min" in ln and "-> 2 epoch(s)" in ln for ln in lines), lines
     rows = metrics(tmp_path)
-    assert [r["epoch"] for r in rows] == [0, 1] and {r["planned_epochs"] for r in rows} == {2}
+    assert [r["epoch"] for r in rows] == [1, 2] and {r["planned_epochs"] for r in rows} == {2}
     # The cosine schedule was stretched to the 2 planned epochs: its last step is at its floor.
     assert rows[-1]["lr"] == pytest.approx(0.02 * cfg.lr)
     ck = load_last(tmp_path)
@@ -135,7 +135,7 @@ def test_time_budget_stops_when_the_next_epoch_would_overrun(shards, tmp_path, p
     monkeypatch.setattr(B, "SLACK", -1.0)             # any epoch "ends past the budget"
     lines: list[str] = []
     out = train(train_config(shards, tmp_path, epochs=5, time_budget=10.0, dev=""), log=lines.append)
-    assert out["budget_stop"] and out["epoch"] == 0
+    assert out["budget_stop"] and out["epoch"] == 1
     assert any("time budget: stopping after epoch 1 of the 3 planned" in ln for ln in lines), lines
     assert len(metrics(tmp_path)) == 1 and load_last(tmp_path).epoch == 1
 

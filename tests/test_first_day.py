@@ -42,7 +42,7 @@ def test_resuming_a_finished_run_says_so(fast, finished, tmp_path):
     assert "nothing to train" in out and "larger --epochs" in out
     out = cli(*train_args(shards, run, "--epochs", "3", "--resume")).output
     assert "warning: the cosine schedule of this finished run ended at epoch 2" in out
-    assert [r["epoch"] for r in metrics(run)] == [0, 1, 2]
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]          # counted from 1, as the log counts
 
 
 def test_resume_with_a_mistyped_folder_is_one_line(fast, tmp_path):

@@ -300,7 +300,7 @@ def test_damaged_shard_mid_epoch_stops_with_checkpoint_then_skip_resumes(shards_
     assert f"skipping 1 damaged train shard(s) with {m.shards[victim_no].utterances} of {N_TRAIN}" in res.output
     assert "the epoch plan changes" in res.output
     rows = metrics(tmp_path)
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["skipped_shards"] == [f"{TRAIN}/{victim.name}"] for r in rows)
     assert rows[1]["utterances"] == N_TRAIN - m.shards[victim_no].utterances
     state = load_last(tmp_path)

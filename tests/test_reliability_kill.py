@@ -174,7 +174,7 @@ def test_torchrun_restarts_a_killed_rank_from_the_checkpoint(fast, tmp_path):
     state = load_last(tmp_path)
     assert (state.epoch, state.step, state.global_step) == (2, 0, total)
     assert state.rank_steps == [total, total]
-    assert [r["epoch"] for r in metrics(tmp_path)] == [0, 1]
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1, 2]
 
 
 @pytest.mark.slow
@@ -203,5 +203,5 @@ def test_ddp_bad_shard_on_one_rank_stops_all_ranks_then_skip(fast, pipe, tmp_pat
     assert state.epoch == 2 and state.rank_steps[0] == state.rank_steps[1]
     assert [s["shard"] for s in state.skipped_shards] == [f"{TRAIN}/{victim.name}"]
     rows = metrics(tmp_path / "run")
-    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["skipped_shards"] == [f"{TRAIN}/{victim.name}"]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["skipped_shards"] == [f"{TRAIN}/{victim.name}"]
     assert rows[1]["utterances"] + rows[1]["dropped_utterances"] == FAST_COUNTS[TRAIN] - rows[1]["skipped_utterances"]

@@ -67,7 +67,7 @@ def test_events_hold_the_metrics_of_every_epoch(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(tb, "STEP_EVERY", 2)          # the tiny run has a few steps per epoch
     cli(*train_args(shards, tmp_path, "--epochs", "2", "--tensorboard"))
     rows = metrics(tmp_path)
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]
     seen = assert_events_match_metrics(tmp_path)
     for tag in ("loss/train", "loss/dev", "dev/distance", "dev/per", "lr", "speed/frames_per_s",
                 "data/wait_fraction", "data/padding_efficiency", "speed/epoch_seconds"):

@@ -60,7 +60,7 @@ def test_train_three_epochs(fast_shards, tmp_path):
     assert len(rows) == 3
     for e, r in enumerate(rows):
         assert METRIC_KEYS <= r.keys(), sorted(METRIC_KEYS - r.keys())
-        assert r["epoch"] == e and r["step"] == (e + 1) * steps and r["world"] == 1
+        assert r["epoch"] == e + 1 and r["step"] == (e + 1) * steps and r["world"] == 1
         assert all(np.isfinite(r[k]) for k in ("train_loss", "dev_loss", "dev_distance", "lr", "frames_per_s"))
         assert 0.5 < r["padding_efficiency"] <= 1.0
         assert r["frames_per_s"] > 0 and r["lr"] > 0 and r["dev_distance"] >= 0
@@ -82,7 +82,7 @@ def test_train_three_epochs(fast_shards, tmp_path):
 
     # a fresh run (no --resume) in the same folders starts new curves instead of appending
     cli(*train_args(fast_shards, tmp_path, "--epochs", "1"))
-    assert [r["epoch"] for r in metrics(tmp_path)] == [0]
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1]
 
 
 @pytest.mark.parametrize("recipe, downsampling", [("demo.yaml", 4), ("demo-gpu.yaml", 4)])
@@ -131,7 +131,7 @@ def test_ddp_two_ranks(fast_shards, ddp_run):
     found = re.findall(r"(\d+) steps/epoch", res.stderr + res.stdout)
     assert found == [str(steps)], found
     rows = metrics(run)
-    assert [r["epoch"] for r in rows] == list(range(DDP_EPOCHS))
+    assert [r["epoch"] for r in rows] == list(range(1, DDP_EPOCHS + 1))
     for e, r in enumerate(rows):
         assert r["world"] == 2 and r["step"] == (e + 1) * steps
         p = [plan(fast_shards, epoch=e, rank=k, world=2) for k in range(2)]
@@ -182,7 +182,7 @@ def test_resume_single_process_is_exact_and_skips_consumed_shards(fast_shards, t
 
     assert (load_last(b).epoch, load_last(b).global_step) == (2, 2 * p0.steps)
     assert_same_run(a, b)
-    assert [r["epoch"] for r in metrics(b)] == [0, 1]
+    assert [r["epoch"] for r in metrics(b)] == [1, 2]
     assert all(r["utterances"] == N_TRAIN for r in metrics(b))
 
 
@@ -247,7 +247,7 @@ def test_resume_at_epoch_boundary_keeps_pinned_options(fast_shards, tmp_path):
     assert state.config["seed"] == 0 and state.config["max_frames"] == MAX_FRAMES
     assert (state.epoch, state.step, state.global_step) == (2, 0, 2 * steps)
     rows = metrics(tmp_path)
-    assert [(r["epoch"], r["step"], r["utterances"]) for r in rows] == [(0, steps, N_TRAIN), (1, 2 * steps, N_TRAIN)]
+    assert [(r["epoch"], r["step"], r["utterances"]) for r in rows] == [(1, steps, N_TRAIN), (2, 2 * steps, N_TRAIN)]
 
 
 def test_stop_hook_checkpoints_like_ctrl_c(fast_shards, tmp_path):

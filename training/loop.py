@@ -496,7 +496,7 @@ def epoch_record(run: Run, st: TrainState, plan: EpochPlan, tot: list[float], ev
     """The epoch's line of metrics.jsonl; `tot` are the accumulators summed over ranks (loss,
     tokens, real, padded, utts, wait, busy); `avg` the averaged weights' dev figures."""
     return {
-        "epoch": st.epoch, "step": st.global_step, "train_loss": tot[0] / max(tot[1], 1),
+        "epoch": st.epoch + 1, "step": st.global_step, "train_loss": tot[0] / max(tot[1], 1),    # from 1, as logged
         "dev_loss": ev.loss if ev else None, "dev_distance": ev.distance if ev else None,
         "dev_per": ev.distance * ev.utterances / max(ev.phonemes, 1) if ev else None,
         "padding_efficiency": tot[2] / max(tot[3], 1), "lr": lr,

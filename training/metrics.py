@@ -24,7 +24,7 @@ def read(results: str | Path) -> list[dict]:
 
 def truncate_after(results: str | Path, epoch: int) -> None:
     """On resume, forget epochs the checkpoint has not seen (they will be redone)."""
-    rows = [r for r in read(results) if r.get("epoch", -1) < epoch]
+    rows = [r for r in read(results) if r.get("epoch", 0) <= epoch]     # epochs count from 1: `epoch` were done
     path = Path(results) / METRICS
     if path.exists():
         from pipeline.atomic import write_text
@@ -40,7 +40,7 @@ def plot(results: str | Path) -> Path | None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    ep = [r["epoch"] + 1 for r in rows]
+    ep = [r["epoch"] for r in rows]
     dev = any(r.get("dev_loss") is not None for r in rows)
     fig = Figure(figsize=(13 if dev else 9, 3.6))
     axes = list(fig.subplots(1, 3 if dev else 2))
