@@ -181,3 +181,17 @@ def test_transcribe_decodes_as_predict_does(fast, chosen, tmp_path):
         _, rows, _ = _predict(shards, chosen, tmp_path / "-".join(extra or ("lm",)), *extra)
         out = cli("transcribe", "--weights", chosen / "weights", "--beam-width", "4", *extra, npy).output
         assert out.splitlines()[0].split("\t") == [npy.name, rows[0][1]]
+
+
+def test_a_new_run_drops_the_older_choice_and_a_stale_one_is_said(fast, chosen, tmp_path):
+    """decode.json belongs to the weights it was chosen with: a fresh run in the folder removes it,
+    and one whose best.pt changed since says so where it is used."""
+    _, shards = fast
+    run = _copy(chosen, tmp_path)
+    rec = json.loads((run / "weights" / "decode.json").read_text())
+    rec["use_lm"], rec["checkpoint_sha256"] = True, "0" * 64          # best.pt is not the one it was chosen for
+    (run / "weights" / "decode.json").write_text(json.dumps(rec))
+    out, _, made = _predict(shards, run, tmp_path / "p")
+    assert "chosen for an earlier best.pt" in out and "chosen for an earlier best.pt" in made["lm_from"]
+    log = cli(*train_args(shards, run, "--epochs", "1")).output          # a new run, without the choice
+    assert "removed" in log and not (run / "weights" / "decode.json").exists()

@@ -131,3 +131,37 @@ def test_help_puts_the_url_options_in_their_own_section(command):
     flags = lambda text: set(re.findall(r"^  (--[a-z-]+)", text, flags=re.M))     # noqa: E731
     assert "--shards" in flags(head) and not flags(head) & {"--fetch-retries", "--expect-digest", "--shard-cache"}
     assert {"--fetch-retries", "--expect-digest"} <= flags(url) and "--shards" not in flags(url)
+
+
+def test_evaluate_json_on_request_and_arpabet_beside_the_codes(fast, finished, tmp_path):
+    import csv
+    _, shards = fast
+    out = cli("evaluate", "--shards", shards, "--weights", finished / "weights", "--results", tmp_path,
+              "--beam-width", "2", "--workers", "0", "--quiet", "--json").output
+    figures = json.loads(out)                               # the whole output is the JSON, nothing else
+    assert figures == json.loads((tmp_path / f"evaluate-{DEV}.json").read_text())
+    with open(tmp_path / f"evaluate-{DEV}.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(rows) == figures["utterances"]
+    from pipeline.vocab import F22
+    assert all(len(r["reference_arpabet"].split()) == len(r["reference"]) and
+               set(r["reference_arpabet"].split()) <= set(F22.symbols) for r in rows)
+
+
+def test_make_passes_only_what_was_set_and_runs_one_process_itself():
+    """`make train ARGS=--config recipe.yaml` must not override the recipe's epochs; one process runs
+    phonerec itself (its one-line error last), several go through torchrun."""
+    import os
+    import subprocess
+    from tests.helpers import ROOT
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+
+    def dry(*args):
+        out = subprocess.run(["make", "-n", "-C", str(ROOT), *args, "BIN=/nonexistent/bin"], capture_output=True,
+                             text=True, env=env, check=True).stdout
+        return [line for line in out.splitlines() if " train " in line or " predict " in line][-1]
+    plain = dry("train", "ARGS=--config r.yaml")
+    assert "--epochs" not in plain and plain.startswith("/nonexistent/bin/phonerec train") and "torchrun" not in plain
+    assert '--epochs "3"' in dry("train", "EPOCHS=3")
+    assert "phonerec.launch" in dry("train", "NGPU=2") and "--nproc_per_node=\"2\"" in dry("train", "NGPU=2")
+    assert "phonerec.launch" in dry("predict", "TORCHRUN_ARGS=--nnodes=2 --node_rank=0")   # several machines

@@ -118,8 +118,11 @@ def evaluate(**params):
 
     cfg = make_config(EvaluateConfig, params)
     source = ShardSource.create(cfg.fetch_policy(), cfg.workers)
-    ev = _run(lambda: evaluate_split(cfg, source=source, echo=click.echo))
+    ev = _run(lambda: evaluate_split(cfg, source=source, echo=(lambda *_: None) if cfg.json else click.echo))
     if ev is not None:
+        if cfg.json:
+            from pathlib import Path
+            click.echo((Path(cfg.results) / f"evaluate-{ev.split}.json").read_text().strip())
         _network_note(ev.manifest, source)
 
 

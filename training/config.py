@@ -216,6 +216,7 @@ class EvaluateConfig(SplitConfig):
     alphas: str = option("0.25,0.5,0.75,1", metavar="A,B,..", help="LM weights to try (--tune).")
     betas: str = option("0,1,2,3", metavar="A,B,..", help="Bonuses per phone to try (--tune).")
     lm_order: int = option(4, range=Range(1, 6), help="The n of the LM --tune estimates (without --lm).")
+    json: bool = option(False, help="Print the figures as JSON (what evaluate-<split>.json holds) instead of text.")
 
 
 @dataclass

@@ -299,7 +299,8 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
     inv = m.inventory
     lm = m.num_utterances > 0 and "lm" in hyps[0]
     rows_out = ["id\treference\tgreedy\tbeam" + ("\tlm" if lm else "") + "\tgreedy_distance\tbeam_distance"
-                + ("\tlm_distance" if lm else "")]
+                + ("\tlm_distance" if lm else "") + "\treference_arpabet\tdecoded_arpabet"]
+    arpa = lambda labels: " ".join(inv.to_arpabet(labels))      # noqa: E731
     dg = db = dl = 0
     refs = 0
     for r in range(m.num_utterances):                    # manifest order: shard by shard
@@ -311,9 +312,11 @@ def evaluate(m: mf.Manifest, hyps: dict[int, dict], tsv: Path | None) -> Evaluat
             h = inv.to_codes(hyps[r]["lm"])
             dli = Levenshtein.distance(h, ref)
             dl += dli
-            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{h}\t{dgi}\t{dbi}\t{dli}")
+            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{h}\t{dgi}\t{dbi}\t{dli}\t{arpa(hyps[r]['ref'])}\t"
+                            f"{arpa(hyps[r]['lm'])}")
         else:
-            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}")
+            rows_out.append(f"{m.ids[r]}\t{ref}\t{g}\t{b}\t{dgi}\t{dbi}\t{arpa(hyps[r]['ref'])}\t"
+                            f"{arpa(hyps[r]['beam'])}")
     n = max(m.num_utterances, 1)
     if tsv is not None:
         write_text(tsv, "\n".join(rows_out) + "\n")

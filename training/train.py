@@ -29,6 +29,7 @@ from . import distributed as D
 from . import host, metrics, tensorboard
 from .augment import AugmentConfig
 from .average import WeightAverage
+from .tuning import RECORD
 from .checkpoint import LAST, Checkpoint, CheckpointError, remove_stale_temps, restore_rng
 from .config import TrainConfig
 from .data import ShardSource, damage_report, shard_label, without_shards
@@ -467,6 +468,10 @@ def _prepare_outputs(run: Run, st: TrainState, resumed: bool) -> None:
     run.weights.mkdir(parents=True, exist_ok=True)
     run.results.mkdir(parents=True, exist_ok=True)
     metrics.truncate_after(run.results, st.epoch if resumed else 0)
+    stale = run.weights / RECORD
+    if not resumed and stale.is_file():      # an older run's choice of the decoding: not for these weights
+        stale.unlink()
+        run.log(f"removed {stale}, the decoding chosen for an earlier run in this folder")
     write_json(run.weights / "config.json", {"train": run.cfg.to_dict(), "model": st.model.config.to_dict(),
                                              "parameters": count_parameters(st.model)})
     if run.cfg.tensorboard:        # the kept epochs' records are at or before the current epoch's first step

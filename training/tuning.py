@@ -21,8 +21,6 @@ from pathlib import Path
 from pipeline.atomic import write_json
 from pipeline.errors import PhonerecError
 
-from .checkpoint import BEST
-
 RECORD = "decode.json"
 ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 BETAS: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
@@ -152,8 +150,12 @@ def resolve(weights: str | Path, lm: str, alpha: float | None, beta: float | Non
     if not rec.use_lm:
         return Choice(origin=f"{folder / RECORD}: {rec.describe()}")
     path = check_lm(rec, folder)
+    stale = ""
+    ck = folder / rec.checkpoint
+    if ck.is_file() and sha256(ck) != rec.checkpoint_sha256:
+        stale = f"; chosen for an earlier {rec.checkpoint}: `phonerec evaluate --tune` chooses again"
     return Choice(str(path), rec.alpha if alpha is None else alpha, rec.beta if beta is None else beta,
-                  origin=f"{folder / RECORD}")
+                  origin=f"{folder / RECORD}{stale}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -209,6 +211,3 @@ def parse_values(text: str, what: str) -> list[float]:
         raise ValueError(f"{what}: {text!r} must list distinct finite numbers")
     return sorted(vals)
 
-
-def default_checkpoint() -> str:
-    return BEST
