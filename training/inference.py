@@ -29,6 +29,7 @@ from pipeline.verify import check_shards
 from pipeline.vocab import F22, Inventory, InventoryError
 
 from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restrict_to_labels
+from decoding.rerank import greedy_frames
 
 from . import distributed as D
 from .config import EvaluateConfig, PredictConfig, SearchConfig, TranscribeConfig
@@ -376,9 +377,8 @@ def transcribe(loaded: Loaded, paths: list[Path], device: torch.device,
 def _hypothesis_frames(decoder: CTCBeamDecoder | None, lp: torch.Tensor, ol: torch.Tensor):
     """(hypothesis, the frame of each token) of one utterance: the decoder's best (re-ranked, as
     predict keeps it) with its n-best row's timesteps, or the greedy path's and its frames."""
-    best = lp[0, : int(ol[0])].argmax(-1)
-    keep = (best != 0) & torch.cat([torch.tensor([True]), best[1:] != best[:-1]])
-    greedy = (greedy_decode(lp, ol)[0], torch.nonzero(keep).flatten().tolist())
+    starts, counts = greedy_frames(lp, ol, blank=0)
+    greedy = (greedy_decode(lp, ol)[0], starts[0, : int(counts[0])].tolist())
     if decoder is None:
         return greedy
     hyp = decoder.best(lp, ol)[0]
