@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -148,3 +149,52 @@ def test_training_makes_no_private_dataloader_calls():
     found = [f"{p.relative_to(ROOT)}:{i}" for folder in ("training", "bench") for p in (ROOT / folder).rglob("*.py")
              for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
     assert not found
+
+
+HOLDER = r'''
+import sys, time
+import numpy as np, torch
+from torch.utils.data import IterableDataset, get_worker_info
+from training.data import ShardLoader, _worker_ignores_stop_signals, pack
+
+class HoldsTheStopLock(IterableDataset):
+    """Worker 1 takes the lock of the DataLoader's done event (found in its worker loop's frame),
+    as torch's worker loop does for a moment on every task, and stays there."""
+    ring = None
+
+    def __iter__(self):
+        if get_worker_info().id == 0:
+            yield pack(np.arange(1), {0: (np.ones((3, 2), np.float16), np.ones(2, np.uint8))}, True)
+        else:
+            f = sys._getframe()
+            while "done_event" not in f.f_locals:
+                f = f.f_back
+            with f.f_locals["done_event"]._cond:
+                print("held", flush=True)
+                time.sleep(600)
+        time.sleep(600)
+
+it = iter(ShardLoader(HoldsTheStopLock(), batch_size=None, num_workers=2, generator=torch.Generator(),
+                      worker_init_fn=_worker_ignores_stop_signals))
+next(it)
+time.sleep(2)
+it.close()
+print("closed", flush=True)
+'''
+
+
+def test_close_while_a_worker_holds_the_dataloaders_stop_lock(tmp_path):
+    """A worker stopped inside the lock of the DataLoader's done event would leave that lock held
+    forever, and the DataLoader's own shutdown (Event.set) would wait for it: close() first asks
+    the workers to leave (an exception that unwinds their `with` blocks), and kills only those that
+    did not. Run in a child process: the old close() hangs there."""
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"close() hung: {e.stdout!r}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["held", "closed"]
+    assert "Traceback" not in out.stderr

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import multiprocessing
+import os
 import re
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -409,7 +411,7 @@ class _Batches:
     def close(self) -> None:
         """End the workers now and let the DataLoader iterator go (its own shutdown does the
         rest): a worker blocked in a stalled fetch ignores the SIGTERM of that shutdown
-        (_worker_ignores_stop_signals). The DataLoader's SIGCHLD handler would report the killed
+        (_worker_ignores_stop_signals). The DataLoader's SIGCHLD handler would report the ended
         workers as failures: it is set aside until they are reaped. Idempotent."""
         procs, self._procs = self._procs, []
         if not procs or threading.current_thread() is not threading.main_thread():
@@ -418,7 +420,7 @@ class _Batches:
             return
         old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
-            _kill(procs)
+            _end(procs)
             self._it = None             # its shutdown finds the workers gone, unregisters their pids
         finally:
             if old is not None:
@@ -428,6 +430,23 @@ class _Batches:
 
     def __del__(self):
         self.close()
+
+
+def _end(procs: list, wait: float = 1.0) -> None:
+    """Ask the workers to leave (_LEAVE), then kill those still there after `wait` seconds.
+    A worker killed outright could die inside the lock of the DataLoader's done event (its
+    worker loop takes it on every task), and the DataLoader's shutdown would then wait for that
+    lock forever; the exception _LEAVE raises unwinds the worker's `with` blocks first."""
+    for p in procs:
+        if p.is_alive():
+            try:
+                os.kill(p.pid, _LEAVE)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + wait
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    _kill(procs)
 
 
 def _kill(procs: list) -> None:
@@ -441,6 +460,7 @@ def _kill(procs: list) -> None:
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_LEAVE = signal.SIGUSR2             # the trainer's request to a worker: leave now (_end)
 
 
 class ShardLoader(DataLoader):
@@ -484,10 +504,16 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
 
 def _worker_ignores_stop_signals(worker_id: int) -> None:
     """Ctrl-C and SIGTERM reach the whole process group; the trainer alone acts on them (checkpoint,
-    exit 130) and then ends its workers, which would otherwise die mid-fetch with a traceback."""
+    exit 130) and then ends its workers, which would otherwise die mid-fetch with a traceback.
+    The trainer ends them with _LEAVE: a quiet exit that releases what the worker holds."""
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(_LEAVE, _leave)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked across the fork (ShardLoader)
+
+
+def _leave(signum, frame):
+    raise SystemExit(0)
 
 
 def make_loader(m: Manifest, plan: EpochPlan, start_step: int = 0, *, pin_memory: bool = False,
