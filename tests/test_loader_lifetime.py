@@ -20,7 +20,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline import manifest as mf
 from tests.conftest import ROOT, TRAIN
-from training.data import ShardLoader, ShardReadError, _worker_ignores_stop_signals, make_loader, pack
+from training.data import (
+    ShardLoader,
+    ShardReadError,
+    _worker_ignores_stop_signals,
+    make_loader,
+    pack,
+)
 from training.plan import BatchOptions, plan_epoch
 
 QUICK = 3.0         # seconds: the DataLoader's own shutdown waits 5 s for each blocked worker
@@ -192,7 +198,8 @@ def test_close_while_a_worker_holds_the_dataloaders_stop_lock(tmp_path):
     script.write_text(HOLDER)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env,
+                             check=False)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"close() hung: {e.stdout!r}")
     assert out.returncode == 0, out.stderr

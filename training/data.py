@@ -27,10 +27,10 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline import remote
 from pipeline.errors import PhonerecError
+from pipeline.features import STORAGE_DTYPE
 from pipeline.manifest import Manifest
 from pipeline.remote import FetchPolicy
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
-from pipeline.features import STORAGE_DTYPE
 
 from .host import release_free_memory
 from .plan import EpochPlan
