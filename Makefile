@@ -35,10 +35,10 @@ LM ?=
 ORDER ?= 4
 LM_ARGS = $(if $(LM),--lm "$(LM)")
 
-.PHONY: setup speech-tools shards publish train lm predict evaluate test bench demo speech-corpus help
+.PHONY: setup speech-tools shards publish train lm predict evaluate test bench gpu-wheels gpu-check demo speech-corpus help
 
 help:
-	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | speech-corpus"
+	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | gpu-check | speech-corpus"
 	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS='$(EPOCHS)' MINUTES='$(MINUTES)' TB='$(TB)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
 
 $(BIN)/python:
@@ -49,7 +49,7 @@ $(BIN)/python:
 SETUP_STAMP := $(VENV)/.setup-done
 $(SETUP_STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[test,speech]"
+	$(BIN)/pip install -q -e ".[test,speech,bench]"
 	@$(BIN)/phonerec --help >/dev/null && touch "$@" && echo "setup done: $(BIN)/phonerec (activate it: source $(BIN)/activate)"
 
 setup: $(SETUP_STAMP)
@@ -99,6 +99,20 @@ speech-corpus: setup speech-tools
 BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python -m bench.run_all --out "$(RESULTS)" $(BENCH_ARGS)
+
+# The GPU path on a GPU machine, in about 8 minutes (bench/gpu_check.py): tests/test_gpu.py, the search on CUDA
+# against the CPU search and greedy, the GPU presets' training speed with --amp, the GPU demo recipe shortened;
+# RESULTS/gpu_check.{json,md}. It runs with the GPU machine's own python and (CUDA) torch; a machine without
+# the network takes the project's other packages as wheels made here first: `make gpu-wheels`.
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= .gpu-wheels
+gpu-wheels: setup
+	$(BIN)/pip wheel -q -w "$(GPU_WHEELS)" ".[test,bench]"
+
+gpu-check:
+	@$(GPU_PYTHON) -c "import zarr, webdataset, pytest, fast_ctc_decode" 2>/dev/null || \
+	  $(GPU_PYTHON) -m pip install -q $(if $(wildcard $(GPU_WHEELS)),--no-index --find-links "$(GPU_WHEELS)") -e ".[test,bench]"
+	$(GPU_PYTHON) -m bench.gpu_check --out "$(RESULTS)" $(ARGS)
 
 # The whole job on synthesized English speech: corpus -> shards -> train (which then chooses the phone LM
 # and its weights on dev: WEIGHTS/decode.json, RESULTS/evaluate-dev-clean.*) -> predict (with that choice).

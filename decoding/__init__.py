@@ -5,11 +5,11 @@ Depends on ``pipeline`` (the symbol inventories) only."""
 
 from .ctc import (check_lengths, ctc_log_likelihood, default_labels, greedy_decode, hypotheses_to_codes,
                   prune_probs, restrict_to_labels)
-from .decoder import BLANK_SKIP, DECODERS, CTCBeamDecoder, beam_decode, load_lm
+from .decoder import BLANK_SKIP, CTCBeamDecoder, beam_decode, load_lm
 from .search import Result, SearchOptions
 
 __all__ = [
-    "BLANK_SKIP", "DECODERS", "CTCBeamDecoder", "Result", "SearchOptions", "beam_decode", "check_lengths",
+    "BLANK_SKIP", "CTCBeamDecoder", "Result", "SearchOptions", "beam_decode", "check_lengths",
     "ctc_log_likelihood", "default_labels", "greedy_decode", "hypotheses_to_codes", "load_lm", "prune_probs",
     "restrict_to_labels",
 ]

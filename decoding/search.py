@@ -44,8 +44,10 @@ _TIE = 2.0 ** -45                     # tie-break step (see _keys): candidate nu
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """What the search does; ``CTCBeamDecoder`` maps ctcdecode's arguments onto it."""
-    beam_width: int = 10
+    """What the search does: the one declaration of each search setting and its default, which the
+    decoding commands' options (training.config.SearchConfig), ``CTCBeamDecoder`` (ctcdecode's
+    arguments) and ``beam_decode`` take theirs from."""
+    beam_width: int = 50
     blank: int = 0
     cutoff_top_n: int = 40           # at most this many classes per frame (the blank ranked with the rest)
     cutoff_prob: float = 1.0         # ...and only the most likely ones whose probabilities add up to this

@@ -79,7 +79,7 @@ def test_run_all_quick(tmp_path):
     names = [r["name"] for r in summary["rows"]]
     assert len(names) == len(set(names)) and {"padding", "loader", "loader_w0", "training", "memory_growth" if
                                               len(rep["memory_scaling"]) > 1 else "loader_memory", "http",
-                                              "width_loader", "decode_w10_t1"} <= set(names)
+                                              "width_loader", "decode_peaked_w10_t1"} <= set(names)
     assert all(_finite(r["ratio"]) and r["ratio"] > 0 for r in summary["rows"])
     assert ("train_step" in names) == (step["ratio_epochs_per_cpu_hour"] is not None)
     assert (ROOT / "README.md").read_bytes() == readme

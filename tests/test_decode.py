@@ -1,11 +1,10 @@
-"""Decoding (``decoding``, re-exported by ``training.decode``) against independent references:
-plain-Python greedy, brute-force CTC sums. Beam tests run on both decoders: the torch search (the
-default) and fast-ctc-decode (kept for one release); tests/test_search.py covers the torch search
-in depth (n-best, LM, timesteps)."""
+"""Decoding (``decoding``) against independent references: plain-Python greedy, brute-force CTC
+sums; tests/test_search.py covers the torch search in depth (n-best, LM, timesteps)."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import itertools
 import math
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from bench.bench_decode import peaked_log_probs
 from pipeline.vocab import CODES, VOCAB
-from training.decode import (
+from decoding import (
     CTCBeamDecoder,
     beam_decode,
     ctc_log_likelihood,
@@ -25,10 +24,9 @@ from training.decode import (
     prune_probs,
 )
 
+from decoding.decoder import BEST_OF
+
 ROOT = Path(__file__).resolve().parents[1]
-FAST = "fast-ctc-decode"
-TORCH = "torch"
-BACKENDS = [TORCH, FAST]
 
 
 def random_log_probs(batch, frames, classes, seed, scale=2.0):
@@ -137,8 +135,7 @@ def test_ctc_log_likelihood_empty_batch_and_all_empty_targets():
 # --------------------------------------------------------------------------- beam search
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_beam_is_exact_maximum_on_tiny_inputs(backend):
+def test_beam_is_exact_maximum_on_tiny_inputs():
     """With width 64 >= every prefix set of <= 5 frames over 2 symbols (63), nothing is
     pruned before the last frame, so the top beam must be the true most probable labelling
     (and, for the torch search, its own score the exact probability)."""
@@ -146,8 +143,8 @@ def test_beam_is_exact_maximum_on_tiny_inputs(backend):
     for seed in range(120):
         lp = random_log_probs(4, 6, 3, seed, scale=1.0 + (seed % 3))
         lengths = random_lengths(4, 6, seed + 7)
-        via_fn = beam_decode(lp, lengths, beam_width=64, backend=backend)
-        dec = CTCBeamDecoder(labels=None, beam_width=64, backend=backend, log_probs_input=True, blank_skip=2.0)
+        via_fn = beam_decode(lp, lengths, beam_width=64)
+        dec = CTCBeamDecoder(labels=None, beam_width=64, log_probs_input=True, blank_skip=2.0)
         res, scores, _, out_lens = dec.decode(lp, lengths)
         for i in range(4):
             hyp = res[i, 0, : out_lens[i, 0]].tolist()
@@ -168,12 +165,11 @@ def test_beam_is_exact_maximum_on_tiny_inputs(backend):
 PER_UTT_TOLERANCE = 0.25
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_beam_beats_greedy_on_peaked_inputs(backend):
+def test_beam_beats_greedy_on_peaked_inputs():
     lp = peaked(48, 80, 43, seed=0)
     lengths = random_lengths(48, 80, 1, low=40)
     greedy = greedy_decode(lp, lengths)
-    beam = beam_decode(lp, lengths, beam_width=10, backend=backend)
+    beam = beam_decode(lp, lengths, beam_width=10)
     ll_greedy = ctc_log_likelihood(lp, lengths, greedy)
     ll_beam = ctc_log_likelihood(lp, lengths, beam)
     diff = ll_beam - ll_greedy
@@ -184,18 +180,17 @@ def test_beam_beats_greedy_on_peaked_inputs(backend):
     assert (diff < -1e-6).sum().item() <= 3
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_batched_equals_one_by_one_and_threads_agree(backend):
+def test_batched_equals_one_by_one_and_threads_agree():
     lp = peaked(10, 120, 43, seed=3)
     lengths = random_lengths(10, 120, 4)
     lengths[3] = 0
     padded = lp.clone()
     for i in range(10):  # junk beyond each length must not matter
         padded[i, int(lengths[i]):] = random_log_probs(1, 120 - int(lengths[i]), 43, 50 + i)[0]
-    one_thread = beam_decode(padded, lengths, beam_width=8, threads=1, backend=backend)
-    two_threads = beam_decode(padded, lengths, beam_width=8, threads=2, backend=backend)
+    one_thread = beam_decode(padded, lengths, beam_width=8, threads=1)
+    two_threads = beam_decode(padded, lengths, beam_width=8, threads=2)
     singles = [
-        beam_decode(lp[i:i + 1, : int(lengths[i])], lengths[i:i + 1], beam_width=8, backend=backend)[0]
+        beam_decode(lp[i:i + 1, : int(lengths[i])], lengths[i:i + 1], beam_width=8)[0]
         for i in range(10)
     ]
     assert one_thread == two_threads == singles
@@ -205,61 +200,17 @@ def test_batched_equals_one_by_one_and_threads_agree(backend):
     ]
 
 
-def test_fast_ctc_decode_outputs_and_conventions():
-    """The previous decoder's documented conventions (kept for one release)."""
-    batch, frames, width = 6, 50, 5
-    lp = peaked(batch, frames, 43, seed=5)
-    lengths = random_lengths(batch, frames, 6)
-    lengths[2] = 0
-    dec = CTCBeamDecoder(labels=VOCAB, beam_width=width, blank_id=0, num_processes=2,
-                         cutoff_top_n=40, cutoff_prob=1.0, log_probs_input=True, backend=FAST)
-    assert beam_decode(lp, lengths, beam_width=width, top_n=40, backend=FAST) == beam_decode(
-        lp, lengths, beam_width=width, top_n=40, threads=3, backend=FAST)
-    res, scores, steps, out_lens = dec.decode(lp, lengths)
-    assert res.dtype == torch.int32 and res.shape == (batch, width, frames)
-    assert steps.dtype == torch.int32 and steps.shape == (batch, width, frames)
-    assert scores.dtype == torch.float32 and scores.shape == (batch, width)
-    assert out_lens.dtype == torch.int32 and out_lens.shape == (batch, width)
-    # beams >= 1 are documented as absent with this backend
-    assert (out_lens[:, 1:] == 0).all() and torch.isinf(scores[:, 1:]).all()
-    assert (scores[:, 1:] > 0).all() and (res[:, 1:] == 0).all()
-
-    hyps = [res[i][0][: out_lens[i][0]].tolist() for i in range(batch)]
-    assert hyps == beam_decode(lp, lengths, beam_width=width, top_n=40, backend=FAST)
-    assert hyps[2] == [] and sum(map(len, hyps)) > 0
-    exact = ctc_log_likelihood(lp, lengths, hyps).float()
-    assert torch.allclose(scores[:, 0], -exact, rtol=1e-6, atol=1e-4)     # ctcdecode's sign
-    for i in range(batch):
-        n = int(out_lens[i, 0])
-        t = steps[i, 0, :n]
-        assert (t[1:] > t[:-1]).all() and (t >= 0).all() and (t < int(lengths[i])).all()
-        assert (res[i, 0, n:] == 0).all() and (steps[i, 0, n:] == 0).all()
-        assert all(1 <= c < 43 for c in hyps[i])
-
-    # probabilities instead of log-probabilities, and no seq_lens (= full length)
-    dec_p = CTCBeamDecoder(beam_width=width, log_probs_input=False, backend=FAST)
-    res_p, scores_p, _, lens_p = dec_p.decode(lp.exp(), lengths)
-    assert torch.equal(res_p, res) and torch.equal(lens_p, out_lens)
-    assert torch.allclose(scores_p[:, 0], scores[:, 0], atol=1e-3)
-    full = dec.decode(lp)
-    assert torch.equal(full[0][0], dec.decode(lp, torch.full((batch,), frames))[0][0])
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_blank_id_other_than_zero(backend):
+def test_blank_id_other_than_zero():
     lp = peaked(4, 60, 43, seed=9)
     lengths = random_lengths(4, 60, 10)
     moved = torch.cat([lp[..., 1:], lp[..., :1]], dim=-1)  # old class c -> c - 1, blank -> 42
-    dec = CTCBeamDecoder(labels=None, beam_width=6, blank_id=42, cutoff_top_n=43, backend=backend,
+    dec = CTCBeamDecoder(labels=None, beam_width=BEST_OF, blank_id=42, cutoff_top_n=43,
                          log_probs_input=True)
     res, scores, _, out_lens = dec.decode(moved, lengths)
     got = [[c + 1 for c in res[i, 0, : out_lens[i, 0]].tolist()] for i in range(4)]
-    assert got == beam_decode(lp, lengths, beam_width=6, backend=backend)
+    assert got == beam_decode(lp, lengths, beam_width=BEST_OF)
     exact = ctc_log_likelihood(lp, lengths, got).float()
-    if backend == FAST:
-        assert torch.allclose(scores[:, 0], -exact, atol=1e-4)
-    else:                    # the search's own mass: a lower bound of the exact probability
-        assert (-scores[:, 0] <= exact + 1e-3).all()
+    assert (-scores[:, 0] <= exact + 1e-3).all()    # the search's own mass: a lower bound of the exact one
 
 
 def test_prune_probs_matches_ctcdecode_rule():
@@ -272,17 +223,6 @@ def test_prune_probs_matches_ctcdecode_rule():
     assert torch.equal(prune_probs(p, top_n=4, top_p=1.0), p)
     out = prune_probs(p, top_n=2)
     assert out[0, 1].item() == 0.5 and out[0, 3].item() == pytest.approx(0.3)  # not renormalised
-
-
-def test_top1_pruning_reduces_beam_to_greedy():
-    """fast-ctc-decode: keeping one class per frame leaves a single path, so any width gives greedy."""
-    lp = peaked(8, 70, 43, seed=11)
-    lengths = random_lengths(8, 70, 12)
-    greedy = greedy_decode(lp, lengths)
-    assert beam_decode(lp, lengths, beam_width=10, top_n=1, backend=FAST) == greedy
-    assert beam_decode(lp, lengths, beam_width=10, top_p=1e-6, backend=FAST) == greedy
-    assert beam_decode(lp, lengths, beam_width=10, top_n=43, backend=FAST) == beam_decode(
-        lp, lengths, beam_width=10, backend=FAST)
 
 
 def test_torch_pruning_limits_extensions_only():
@@ -304,17 +244,25 @@ def test_torch_pruning_limits_extensions_only():
     assert beam_decode(lp, lengths, beam_width=10, top_n=43) == beam_decode(lp, lengths, beam_width=10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_decoder_argument_checks(backend):
+def test_decoder_argument_checks():
     lp = random_log_probs(2, 5, 3, 0)
     with pytest.raises(ValueError):
-        CTCBeamDecoder(labels=VOCAB, backend=backend).decode(lp)  # 43 labels, 3 classes
+        CTCBeamDecoder(labels=VOCAB).decode(lp)  # 43 labels, 3 classes
     with pytest.raises(ValueError):
-        CTCBeamDecoder(labels=None, blank_skip=0.0, backend=backend)
+        CTCBeamDecoder(labels=None, blank_skip=0.0)
     with pytest.raises(ValueError):
-        CTCBeamDecoder(beam_width=0, backend=backend)
-    with pytest.raises(ValueError):
-        CTCBeamDecoder(backend="ctcdecode")
+        CTCBeamDecoder(beam_width=0)
+    with pytest.raises(TypeError):
+        CTCBeamDecoder(backend="fast-ctc-decode")     # the previous decoder is gone (the bench's baseline)
+
+
+def test_one_default_per_search_setting():
+    """Every way in takes its defaults from SearchOptions, the one declaration of the search."""
+    from decoding import SearchOptions
+    d, dec = SearchOptions(), CTCBeamDecoder()
+    assert (dec.beam_width, dec.cutoff_top_n, dec.cutoff_prob, dec.blank_skip, dec.alpha, dec.beta) == (
+        d.beam_width, d.cutoff_top_n, d.cutoff_prob, d.blank_skip, d.alpha, d.beta)
+    assert inspect.signature(beam_decode).parameters["beam_width"].default == d.beam_width
 
 
 def test_hypotheses_to_codes():
@@ -327,14 +275,17 @@ def test_bench_quick_runs():
     spec.loader.exec_module(bench)
     result = bench.run(quick=True, reference=True, log=lambda *a: None, repeats=1)
     rows = result["rows"]
-    for name in ("torch (ours)", "fast-ctc-decode"):
-        mine = [r for r in rows if r["decoder"] == name]
-        assert {(r["beam_width"], r["threads"]) for r in mine} == {(1, 1), (1, 2), (10, 1), (10, 2)}
+    for family in ("peaked", "confusable"):
+        for name in ("torch (ours)", "fast-ctc-decode"):
+            mine = [r for r in rows if r["decoder"] == name and r["family"] == family]
+            assert {(r["beam_width"], r["threads"]) for r in mine} == {(1, 1), (1, 2), (10, 1), (10, 2)}
+        assert [r["beam_width"] for r in rows if r["decoder"].endswith("LM") and r["family"] == family] == [10]
     assert all(r["utt_per_s"] > 0 for r in rows)
     ours = [r for r in rows if r["decoder"] == "torch (ours)"]
     # the same unpruned search as the independent numpy one; never less likely than greedy
     assert all(r["agree_ref_pct"] == 100.0 and r["worse_than_greedy"] == 0 and r["ge_fast_pct"] >= 98 for r in ours)
     assert all(r["x_fast"] > 0 for r in ours)
-    assert [(t["beam_width"], t["threads"]) for t in result["targets"]] == [(10, 1), (10, 2)]
+    assert [(t["family"], t["beam_width"], t["threads"]) for t in result["targets"]] == [
+        ("peaked", 10, 1), ("confusable", 10, 1)]
     md = bench.markdown(result)
-    assert "| decoder |" in md and md.count("target, beam 10") == 2
+    assert "| posteriors | decoder |" in md and md.count("target, ") == 2 and "target, confusable, beam 10" in md

@@ -408,7 +408,7 @@ def test_inventories_as_data():
 
     from pipeline.vocab import CODES, INVENTORIES, Inventory, encode_transcript, read_tsv
     from training.checkpoint import Checkpoint
-    from training.decode import restrict_to_labels
+    from decoding import restrict_to_labels
     assert (F22.symbols, F22.codes, F22.masked) == (VOCAB, CODES, (41, 42))
     assert (S24.symbols, S24.codes, S24.masked) == (VOCAB[:-2], CODES[:-2], ())
     assert INVENTORIES["s23"] is S24 and load_inventory("S24") is S24 and load_inventory("f22") is F22

@@ -225,14 +225,14 @@ def test_summary_takes_every_ratio_out_of_a_bench_report():
     assert (s["cpu"], s["cpus"], s["date"], s["commit"]) == ("Test CPU", 2, "2030-01-02 03:04", "abc1234")
     assert set(rows) == {"padding", "loader", "loader_w0", "loader_cold", "training", "training_memory",
                          "first_batch", "loader_memory", "memory_growth", "http", "http_cache_cold",
-                         "http_cache_warm", "width_shard_mb", "width_loader", "train_step", "decode_w10_t1"}
+                         "http_cache_warm", "width_shard_mb", "width_loader", "train_step", "decode_peaked_w10_t1"}
     assert rows["loader"]["ratio"] == pytest.approx(10.0) and rows["padding"]["ratio"] == pytest.approx(1.5)
     assert rows["first_batch"]["ratio"] == pytest.approx(0.1) and rows["first_batch"]["better"] == "lower"
     assert rows["memory_growth"]["ratio"] == pytest.approx(420 / 370) and "4.0× the frames" in \
         rows["memory_growth"]["what"]
     assert rows["http"]["ratio"] == 0.7 and rows["width_shard_mb"]["ratio"] == pytest.approx(1.8)
     assert rows["train_step"]["ratio"] == 2.0 and rows["train_step"]["value"] == pytest.approx(50.0)
-    dec = rows["decode_w10_t1"]            # reused from an earlier run: that run's CPU, date and commit
+    dec = rows["decode_peaked_w10_t1"]            # reused from an earlier run: that run's CPU, date and commit
     assert (dec["ratio"], dec["cpu"], dec["date"], dec["commit"]) == (7.5, "Old CPU", "2030-01-01 00:00", "0ld0ld0")
     md = report.render(s)
     assert "**10.00**" in md and "[2] Old CPU, 2030-01-01 00:00, commit 0ld0ld0" in md

@@ -71,3 +71,20 @@ def test_with_an_lm_the_total_is_exact():
     toks = torch.tensor([[1, 2, 3, 0], [4, 4, 0, 0], [0, 0, 0, 0]])
     want = [lm.score(list("abc")), lm.score(list("dd")), lm.score([])]
     assert lm_scores(lm, toks, torch.tensor([3, 2, 0])).tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_best_reranks_the_first_rows_and_greedy_exactly():
+    """best() (predict, evaluate) scores the search's first BEST_OF rows and greedy's hypothesis
+    exactly and keeps the likeliest: at any width, never below any of them."""
+    from decoding.decoder import BEST_OF
+    lp = unpeaked(batch=16, frames=40, seed=7)
+    lens = torch.full((16,), 40)
+    dec = CTCBeamDecoder(LABELS, beam_width=3 * BEST_OF, cutoff_top_n=len(LABELS), log_probs_input=True,
+                         num_processes=1)
+    res = dec.search(lp, lens, timesteps=False)
+    best_ll = ctc_log_likelihood(lp, lens, dec.best(lp, lens))
+    assert (best_ll >= ctc_log_likelihood(lp, lens, greedy_decode(lp, lens)) - 1e-6).all()
+    for j in range(BEST_OF):
+        row = [t[:k] for t, k in zip(res.tokens[:, j].tolist(), res.lengths[:, j].tolist())]
+        ok = res.total[:, j] > -math.inf
+        assert (best_ll[ok] >= ctc_log_likelihood(lp, lens, row)[ok] - 1e-6).all()

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from decoding.search import SearchOptions
 from pipeline.config import CacheConfig, progress_field
 from pipeline.limits import MAX_WORKERS
 from pipeline.options import Options, Range, from_dict, option, redefault, unchecked
@@ -146,27 +147,26 @@ class SearchConfig(Options):
     """How a decoding command searches: `transcribe`'s options, and predict's and evaluate's."""
 
     weights: str = option("weights", help="Checkpoint folder (uses best.pt) or a checkpoint file.")
-    beam_width: int = option(50, range=Range(0, MAX_BEAM), help=f"Beam width (0 = greedy; at most {MAX_BEAM}).")
-    decoder: str = option("torch", choices=("torch", "fast-ctc-decode"),
-                          help="torch: the batched prefix beam search (decoding/search.py; CPU or GPU, n-best, LM); "
-                               "fast-ctc-decode: the previous decoder, kept for one release to compare (no LM).")
+    beam_width: int = option(SearchOptions.beam_width, range=Range(0, MAX_BEAM),
+                             help=f"Beam width (0 = greedy; at most {MAX_BEAM}).")
     lm: str = option("", metavar="FILE.arpa", path="existing-file",
                      help="A phone n-gram LM in ARPA form (`phonerec lm`, KenLM, SRILM) fused into the search. "
                           "[default: the one <weights>/decode.json records, chosen on dev after training]")
     alpha: float | None = option(None, range=Range(0, 10), help="LM weight. [default: decode.json's]")
     beta: float | None = option(None, range=Range(-10, 10), help="Bonus per phone with the LM. [default: decode.json's]")
     no_lm: bool = option(False, help="Decode without a language model, whatever decode.json says.")
-    blank_skip: float = option(0.999, range=Range(0, open_low=True),
+    blank_skip: float = option(SearchOptions.blank_skip, range=Range(0, open_low=True),
                                help="Frames whose blank probability reaches this extend no hypothesis (their blank "
                                     "and repeat paths are still summed exactly); above 1: search every frame.")
     threads: int = option(0, range=Range(0, MAX_THREADS),
                           help="Beam-search threads per rank (0 = CPUs / ranks on this machine).")
     device: str = device_field()
+    search_device: str = option("cpu", choices=("cpu", "cuda"),
+                                help="Where the beam search runs: cpu (on --threads cores, the model staying on the "
+                                     "GPU), or cuda (opt in: the search on the model's GPU; docs/results.md).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lm and self.decoder != "torch":
-            raise ValueError(f"--lm needs the torch decoder (--decoder {self.decoder} takes no language model)")
         if self.lm and self.no_lm:
             raise ValueError("--lm and --no-lm contradict each other: give one")
 

@@ -28,7 +28,7 @@ from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
 from pipeline.vocab import F22, Inventory, InventoryError
 
-from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restrict_to_labels
+from decoding import BLANK_SKIP, CTCBeamDecoder, SearchOptions, greedy_decode, load_lm, restrict_to_labels
 from decoding.rerank import greedy_frames
 
 from . import distributed as D
@@ -53,15 +53,19 @@ class BeamSettings:
     Each decode is a key of decode_split's rows: "beam" (no LM; with ``plain``, or when there is
     no LM), "lm" (the LM at ``alpha``, ``beta``) and each (alpha, beta) of ``grid`` (the search
     for the LM weights)."""
-    width: int = 10
+    width: int = SearchOptions.beam_width
     threads: int = 1
-    decoder: str = "torch"
+    search_device: str = "cpu"
     lm: str = ""
     alpha: float | None = None
     beta: float | None = None
     blank_skip: float = BLANK_SKIP
     plain: bool = True
     grid: tuple[tuple[float, float], ...] = ()
+
+    def device(self) -> torch.device:
+        """Where the search runs: the CPU, or this rank's GPU."""
+        return torch.device("cuda", torch.cuda.current_device()) if self.search_device == "cuda" else torch.device("cpu")
 
     @property
     def final(self) -> str:
@@ -78,7 +82,7 @@ class BeamSettings:
             return CTCBeamDecoder(labels=inventory.symbols, lm=model, alpha=alpha, beta=beta,
                                   cutoff_top_n=inventory.num_classes, beam_width=self.width,
                                   num_processes=max(self.threads, 1), log_probs_input=True,
-                                  blank_skip=self.blank_skip, backend=self.decoder)
+                                  blank_skip=self.blank_skip)
         out = {}
         if self.plain or self.final == "beam":
             out["beam"] = make(None, 0.0, 0.0)
@@ -155,8 +159,8 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: BeamSe
                  greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True,
                  source: ShardSource | None = None) -> dict[int, dict]:
     """Manifest row -> {"greedy": [...], "beam": [...], "ref": labels or None, (alpha, beta): [...] for
-    each of ``beam.grid``} for every utterance, gathered on every rank. The search runs where the
-    model does (log-probs stay on the GPU)."""
+    each of ``beam.grid``} for every utterance, gathered on every rank. The search runs on
+    ``beam.search_device`` (the CPU unless asked: the model may stay on its GPU)."""
     decoders = beam.decoders(m.inventory)
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
                       opts=BatchOptions(max_frames=max(max_frames, int(m.frames.max(initial=1)))),
@@ -169,7 +173,7 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: BeamSe
         for batch in make_loader(m, plan, pin_memory=ctx.device.type == "cuda", source=source):
             b = batch.to(ctx.device)
             lp, out_lens = loaded.model(b.feats.float(), b.lengths)
-            lp, out_lens = restrict_to_labels(lp.float(), m.inventory), out_lens.cpu()
+            lp, out_lens = restrict_to_labels(lp.float(), m.inventory).to(beam.device()), out_lens.cpu()
             g = greedy_decode(lp, out_lens) if greedy or not decoders else [None] * len(out_lens)
             found = {key: dec.best(lp, out_lens) for key, dec in decoders.items()}
             found.setdefault("beam", g)
@@ -434,15 +438,15 @@ def beam_settings(cfg: SearchConfig, choice: Choice | None = None, *, plain: boo
         ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
         threads = max((os.cpu_count() or 1) // ranks, 1)
     choice = choice or Choice()
-    return BeamSettings(width=cfg.beam_width, threads=threads, decoder=cfg.decoder, lm=choice.lm,
+    if cfg.search_device == "cuda" and not torch.cuda.is_available():
+        raise CompatibilityError("--search-device cuda: CUDA is not available on this machine; use --search-device cpu")
+    return BeamSettings(width=cfg.beam_width, threads=threads, search_device=cfg.search_device, lm=choice.lm,
                         alpha=choice.alpha, beta=choice.beta, blank_skip=cfg.blank_skip, plain=plain,
                         grid=tuple(grid))
 
 
 def decoding_choice(cfg: SearchConfig) -> Choice:
     """The LM a decoding command uses: its flags, else <weights>/decode.json (training.tuning)."""
-    if cfg.decoder != "torch" and not cfg.lm:
-        return Choice(origin=f"no LM (the {cfg.decoder} decoder takes none)")
     return resolve_choice(cfg.weights, cfg.lm, cfg.alpha, cfg.beta, cfg.no_lm, cfg.beam_width)
 
 
@@ -451,7 +455,7 @@ def describe_decoding(beam: BeamSettings, choice: Choice) -> str:
     if beam.width <= 0:
         return "greedy"
     if beam.final != "lm":
-        return f"beam width {beam.width}, {beam.decoder} decoder, {choice.origin}"
+        return f"beam width {beam.width}, {choice.origin}"
     return f"beam width {beam.width} + LM {beam.lm} (alpha {beam.alpha:g}, beta {beam.beta:g}; from {choice.origin})"
 
 
@@ -507,7 +511,7 @@ def provenance(loaded: Loaded, beam: BeamSettings, choice: Choice, extra: dict) 
     lm = beam.final == "lm"
     return {"checkpoint": str(loaded.path), "checkpoint_sha256": sha256(loaded.path),
             "averaged_weights": bool(loaded.checkpoint.averaged), "epoch": loaded.checkpoint.epoch,
-            "beam_width": beam.width, "decoder": beam.decoder, "lm": beam.lm if lm else None,
+            "beam_width": beam.width, "lm": beam.lm if lm else None,
             "lm_sha256": sha256(beam.lm) if lm else None, "alpha": beam.alpha if lm else None,
             "beta": beam.beta if lm else None, "lm_from": choice.origin, **extra}
 
@@ -617,7 +621,7 @@ def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: BeamSettings
     ev = evaluate(m, hyps, results / f"evaluate-{m.split}.tsv")
     lm = "lm" in hyps[0]
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in ev.__dict__.items() if k != "manifest"}
-    summary.update(beam_width=beam.width, decoder=beam.decoder, lm=beam.lm or None if lm else None,
+    summary.update(beam_width=beam.width, lm=beam.lm or None if lm else None,
                    alpha=beam.alpha if lm else None, beta=beam.beta if lm else None, lm_from=choice.origin)
     if rec is not None:
         summary.update(lm=rec.lm, alpha=rec.alpha, beta=rec.beta, use_lm=rec.use_lm, lm_grid=table, edge=rec.edge)

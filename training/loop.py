@@ -21,9 +21,10 @@ import math
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import Levenshtein
 import numpy as np
@@ -32,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from decoding import greedy_decode, restrict_to_labels
 from pipeline import manifest as mf
 from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
@@ -44,7 +46,6 @@ from .budget import Budget, describe
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
 from .config import TrainConfig
 from .data import Batch, ShardReadError, ShardSource, error_message, make_loader
-from .decode import greedy_decode, restrict_to_labels
 from .model import Model
 from .plan import BatchOptions, EpochPlan, plan_epoch
 
