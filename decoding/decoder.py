@@ -13,14 +13,15 @@ from pipeline.vocab import BLANK, VOCAB
 
 from .ctc import check_lengths, default_labels
 from .lm import DenseLM, dense, read_arpa
-from .rerank import rerank
+from .rerank import best_rows, rerank
 from .search import SearchOptions, search
 
 _DEFAULT = SearchOptions()
 BLANK_SKIP = _DEFAULT.blank_skip    # frames with P(blank) >= this extend nothing (their stays are exact)
-# best() re-ranks the search's first BEST_OF rows (and greedy's): on the demo's dev split (2026-12-07, a
-# 2-core Xeon, one thread, beam 50 with the LM) all 50 rows cost 12.3 ms an utterance for 12.24 -> 12.15 %
-# PER, the first 4 cost 1.35 ms for 12.17 %; decode() re-ranks every row (its n-best scores are exact).
+# best() re-ranks the search's first BEST_OF rows (and greedy's) where the top row is not surely at least as
+# likely as greedy's string (decoding.rerank.best_rows). On the demo's dev split (2026-12-07, a loaded 2-core
+# Xeon, one thread, beam 50 with the LM) that costs 3 ms an utterance over the search's 15 ms, for the same
+# 12.24 % PER (re-ranking all 50 rows everywhere: 12.3 ms more, 12.15 %); decode() re-ranks every row.
 BEST_OF = 4
 
 
@@ -122,12 +123,12 @@ class CTCBeamDecoder:
 
     def best(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         """The best hypothesis of each utterance of normalised ``log_probs`` (any device; no checks,
-        no timesteps): what predict and evaluate keep. The search's first ``BEST_OF`` rows and the
-        greedy hypothesis are re-ranked by their exact scores (``decoding.rerank``): never less
-        likely than greedy's."""
+        no timesteps): what predict and evaluate keep. Never less likely than greedy's
+        (``decoding.rerank.best_rows``: where the search's top row is not surely at least as likely,
+        its first ``BEST_OF`` rows and greedy's are re-ranked by their exact scores)."""
         res = self.search(log_probs, lengths.to(log_probs.device), timesteps=False)
-        r = self._rerank(log_probs, lengths, res, BEST_OF)
-        return [t[:k] for t, k in zip(r.tokens[:, 0].cpu().tolist(), r.lengths[:, 0].cpu().tolist())]
+        return best_rows(log_probs, lengths, res, BEST_OF, blank=self.blank_id, lm=self.lm, alpha=self.alpha,
+                         beta=self.beta)
 
     def search(self, log_probs: torch.Tensor, lengths: torch.Tensor, timesteps: bool = True):
         """``decoding.search.Result`` of normalised ``log_probs`` on their device (no checks, no

@@ -73,9 +73,10 @@ def test_with_an_lm_the_total_is_exact():
     assert lm_scores(lm, toks, torch.tensor([3, 2, 0])).tolist() == pytest.approx(want, abs=1e-5)
 
 
-def test_best_reranks_the_first_rows_and_greedy_exactly():
-    """best() (predict, evaluate) scores the search's first BEST_OF rows and greedy's hypothesis
-    exactly and keeps the likeliest: at any width, never below any of them."""
+def test_best_is_never_below_greedy_nor_the_top_row():
+    """best() (predict, evaluate): where the top row's own score (a lower bound) does not already
+    reach greedy's exact score, the first BEST_OF rows and greedy's are re-ranked exactly: the
+    result is never less likely than greedy's, nor than the search's top row."""
     from decoding.decoder import BEST_OF
     lp = unpeaked(batch=16, frames=40, seed=7)
     lens = torch.full((16,), 40)
@@ -83,8 +84,28 @@ def test_best_reranks_the_first_rows_and_greedy_exactly():
                          num_processes=1)
     res = dec.search(lp, lens, timesteps=False)
     best_ll = ctc_log_likelihood(lp, lens, dec.best(lp, lens))
-    assert (best_ll >= ctc_log_likelihood(lp, lens, greedy_decode(lp, lens)) - 1e-6).all()
-    for j in range(BEST_OF):
-        row = [t[:k] for t, k in zip(res.tokens[:, j].tolist(), res.lengths[:, j].tolist())]
-        ok = res.total[:, j] > -math.inf
-        assert (best_ll[ok] >= ctc_log_likelihood(lp, lens, row)[ok] - 1e-6).all()
+    top = [t[:k] for t, k in zip(res.tokens[:, 0].tolist(), res.lengths[:, 0].tolist())]
+    greedy_ll = ctc_log_likelihood(lp, lens, greedy_decode(lp, lens))
+    assert (best_ll >= greedy_ll - 1e-6).all() and (best_ll >= ctc_log_likelihood(lp, lens, top) - 1e-6).all()
+    assert (res.total[:, 0].double() < greedy_ll).any()        # some utterances took the re-ranking path
+
+
+def test_the_exact_forward_equals_ctc_loss_on_edge_cases():
+    """exact_acoustic's own forward pass against F.ctc_loss (ctc_log_likelihood): repeated labels
+    (a blank needed between), infeasible rows (too many labels for the frames), empty hypotheses,
+    and an utterance of no frames."""
+    from decoding.rerank import exact_acoustic
+    lp = unpeaked(batch=4, frames=6, seed=11)
+    lens = torch.tensor([6, 3, 1, 0])
+    rows = [[], [1], [1, 1], [1, 2, 3], [2, 2, 2, 2]]
+    tokens = torch.zeros(4, len(rows), 4, dtype=torch.long)
+    for j, r in enumerate(rows):
+        tokens[:, j, : len(r)] = torch.tensor(r, dtype=torch.long)
+    tl = torch.tensor([len(r) for r in rows]).expand(4, -1)
+    got = exact_acoustic(lp, lens, tokens, tl, 0)
+    for j, r in enumerate(rows):
+        want = ctc_log_likelihood(lp, lens, [r] * 4)
+        assert torch.equal(torch.isinf(got[:, j]), torch.isinf(want)), (r, got[:, j], want)
+        ok = torch.isfinite(want)
+        assert torch.allclose(got[ok, j], want[ok], atol=1e-5), r
+    assert got[3].tolist() == [0.0] + [float("-inf")] * 4         # no frames: only the empty hypothesis
