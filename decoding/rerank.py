@@ -155,6 +155,27 @@ def best_rows(log_probs: torch.Tensor, lengths: torch.Tensor, res, rows: int, *,
     return out
 
 
+def grid_best(log_probs: torch.Tensor, lengths: torch.Tensor, results: list, pairs, lm,
+              blank: int = 0) -> dict[tuple[float, float], list[list[int]]]:
+    """For each LM weight pair (alpha, beta), the best per utterance of the candidates (every row
+    of the searches' ``results`` and greedy's hypothesis) by exact score: acoustic + alpha * LM +
+    beta * tokens, the acoustic and LM parts computed once for all pairs."""
+    lengths = lengths.to(log_probs.device)
+    size = max(r.tokens.shape[2] for r in results)
+    tokens = torch.cat([F.pad(r.tokens.to(log_probs.device).long(), (0, size - r.tokens.shape[2])) for r in results], 1)
+    lens = torch.cat([r.lengths.to(log_probs.device).long() for r in results], 1)
+    valid = torch.cat([(r.total > float("-inf")).to(log_probs.device) for r in results], 1)
+    tokens, lens = with_greedy(log_probs, lengths, tokens, lens, blank)
+    valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)
+    acoustic = exact_acoustic(log_probs, lengths, tokens, lens, blank)
+    lm_part = lm_scores(lm, tokens.reshape(-1, tokens.shape[2]), lens.reshape(-1)).reshape(lens.shape)
+    rows, out = torch.arange(len(lens), device=lens.device), {}
+    for alpha, beta in pairs:
+        pick = (acoustic + alpha * lm_part + beta * lens.double()).masked_fill(~valid, float("-inf")).argmax(1)
+        out[(alpha, beta)] = [t[:k] for t, k in zip(tokens[rows, pick].tolist(), lens[rows, pick].tolist())]
+    return out
+
+
 def _pick(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Rows of `x` ([B, K] or [B, K, L]) in `order` [B, K]."""
     return x.gather(1, order) if x.dim() == 2 else x.gather(1, order[..., None].expand_as(x))

@@ -109,3 +109,33 @@ def test_the_exact_forward_equals_ctc_loss_on_edge_cases():
         ok = torch.isfinite(want)
         assert torch.allclose(got[ok, j], want[ok], atol=1e-5), r
     assert got[3].tolist() == [0.0] + [float("-inf")] * 4         # no frames: only the empty hypothesis
+
+
+def test_the_weight_grid_picks_each_pairs_best_candidate_exactly():
+    """WeightGrid (evaluate --tune, train's choice): every pair's hypothesis is the candidate (a row
+    of the plain or the middle pair's search, or greedy's) with the best exact total for that pair,
+    so at the middle pair it is never below that pair's own search."""
+    from decoding.decoder import WeightGrid
+    lm = dense(estimate([list("abcab"), list("bca"), list("dd"), list("efg")], 3), LABELS)
+    lp = unpeaked(batch=6, frames=20, seed=9)
+    lens = torch.tensor([20, 18, 15, 9, 3, 1])
+    plain = CTCBeamDecoder(LABELS, beam_width=4, cutoff_top_n=len(LABELS), log_probs_input=True, num_processes=1)
+    pairs = [(a, b) for a in (0.0, 0.5, 1.0) for b in (0.0, 2.0)]
+    grid = WeightGrid(plain, lm, pairs)
+    assert grid.pivot == (0.5, 2.0)
+    got = grid.best(lp, lens)
+    rows = [plain.search(lp, lens, timesteps=False), grid.fused.search(lp, lens, timesteps=False)]
+    greedy = greedy_decode(lp, lens)
+    for (a, b), hyps in got.items():
+        for i in range(6):
+            cands = {tuple(greedy[i])} | {tuple(r.tokens[i, j, : r.lengths[i, j]].tolist()) for r in rows
+                                         for j in range(4) if r.total[i, j] > -math.inf}
+            def total(h):
+                ac = ctc_log_likelihood(lp[i:i + 1], lens[i:i + 1], [list(h)])[0].item()
+                return ac + a * lm.score([LABELS[c] for c in h]) + b * len(h)
+            assert tuple(hyps[i]) in cands and total(hyps[i]) >= max(map(total, cands)) - 1e-4
+    own = grid.fused.best(lp, lens)
+    for i in range(6):
+        t = lambda h: ctc_log_likelihood(lp[i:i + 1], lens[i:i + 1], [h])[0].item() + 0.5 * lm.score(  # noqa: E731
+            [LABELS[c] for c in h]) + 2.0 * len(h)
+        assert t(got[(0.5, 2.0)][i]) >= t(own[i]) - 1e-4

@@ -29,6 +29,7 @@ from pipeline.verify import check_shards
 from pipeline.vocab import F22, Inventory, InventoryError
 
 from decoding import BLANK_SKIP, CTCBeamDecoder, SearchOptions, greedy_decode, load_lm, restrict_to_labels
+from decoding.decoder import WeightGrid
 from decoding.rerank import greedy_frames
 
 from . import distributed as D
@@ -52,7 +53,7 @@ class BeamSettings:
 
     Each decode is a key of decode_split's rows: "beam" (no LM; with ``plain``, or when there is
     no LM), "lm" (the LM at ``alpha``, ``beta``) and each (alpha, beta) of ``grid`` (the search
-    for the LM weights)."""
+    for the LM weights: all pairs from two searches' n-best lists, ``decoding.decoder.WeightGrid``)."""
     width: int = SearchOptions.beam_width
     threads: int = 1
     search_device: str = "cpu"
@@ -88,7 +89,8 @@ class BeamSettings:
             out["beam"] = make(None, 0.0, 0.0)
         if self.final == "lm":
             out["lm"] = make(lm, self.alpha, self.beta)
-        out.update({pair: make(lm, *pair) for pair in self.grid})
+        if self.grid:
+            out["grid"] = WeightGrid(make(None, 0.0, 0.0), lm, self.grid)
         return out
 
 
@@ -175,7 +177,9 @@ def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: BeamSe
             lp, out_lens = loaded.model(b.feats.float(), b.lengths)
             lp, out_lens = restrict_to_labels(lp.float(), m.inventory).to(beam.device()), out_lens.cpu()
             g = greedy_decode(lp, out_lens) if greedy or not decoders else [None] * len(out_lens)
-            found = {key: dec.best(lp, out_lens) for key, dec in decoders.items()}
+            found = {}
+            for key, dec in decoders.items():       # "grid": every (alpha, beta) pair at once
+                found.update(dec.best(lp, out_lens) if key == "grid" else {key: dec.best(lp, out_lens)})
             found.setdefault("beam", g)
             labels, llens = batch.labels.tolist(), batch.label_lengths.tolist()
             for i, r in enumerate(batch.rows.tolist()):
@@ -578,8 +582,11 @@ def tune(cfg: EvaluateConfig, m: mf.Manifest, ctx: D.Context, choice: Choice, so
         done += new
     table = grid_table(m, hyps, done)
     best = (table[0]["alpha"], table[0]["beta"])
-    for h in hyps.values():
-        h["lm"] = h[best]
+    # the grid's figures come from re-scored n-best lists (WeightGrid); the best pair's own search:
+    final, _ = decode_checkpoint(cfg.weights, m, ctx, beam=dataclasses.replace(base, plain=False, alpha=best[0],
+                                 beta=best[1]), workers=cfg.workers, progress=cfg.progress, source=source)
+    for r, h in hyps.items():
+        h["lm"] = final[r]["lm"]
     ev = evaluate(m, hyps, None)
     folder = weights_folder(cfg.weights)
     rec = DecodeRecord(
