@@ -54,6 +54,12 @@ def sweep(ctx, config_file, model_set, **params):
         for problem in exc.problems[:-1]:
             click.echo(f"Error: {problem}", err=True)
         raise click.ClickException(exc.problems[-1]) from None
+    if cfg.dry_run:
+        click.echo(f"base recipe: preset {base.preset}, model {base.model or '{}'}, lr {base.lr}, max_frames "
+                   f"{base.max_frames}, time budget {cfg.trial_minutes or base.time_budget:g} min, epochs {base.epochs}")
+        for p in space:
+            click.echo(f"  {p.describe()}")
+        return
     done = run_sweep(cfg, base, space, log=lambda m: click.echo(m, err=True), progress=base.progress)
     if done["best"]:
         click.echo(f"best recipe: {done['best']} (train it with `phonerec train --config {done['best']}`)")

@@ -5,7 +5,6 @@ drawn on bare matplotlib Figures (no pyplot: a notebook's backend is left alone)
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from pathlib import Path
@@ -63,13 +62,13 @@ def best_recipe(study, folder: Path) -> str | None:
         return None
     best = min(done, key=lambda t: t.value)
     recipe = best.user_attrs["recipe"]
-    head = [f"# The best recipe of study {study.study_name}: trial {best.number} of {len(study.trials)}, dev PER "
-            f"{100 * best.value:.2f} % (greedy, the better of the trained and averaged weights)",
-            f"# after {best.user_attrs.get('minutes', 0):.1f} min of training (trial budget "
-            f"{best.user_attrs.get('trial_minutes', 0):g} min; time_budget below is the base recipe's),",
-            f"# written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {folder / 'trials.tsv'}. "
-            "Train it: phonerec train --config best.yaml",
-            "# sampled: " + ", ".join(f"{k}={v}" for k, v in best.params.items())]
+    minutes, budget = best.user_attrs.get("minutes", 0), best.user_attrs.get("trial_minutes", 0)
+    head = [f"# The best recipe of study {study.study_name}: trial {best.number} of {len(rows(study))}, "
+            f"dev PER {100 * best.value:.2f} % (greedy, the better of the trained and averaged weights)",
+            f"# after {minutes:.1f} min of training (trial budget {budget:g} min; time_budget below is the base "
+            "recipe's); the trials: " + str(folder / "trials.tsv"),
+            "# sampled: " + ", ".join(f"{k}={v}" for k, v in best.params.items()),
+            "# Train it: phonerec train --config best.yaml"]
     return "\n".join(head) + "\n" + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None)
 
 

@@ -43,8 +43,18 @@ class Param:
     choices: list | None = None
     model: bool = False
 
+    def describe(self) -> str:
+        where = "model setting" if self.model else "option"
+        if self.type == "categorical":
+            return f"{self.name} ({where}): one of {', '.join(map(str, self.labels()))}"
+        return f"{self.name} ({where}): {self.type} in [{self.low}, {self.high}]{', log scale' if self.log else ''}"
+
     def distribution(self):
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
         if self.type == "float":
             return FloatDistribution(float(self.low), float(self.high), log=self.log)
         if self.type == "int":

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import signal
-import sys
 import socket
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from . import report
 from .space import Param, apply
 from .trial import Outcome, child_env, run_trial
 
+HEARTBEAT_S = 60          # a running trial's heartbeat in the storage; 3 missed: a later sweep marks it failed
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A recipe's keys that are where and how this machine runs, not the recipe: best.yaml leaves them out.
 RUN_ONLY = ("shards", "weights", "results", "resume", "progress", "device", "tensorboard",
@@ -64,6 +66,7 @@ class SweepConfig(Options):
                                                         "and finished before the median pruner prunes.")
     warmup_epochs: int = option(1, range=Range(0), help="Epochs a trial trains before it may be pruned.")
     sampler_seed: int = option(0, range=Range(0), help="Seeds the sampler (the trials train with --seed).")
+    dry_run: bool = option(False, help="Check the space against the base recipe, print both and run nothing.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,9 +127,14 @@ def open_study(cfg: SweepConfig, base: TrainConfig):
     except ModuleNotFoundError:
         raise PhonerecError("phonerec sweep needs Optuna: pip install -e '.[sweep]' (make setup installs it)") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats are "experimental" in Optuna (since 2.9): said once per use, nothing for a user to do
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage_url(cfg, base)
     try:
-        study = optuna.create_study(study_name=cfg.study, storage=url, load_if_exists=True, direction="minimize")
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
+        study = optuna.create_study(study_name=cfg.study, storage=storage, load_if_exists=True, direction="minimize")
+        # a trial left running by a sweep that was killed (no heartbeat for 3 minutes): failed
+        optuna.storages.fail_stale_trials(study)
     except Exception as exc:          # noqa: BLE001 - a driver's, SQLAlchemy's or Optuna's error: one line
         raise PhonerecError(f"--storage {redact(url)}: cannot open the study: "
                             f"{redact(' '.join(str(exc).split()))[:300]}; check the URL, the server and its "
@@ -253,8 +261,9 @@ def _run(sw: Sweep, trial, device: str, env: dict) -> Outcome:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{device or sw.base.device}")
     trial.set_user_attr("trial_minutes", budget)
     limit = budget * 90 + 300 if budget else None       # 1.5 x the budget and 5 minutes: then it is stopped
+    storage = sw.study._storage            # Optuna's own optimize() beats the same way
     return run_trial(trial, results / "recipe.yaml", results / "metrics.jsonl", results / "train.log", env,
-                     sw.stop, limit)
+                     sw.stop, limit, beat=lambda: storage.record_heartbeat(trial._trial_id))
 
 
 def _state(name: str):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]      # the folder holding the packages, for the child's imports
 POLL_S = 0.5
+HEARTBEAT_S = 30                                 # within the storage's heartbeat interval (sweep/study.py)
 STOP_WAIT_S = 120                                # how long a stopped trial may take to write its checkpoint
 
 
@@ -69,16 +70,17 @@ def child_env(device: str, cpu_workers: int) -> dict:
 
 
 def run_trial(trial, recipe: Path, metrics: Path, log: Path, env: dict, stop: threading.Event,
-              limit_s: float | None) -> Outcome:
+              limit_s: float | None, beat=lambda: None) -> Outcome:
     """Train `recipe` in a child process; report each epoch's dev PER to `trial` (an Optuna
-    trial) and stop the child when it should be pruned, when `stop` is set or after `limit_s`."""
+    trial) and stop the child when it should be pruned, when `stop` is set or after `limit_s`;
+    `beat()` every HEARTBEAT_S tells the storage the trial is alive."""
     t0 = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "phonerec", "train", "--config", str(recipe), "--quiet"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         reported: set[int] = set()
         try:
-            reason = _watch(proc, trial, metrics, stop, t0, limit_s, reported)
+            reason = _watch(proc, trial, metrics, stop, t0, limit_s, reported, beat)
         finally:
             end(proc)
     pers, _ = epoch_pers(metrics)
@@ -88,9 +90,13 @@ def run_trial(trial, recipe: Path, metrics: Path, log: Path, env: dict, stop: th
 
 
 def _watch(proc, trial, metrics: Path, stop: threading.Event, t0: float, limit_s: float | None,
-           reported: set[int]) -> str | None:
+           reported: set[int], beat) -> str | None:
     """Until the child ends: returns why it was stopped (None: it ended by itself)."""
+    last_beat = 0.0
     while proc.poll() is None:
+        if time.monotonic() - last_beat >= HEARTBEAT_S:
+            beat()
+            last_beat = time.monotonic()
         if _report(trial, *epoch_pers(metrics), reported):
             return "pruned"
         if stop.is_set():
