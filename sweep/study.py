@@ -129,6 +129,8 @@ def open_study(cfg: SweepConfig, base: TrainConfig):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats are "experimental" in Optuna (since 2.9): said once per use, nothing for a user to do
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # ...and meant for Study.optimize: this sweep's ask/tell loop beats itself (sweep/trial.py)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     url = storage_url(cfg, base)
     try:
         storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
@@ -169,7 +171,7 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig, space: list[Param], log=print
     before = counted(study)
     log(f"study {cfg.study} in {redact(storage_url(cfg, base))}: {before} trial(s) so far; "
         f"{len(devices)} worker(s); outputs in {Path(base.results) / cfg.study}")
-    bar = tqdm(total=cfg.trials or None, initial=min(before, cfg.trials or before), desc=f"sweep {cfg.study}",
+    bar = tqdm(total=_expected(cfg, base, before, len(devices)), initial=before, desc=f"sweep {cfg.study}",
                unit="trial", disable=not progress, dynamic_ncols=True)
     say = (lambda m: bar.write(m, file=sys.stderr)) if progress else log      # lines above the bar
     sw = Sweep(cfg, base, space, study, say, bar, threading.Event(), threading.Lock(), time.monotonic())
@@ -183,6 +185,16 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig, space: list[Param], log=print
     bar.close()
     written = report.write_all(study, sw.folder, space, log)
     return {"interrupted": sw.interrupted, "ran": counted(study) - before, "best": written.get("best")}
+
+
+def _expected(cfg: SweepConfig, base: TrainConfig, before: int, workers: int) -> int | None:
+    """The trials the study will hold at the end (the progress bar's total, for its ETA): --trials,
+    or what fits in --minutes at the trials' budget."""
+    budget = cfg.trial_minutes or base.time_budget
+    fit = before + workers * int(cfg.minutes // budget) if cfg.minutes and budget else None
+    if cfg.trials:
+        return max(before, min(cfg.trials, fit) if fit is not None else cfg.trials)
+    return fit
 
 
 class _signals:
@@ -216,7 +228,7 @@ def _may_start(sw: Sweep) -> bool:
         return False
     if sw.cfg.minutes:
         elapsed = (time.monotonic() - sw.started) / 60
-        return elapsed + (sw.cfg.trial_minutes or 0) <= sw.cfg.minutes
+        return elapsed + sw.budget_minutes() <= sw.cfg.minutes
     return True
 
 
