@@ -99,6 +99,7 @@ class Sweep:
     lock: threading.Lock
     started: float
     interrupted: bool = False
+    error: BaseException | None = None          # what stopped a worker (raised by run_sweep)
 
     @property
     def folder(self) -> Path:
@@ -165,8 +166,8 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig, space: list[Param], log=print
     devices = cfg.device_list()
     if not base.dev:
         raise PhonerecError("a sweep scores its trials on the dev split: give one (--dev)")
-    ensure_writable(base.results)
-    ensure_writable(base.weights)
+    ensure_writable(Path(base.results) / cfg.study)      # one line now, not a worker's error later
+    ensure_writable(Path(base.weights) / cfg.study)
     study = open_study(cfg, base)
     before = counted(study)
     log(f"study {cfg.study} in {redact(storage_url(cfg, base))}: {before} trial(s) so far; "
@@ -183,6 +184,8 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig, space: list[Param], log=print
             for w in workers:
                 w.join(0.2)
     bar.close()
+    if sw.error is not None:
+        raise sw.error
     written = report.write_all(study, sw.folder, space, log)
     return {"interrupted": sw.interrupted, "ran": counted(study) - before, "best": written.get("best")}
 
@@ -233,7 +236,17 @@ def _may_start(sw: Sweep) -> bool:
 
 
 def _worker(sw: Sweep, device: str, cpu_workers: int) -> None:
-    """One device's loop: ask, train, tell, write the outputs."""
+    """One device's loop; an error of the sweep itself (not of a trial: a full disk, a lost
+    database) stops every worker and is raised by run_sweep."""
+    try:
+        _loop(sw, device, cpu_workers)
+    except BaseException as exc:        # noqa: BLE001 - handed to the main thread
+        sw.error = sw.error or exc
+        sw.stop.set()
+
+
+def _loop(sw: Sweep, device: str, cpu_workers: int) -> None:
+    """Ask, train, tell, write the outputs; until --trials, --minutes or a stop."""
     env = child_env(device, cpu_workers)
     while True:
         with sw.lock:
@@ -242,10 +255,8 @@ def _worker(sw: Sweep, device: str, cpu_workers: int) -> None:
             trial = sw.study.ask({p.name: p.distribution() for p in sw.space})
         try:
             outcome = _run(sw, trial, device, env)
-        except BaseException as exc:           # never leave a trial RUNNING in the storage
-            sw.study.tell(trial, state=_state("failed"))
-            sw.log(f"trial {trial.number}: failed in the sweep itself: {exc}")
-            sw.stop.set()
+        except BaseException:           # never leave a trial RUNNING in the storage
+            sw.study.tell(trial, state=_state("failed"), skip_if_finished=True)
             raise
         with sw.lock:
             frozen = _tell(sw, trial, outcome)
