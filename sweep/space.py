@@ -59,7 +59,7 @@ class Param:
             return FloatDistribution(float(self.low), float(self.high), log=self.log)
         if self.type == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log)
-        # Optuna's categorical choices are scalars: a list value (conv_channels) is stored as its index
+        # Optuna's categorical choices are scalars: a list value (conv_channels) is stored as its YAML text
         return CategoricalDistribution(self.labels())
 
     def labels(self) -> list:
@@ -148,8 +148,14 @@ def _shape(name: str, spec, model: bool) -> Param:
 
 
 def _check_type(p: Param, default) -> None:
-    """A float range on a whole-number option, or a number range on a list or a switch, is refused."""
+    """A float range on a whole-number option, a number range on a list or a switch, or a choice of
+    another type than the option's (2.5 epochs, "yes" for a switch) is refused."""
     if p.type == "categorical":
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,)}
+        want = kinds.get(type(default))
+        wrong = [c for c in p.choices if want and (not isinstance(c, want) or isinstance(c, bool) != (bool in want))]
+        if wrong:
+            raise ValueError(f"choice {wrong[0]!r} is not of the option's type ({type(default).__name__})")
         return
     if isinstance(default, (bool, str, list)):
         raise ValueError(f"this option takes {type(default).__name__} values: use {{type: categorical, choices: "

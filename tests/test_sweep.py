@@ -101,16 +101,19 @@ learning_rate: {type: float, low: 0.1, high: 0.2}
 shards: {type: categorical, choices: [a, b]}
 scheduler: {type: categorical, choices: [cosine, linear]}
 weight_decay: {type: float, low: 0, high: 0.1, log: true}
+epochs: {type: categorical, choices: [2, 2.5]}
 """
     res = cli(*sweep_args(shards, tmp_path, space=space), ok=False)
     assert res.exit_code == 1 and "Traceback" not in res.output
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    keys = ["lr", "warmup", "lstm_layers", "lstm_dropout", "learning_rate", "shards", "scheduler", "weight_decay"]
+    keys = ["lr", "warmup", "lstm_layers", "lstm_dropout", "learning_rate", "shards", "scheduler", "weight_decay",
+            "epochs"]
     assert len(errors) == len(keys), res.output
     for key, line in zip(keys, errors):
         assert f"space.yaml: {key}: " in line, line
     assert "not above 0" in errors[0] and "above 1" in errors[1] and "whole numbers" in errors[2]
     assert "lstm_dropout must be in [0, 1)" in errors[3] and "linear" in errors[6] and "log range" in errors[7]
+    assert "2.5 is not of the option's type (int)" in errors[8]
     assert not (tmp_path / "results" / "sweep.db").exists()            # nothing ran
     (tmp_path / "bad.yaml").write_text("lr: [unclosed\n")
     args = sweep_args(shards, tmp_path)
