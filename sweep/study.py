@@ -270,6 +270,8 @@ def _run(sw: Sweep, trial, device: str, env: dict) -> Outcome:
     name = f"trial-{trial.number:04d}"
     results, weights = sw.folder / name, Path(sw.base.weights) / sw.cfg.study / name
     results.mkdir(parents=True, exist_ok=True)
+    # a folder of an earlier study of this name (its storage since deleted): its epochs are not this trial's
+    (results / "metrics.jsonl").unlink(missing_ok=True)
     budget = sw.budget_minutes()
     recipe = apply(sw.base.to_dict(), sw.space, trial.params)
     run = {**recipe, "weights": str(weights), "results": str(results), "time_budget": budget,
