@@ -38,10 +38,6 @@ def sweep(ctx, config_file, model_set, **params):
     """
     own = {f.name for f in dataclasses.fields(SweepConfig)}
     cfg = make_config(SweepConfig, {k: v for k, v in params.items() if k in own})
-    try:
-        cfg.device_list()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     train_params = {k: v for k, v in params.items() if k not in own}
     try:
         base = train_config(config_file, train_params, given(ctx) - own, _model_overrides(model_set))

@@ -52,8 +52,8 @@ class SweepConfig(Options):
                                "sqlite:///<results>/sweep.db]")
     trials: int = option(20, range=Range(0), help="Trials the study should hold, counting those run before "
                                                  "(interrupted ones not counted; 0 = no limit, with --minutes).")
-    minutes: float = option(0.0, range=Range(0), help="Start no trial after this many minutes, nor one that "
-                                                     "would not end by then (0 = no limit).")
+    minutes: float = option(0.0, range=Range(0), help="Start no trial after this many minutes, nor one whose "
+                                                     "time budget would not end by then (0 = no limit).")
     trial_minutes: float = option(0.0, range=Range(0), metavar="MINUTES",
                                   help="Each trial's --time-budget (0 = the recipe's time_budget, or its epochs).")
     devices: str = option("", metavar="LIST",
@@ -75,6 +75,7 @@ class SweepConfig(Options):
                              "folder)")
         if not self.trials and not self.minutes:
             raise ValueError("trials (--trials): 0 needs --minutes: give either a number of trials or minutes")
+        self.device_list()
 
     def device_list(self) -> list[str]:
         """The workers' devices ('' for one worker on the recipe's --device)."""
