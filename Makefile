@@ -35,10 +35,10 @@ LM ?=
 ORDER ?= 4
 LM_ARGS = $(if $(LM),--lm "$(LM)")
 
-.PHONY: setup speech-tools shards publish train lm predict evaluate test bench gpu-wheels gpu-check demo speech-corpus help
+.PHONY: setup speech-tools postgresql shards publish train sweep lm predict evaluate test bench gpu-wheels gpu-check demo speech-corpus help
 
 help:
-	@echo "make demo | setup | shards | publish | train | lm | predict | evaluate | test | bench | gpu-check | speech-corpus"
+	@echo "make demo | setup | shards | publish | train | sweep | lm | predict | evaluate | test | bench | gpu-check | speech-corpus"
 	@echo "variables: DATA='$(DATA)' SHARDS='$(SHARDS)' WEIGHTS='$(WEIGHTS)' RESULTS='$(RESULTS)' NGPU=$(NGPU) EPOCHS='$(EPOCHS)' MINUTES='$(MINUTES)' TB='$(TB)' LM='$(LM)' ORDER=$(ORDER) ARGS='$(ARGS)'"
 
 $(BIN)/python:
@@ -49,7 +49,7 @@ $(BIN)/python:
 SETUP_STAMP := $(VENV)/.setup-done
 $(SETUP_STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[test,speech,bench]"
+	$(BIN)/pip install -q -e ".[test,speech,sweep,bench]"
 	@$(BIN)/phonerec --help >/dev/null && touch "$@" && echo "setup done: $(BIN)/phonerec (activate it: source $(BIN)/activate)"
 
 setup: $(SETUP_STAMP)
@@ -58,6 +58,11 @@ setup: $(SETUP_STAMP)
 speech-tools:
 	@bash scripts/install-speech-tools.sh --check >/dev/null 2>&1 || bash scripts/install-speech-tools.sh || \
 	  echo "warning: speech tools missing: synth-speech and its tests will be skipped"
+
+# Debian's PostgreSQL server, for the test of `phonerec sweep` on a shared storage (it skips without it)
+postgresql:
+	@bash scripts/install-postgresql.sh --check >/dev/null 2>&1 || bash scripts/install-postgresql.sh || \
+	  echo "warning: PostgreSQL missing: the sweep's PostgreSQL test will be skipped"
 
 shards: setup
 	$(BIN)/phonerec shards --data "$(DATA)" --shards "$(SHARDS)" $(ARGS)
@@ -72,6 +77,18 @@ publish: setup
 train: setup
 	$(LAUNCH) train --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(EPOCHS_ARGS) $(BUDGET_ARGS) $(TB_ARGS) $(ARGS)
 
+# A hyperparameter search (Optuna) over train's options and model settings: SPACE the search space, STUDY its
+# name (the same name continues it), TRIALS and MINUTES bound the whole sweep, TRIAL_MINUTES each trial;
+# the base recipe and the train options in ARGS, e.g. ARGS="--config configs/demo.yaml --devices 0,1".
+SPACE ?= configs/sweep-cpu.yaml
+STUDY ?= sweep
+TRIALS ?=
+TRIAL_MINUTES ?=
+sweep: setup
+	$(BIN)/phonerec sweep --space "$(SPACE)" --study "$(STUDY)" --shards "$(SHARDS)" --weights "$(WEIGHTS)" \
+	  --results "$(RESULTS)" $(if $(TRIALS),--trials "$(TRIALS)") $(if $(MINUTES),--minutes "$(MINUTES)") \
+	  $(if $(TRIAL_MINUTES),--trial-minutes "$(TRIAL_MINUTES)") $(ARGS)
+
 # An LM of another order or other splits; `make evaluate LM=... ARGS=--tune` then chooses its weights for predict
 lm: setup
 	$(BIN)/phonerec lm --shards "$(SHARDS)" --weights "$(WEIGHTS)" --order "$(ORDER)" $(ARGS)
@@ -82,7 +99,7 @@ predict: setup
 evaluate: setup
 	$(BIN)/phonerec evaluate --shards "$(SHARDS)" --weights "$(WEIGHTS)" --results "$(RESULTS)" $(LM_ARGS) $(ARGS)
 
-test: setup speech-tools
+test: setup speech-tools postgresql
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # A corpus of synthesized English speech (flite, festival, espeak-ng) in the raw layout, e.g. ARGS="--split train-clean-100=3000"

@@ -33,6 +33,7 @@ STAGES = {
     "shards": "raw corpus -> zarr stores -> normalized, length-sorted WebDataset shards",
     "publish": "copy built shards to a URL (s3://, gs://, file://, a served folder), manifests last",
     "train": "train the CNN + BiLSTM CTC model on the shards, then choose the LM on dev",
+    "sweep": "search training options and model settings for the lowest dev PER (Optuna)",
     "predict": "decode the test split into results/submission.csv (with the LM train chose)",
     "evaluate": "greedy, beam and beam + LM distance and PER on a labelled split",
     "transcribe": "decode individual .npy feature files (or .wav recordings)",
@@ -47,10 +48,11 @@ def _register() -> None:
     from pipeline.commands import COMMANDS as PIPELINE
     commands = [*CORPORA, *PIPELINE]
     try:
+        from sweep.commands import COMMANDS as SWEEP
         from training.commands import COMMANDS as TRAINING
 
         from .summary import summary
-        TRAINING = [*TRAINING, summary]
+        TRAINING = [*TRAINING, *SWEEP, summary]
     except ModuleNotFoundError as exc:  # pragma: no cover - only without torch
         if exc.name != "torch":
             raise

@@ -85,7 +85,7 @@ def test_another_output_keeps_its_own_predictions(fast, finished, tmp_path):
 def test_help_lists_each_command_once_in_stage_order():
     out = cli("--help").output
     names = re.findall(r"^  (\S+)  ", out.split("Commands:")[1], flags=re.M)
-    assert names == ["synth-corpus", "synth-speech", "shards", "publish", "train", "predict", "evaluate",
+    assert names == ["synth-corpus", "synth-speech", "shards", "publish", "train", "sweep", "predict", "evaluate",
                      "transcribe", "lm", "summary"]
 
 

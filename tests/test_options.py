@@ -18,7 +18,8 @@ from training.config import TrainConfig, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The only parameters that are not config fields: a recipe file, model overrides, files to decode.
-OWN = {("train", "config_file"), ("train", "model_set"), ("transcribe", "files")}
+OWN = {("train", "config_file"), ("train", "model_set"), ("sweep", "config_file"), ("sweep", "model_set"),
+       ("transcribe", "files")}
 COMMANDS = sorted(main.commands)
 
 
@@ -72,6 +73,10 @@ def test_range_is_enforced_on_the_command_line(tmp_path, command, param, value):
     if command == "transcribe":
         (tmp_path / "x.npy").write_bytes(b"")
         extra = [str(tmp_path / "x.npy")]
+    if command == "sweep":              # its required options, so that the value is what is refused
+        (tmp_path / "space.yaml").write_text("lr: {type: float, low: 0.001, high: 0.01}\n")
+        extra = ["--space", str(tmp_path / "space.yaml"), "--study", "s", "--results", str(tmp_path / "r"),
+                 "--weights", str(tmp_path / "w")]
     res = CliRunner().invoke(main, [command, p.opts[0], str(value), *extra], catch_exceptions=False)
     assert res.exit_code == 2, res.output
     assert "Invalid value" in res.output and p.opts[0] in res.output, res.output
@@ -130,7 +135,8 @@ def test_no_command_module_declares_an_option_by_hand():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "option":
                 found.append((path.parent.name, node.args[0].value))
-    assert sorted(found) == [("training", "--config"), ("training", "--set")], found
+    assert sorted(found) == [("sweep", "--config"), ("sweep", "--set"), ("training", "--config"),
+                             ("training", "--set")], found
 
 
 def test_a_required_option_left_out_is_a_usage_error(tmp_path):
@@ -182,5 +188,9 @@ def test_nan_is_out_of_every_range(tmp_path, command, param):
     if command == "transcribe":
         (tmp_path / "x.npy").write_bytes(b"")
         extra = [str(tmp_path / "x.npy")]
+    if command == "sweep":              # its required options, so that the value is what is refused
+        (tmp_path / "space.yaml").write_text("lr: {type: float, low: 0.001, high: 0.01}\n")
+        extra = ["--space", str(tmp_path / "space.yaml"), "--study", "s", "--results", str(tmp_path / "r"),
+                 "--weights", str(tmp_path / "w")]
     res = CliRunner().invoke(main, [command, p.opts[0], "nan", *extra], catch_exceptions=False)
     assert res.exit_code in (1, 2) and "nan is not a number" in res.output, res.output
