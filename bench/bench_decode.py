@@ -304,6 +304,7 @@ def _family_rows(family: str, log_probs, lengths, widths, thread_counts, referen
                 **_quality(ll_fast, ll_greedy, None))
             # the search alone must equal the reference; best() re-ranks it exactly (never below greedy)
             add("torch (ours)", w, th, t_ours, x_fast=round(t_fast[0] / t_ours[0], 2),
+                x_fast_search=round(t_fast[0] / t_search[0], 2),
                 agree_fast_pct=round(_agree(ours, fast), 1),
                 agree_ref_pct=None if ref is None else round(_agree(searched, ref), 1),
                 rerank_ms_per_utt=round(1000 * max(t_ours[0] - t_search[0], 0.0) / batch, 3),
@@ -360,10 +361,11 @@ def targets(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["decoder"] != "torch (ours)" or r["beam_width"] not in (10, 50) or r["threads"] != 1:
             continue
-        checks = {f"x_fast >= {TARGET_X_FAST:g}": r["x_fast"] >= TARGET_X_FAST,
+        checks = {f"search alone >= {TARGET_X_FAST:g}x": r["x_fast_search"] >= TARGET_X_FAST,
+                  f"with the exact re-ranking >= {TARGET_X_FAST:g}x": r["x_fast"] >= TARGET_X_FAST,
                   "ge_fast_pct >= 98": r["ge_fast_pct"] >= 98.0, "worse_than_greedy == 0": r["worse_than_greedy"] == 0}
         out.append({"family": r.get("family", "peaked"), "beam_width": r["beam_width"], "threads": r["threads"],
-                    "x_fast": r["x_fast"],
+                    "x_fast": r["x_fast"], "x_fast_search": r["x_fast_search"],
                     "ge_fast_pct": r["ge_fast_pct"], "worse_than_greedy": r["worse_than_greedy"],
                     "met": all(checks.values()), "missed": [k for k, ok in checks.items() if not ok]})
     return out
@@ -389,23 +391,29 @@ def gpu_rows(quick: bool, log=print) -> list[dict]:
     return rows
 
 
+def _search_ratio(r: dict) -> str:
+    return f" ({r['x_fast_search']:.2f})" if r.get("x_fast_search") is not None else ""
+
+
 def markdown(result: dict) -> str:
     def f(v, fmt="{:.1f}"):
         return "-" if v is None else fmt.format(v)
-    lines = ["| posteriors | decoder | beam | threads | utt/s | x fast-ctc-decode | top beam = fast-ctc-decode % "
-             "| = numpy reference % | log-lik vs greedy (mean / min) | >= fast-ctc-decode % | worse than greedy |",
+    lines = ["| posteriors | decoder | beam | threads | utt/s | x fast-ctc-decode (the search alone) "
+             "| top beam = fast-ctc-decode % | = numpy reference % | log-lik vs greedy (mean / min) "
+             "| >= fast-ctc-decode % | worse than greedy |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r.get('family', 'peaked')} | {r['decoder']} | {r['beam_width']} | {r.get('batch', r['threads'])} "
                      f"| {r['utt_per_s']:.2f} "
-                     f"| {f(r.get('x_fast'), '{:.2f}')} | {f(r.get('agree_fast_pct'))} | {f(r.get('agree_ref_pct'))} "
+                     f"| {f(r.get('x_fast'), '{:.2f}')}{_search_ratio(r)} | {f(r.get('agree_fast_pct'))} "
+                     f"| {f(r.get('agree_ref_pct'))} "
                      f"| {f(r.get('ll_vs_greedy_mean'), '{:+.3f}')} / {f(r.get('ll_vs_greedy_min'), '{:+.3f}')} "
                      f"| {f(r.get('ge_fast_pct'))} | {f(r.get('worse_than_greedy'), '{}')} |")
     lines += [""] if result.get("targets") else []
     for t in result.get("targets", []):
         verdict = "met" if t["met"] else "missed: " + ", ".join(t["missed"])
-        lines.append(f"- target, {t['family']}, beam {t['beam_width']}, {t['threads']} thread: {t['x_fast']:.2f}x "
-                     "fast-ctc-decode, "
+        lines.append(f"- target, {t['family']}, beam {t['beam_width']}, {t['threads']} thread: the search "
+                     f"{t['x_fast_search']:.2f}x, with the exact re-ranking {t['x_fast']:.2f}x fast-ctc-decode, "
                      f"{t['ge_fast_pct']:.1f} % >= its log-likelihood, {t['worse_than_greedy']} worse than greedy: "
                      f"{verdict}")
     return "\n".join(lines)

@@ -134,25 +134,37 @@ def best_rows(log_probs: torch.Tensor, lengths: torch.Tensor, res, rows: int, *,
               alpha: float = 0.0, beta: float = 0.0) -> list[list[int]]:
     """The best hypothesis per utterance of a search's ``res``, never less likely than greedy's:
     greedy's exact score is computed; where the top row's own score (a lower bound of its exact
-    one) already reaches it, the top row is kept, else the first ``rows`` rows and greedy's are
-    re-ranked exactly (``rerank``). One exact score per utterance where the search is sure."""
+    one) already reaches it, the top row is kept, else the likeliest by exact score of the first
+    ``rows`` rows and greedy's. One exact score per utterance where the search is sure."""
     lengths = lengths.to(log_probs.device)
     tokens, lens = res.tokens.to(log_probs.device).long(), res.lengths.to(log_probs.device).long()
     greedy, glens = with_greedy(log_probs, lengths, tokens[:, :0], lens[:, :0], blank)
-    floor = exact_acoustic(log_probs, lengths, greedy, glens, blank)[:, 0]
-    if lm is not None:
-        floor = floor + alpha * lm_scores(lm, greedy[:, 0], glens[:, 0]) + beta * glens[:, 0].double()
+    floor = _totals(log_probs, lengths, greedy, glens, blank, lm, alpha, beta)[:, 0]
     top = res.total[:, 0].to(floor.device).double()
     sure = top - 1e-5 * top.abs() - 1e-3 >= floor           # the float32 running score, rounding allowed for
     out = [t[:k] for t, k in zip(tokens[:, 0].tolist(), lens[:, 0].tolist())]
     unsure = (~sure).nonzero()[:, 0]
     if len(unsure):
-        valid = (res.total > float("-inf")).to(log_probs.device)
-        r = rerank(log_probs[unsure], lengths[unsure], tokens[unsure, :rows], lens[unsure, :rows],
-                   valid[unsure, :rows], blank=blank, lm=lm, alpha=alpha, beta=beta)
-        for i, t, k in zip(unsure.tolist(), r.tokens[:, 0].tolist(), r.lengths[:, 0].tolist()):
-            out[i] = t[:k]
+        u = unsure
+        total = _totals(log_probs[u], lengths[u], tokens[u, :rows], lens[u, :rows], blank, lm, alpha, beta)
+        total = total.masked_fill(~(res.total[:, :rows] > float("-inf")).to(total.device)[u], float("-inf"))
+        pick = total.argmax(1)
+        for n, i in enumerate(unsure.tolist()):
+            j = int(pick[n])
+            if total[n, j] > floor[i]:
+                out[i] = tokens[i, j, : lens[i, j]].tolist()
+            else:                                          # greedy's hypothesis is the likeliest
+                out[i] = greedy[i, 0, : glens[i, 0]].tolist()
     return out
+
+
+def _totals(log_probs, lengths, tokens, lens, blank, lm, alpha, beta) -> torch.Tensor:
+    """Exact totals [B, K] of candidates ``tokens [B, K, L]``: acoustic + alpha * LM + beta * tokens."""
+    total = exact_acoustic(log_probs, lengths, tokens, lens, blank)
+    if lm is not None:
+        lm_part = lm_scores(lm, tokens.reshape(-1, tokens.shape[2]), lens.reshape(-1)).reshape(lens.shape)
+        total = total + alpha * lm_part + beta * lens.double()
+    return total
 
 
 def grid_best(log_probs: torch.Tensor, lengths: torch.Tensor, results: list, pairs, lm,
