@@ -143,6 +143,8 @@ def best_rows(log_probs: torch.Tensor, lengths: torch.Tensor, res, rows: int, *,
     top = res.total[:, 0].to(floor.device).double()
     sure = top - 1e-5 * top.abs() - 1e-3 >= floor           # the float32 running score, rounding allowed for
     out = [t[:k] for t, k in zip(tokens[:, 0].tolist(), lens[:, 0].tolist())]
+    same = [o == g[:k] for o, g, k in zip(out, greedy[:, 0].tolist(), glens[:, 0].tolist())]
+    sure = sure | torch.tensor(same, dtype=torch.bool, device=sure.device)   # the top row is greedy's string
     unsure = (~sure).nonzero()[:, 0]
     if len(unsure):
         u = unsure
