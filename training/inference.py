@@ -6,6 +6,7 @@ writes the outputs in the split's original order (the manifest's `index`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.manifest import Stats
-from pipeline.atomic import ensure_writable, write_json, write_text
+from pipeline.atomic import ensure_writable, folder_lock, write_json, write_text
 from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
@@ -32,7 +33,7 @@ from decoding import BLANK_SKIP, CTCBeamDecoder, greedy_decode, load_lm, restric
 from decoding.rerank import greedy_frames
 
 from . import distributed as D
-from .config import EvaluateConfig, PredictConfig, SearchConfig, TranscribeConfig
+from .config import EvaluateConfig, PredictConfig, SearchConfig, SplitConfig, TranscribeConfig
 from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
 from .tuning import (MAX_EXTENSIONS, RECORD, Choice, DecodeRecord, edges, extend, grid_pairs, parse_values, sha256,
                      weights_folder, write_record)
@@ -477,8 +478,20 @@ def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction
     if choice.tune:
         raise CompatibilityError(f"--lm {cfg.lm} needs --alpha and --beta, or choose them on dev with `phonerec "
                                  f"evaluate --tune --lm {cfg.lm}` (recorded in decode.json, which predict then uses)")
-    if D.main_rank():
-        ensure_writable(cfg.results)    # before decoding the whole split, not after
+    with results_lock(cfg, "phonerec predict"):
+        return _predict(cfg, source, choice)
+
+
+def results_lock(cfg: SplitConfig, writer: str):
+    """Rank 0 holds --results for the command (one writer per folder); the other ranks write nothing."""
+    if not D.main_rank():
+        return contextlib.nullcontext()
+    ensure_writable(cfg.results)        # before decoding the whole split, not after
+    return folder_lock(cfg.results, writer, "wait for it to end, or give this one another --results folder")
+
+
+def _predict(cfg: PredictConfig, source: ShardSource, choice: Choice) -> Prediction | None:
+    """predict() once rank 0 holds --results."""
     m = mf.load(cfg.shards, cfg.split, source.policy)
     columns = submission_header(m, cfg.header or None)
     beam = beam_settings(cfg, choice)
@@ -521,8 +534,12 @@ def evaluate_split(cfg: EvaluateConfig, *, source: ShardSource | None = None, ec
     others); `local`: run alone even under torchrun (train's choice after its ranks are done)."""
     source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
     choice = decoding_choice(cfg)
-    if D.main_rank():
-        ensure_writable(cfg.results)    # before decoding the whole split, not after
+    with results_lock(cfg, "phonerec evaluate"):
+        return _evaluate_split(cfg, source, choice, echo, local)
+
+
+def _evaluate_split(cfg: EvaluateConfig, source: ShardSource, choice: Choice, echo, local: bool) -> Evaluation | None:
+    """evaluate_split() once rank 0 holds --results."""
     m = mf.load(cfg.shards, cfg.split, source.policy)
     if m.num_utterances == 0:
         raise CompatibilityError(f"{empty_split_message(m, cfg.shards)}: nothing to evaluate (a distance of 0 "

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import manifest as mf
 from pipeline import remote
-from pipeline.atomic import ensure_writable, write_json
+from pipeline.atomic import ensure_writable, folder_locks, write_json
 from pipeline.remote import FetchPolicy
 from pipeline.verify import check_shards
 from pipeline.vocab import Inventory
@@ -49,14 +49,22 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
     and all ranks leave out the union of the damaged ones (reported in the log, metrics.jsonl and
     the checkpoint); without it a damaged shard stops the run with a checkpoint at the current step.
     `on_step(state)` is called after every step; True asks the run to stop there."""
-    if D.main_rank():                  # only rank 0 writes (other machines need not share its disk)
-        # outside torchrun a missing folder is a typo; under it (--max-restarts with --resume) the
-        # first launch starts the run
-        if cfg.resume and not Path(cfg.weights).is_dir() and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
-            raise TrainingError(f"--resume: there is no folder {cfg.weights} to resume from (a typo?); create it "
-                                "to start a new run there with --resume, or drop --resume")
-        ensure_writable(cfg.weights)   # before any step: not after an epoch of training
-        ensure_writable(cfg.results)
+    if not D.main_rank():              # only rank 0 writes (other machines need not share its disk)
+        return _train_ranks(cfg, log, on_step)
+    # outside torchrun a missing folder is a typo; under it (--max-restarts with --resume) the
+    # first launch starts the run
+    if cfg.resume and not Path(cfg.weights).is_dir() and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        raise TrainingError(f"--resume: there is no folder {cfg.weights} to resume from (a typo?); create it "
+                            "to start a new run there with --resume, or drop --resume")
+    ensure_writable(cfg.weights)       # before any step: not after an epoch of training
+    ensure_writable(cfg.results)
+    with folder_locks((cfg.weights, cfg.results), "phonerec train",
+                      "wait for it to end, or give this run other --weights/--results folders"):
+        return _train_ranks(cfg, log, on_step)
+
+
+def _train_ranks(cfg: TrainConfig, log, on_step: StepHook | None) -> dict:
+    """train() once rank 0 holds its folders: the ranks' run, then rank 0 chooses the decoding."""
     ctx = D.init(cfg.device)
     try:
         record = _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None), on_step)
