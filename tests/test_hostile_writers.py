@@ -74,3 +74,31 @@ def test_a_decoding_command_into_a_results_folder_in_use_is_refused(fast, weight
         held.close()
     assert_one_line_error(res, "in use by another command", "pid 1234", "another --results folder")
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [".lock"]
+
+
+# ------------------------------------------------------------------ publish onto its own shards
+
+def manifests_of(shards: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(shards)): p.read_bytes() for p in sorted(shards.glob("*/manifest.json"))}
+
+
+@pytest.mark.parametrize("where", ["itself", "file-url", "inside", "around", "symlink"])
+def test_publish_onto_its_own_shards_is_refused_before_anything_is_removed(fast, tmp_path, where):
+    shards = copy_tree(fast[1], tmp_path / "shards")
+    before = manifests_of(shards)
+    (tmp_path / "link").symlink_to(shards)
+    to = {"itself": shards, "file-url": f"file://{shards}", "inside": shards / "published", "around": tmp_path,
+          "symlink": tmp_path / "link"}[where]
+    res = cli("publish", "--shards", shards, "--to", to, "--quiet", ok=False)
+    assert_one_line_error(res, f"--to {to}", "the shards folder", "outside it")
+    assert manifests_of(shards) == before and len(before) == 3
+    assert not (shards / "published").exists()
+    assert mf.load(shards, TEST).num_utterances == 6
+
+
+def test_publish_to_a_file_or_under_one_is_refused_up_front(fast, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for to, why in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "pub", "cannot write to the folder")):
+        res = cli("publish", "--shards", fast[1], "--to", to, "--quiet", ok=False)
+        assert_one_line_error(res, str(to), why)
+    assert (tmp_path / "afile").read_text() == "x"
