@@ -102,3 +102,52 @@ def test_publish_to_a_file_or_under_one_is_refused_up_front(fast, tmp_path):
         res = cli("publish", "--shards", fast[1], "--to", to, "--quiet", ok=False)
         assert_one_line_error(res, str(to), why)
     assert (tmp_path / "afile").read_text() == "x"
+
+
+# ------------------------------------------------------------------ outputs checked up front
+
+@pytest.mark.parametrize("output, why", [
+    ("predict-test-clean.tsv", "another output"), ("x.predict-test-clean.json", "another output"),
+    ("metrics.jsonl", "another output"), ("evaluate-dev-clean.tsv", "another output"),
+    ("../outside.csv", "not a path"), ("sub/x.csv", "not a path"), ("..", "not a path"), ("", "is empty"),
+    (".lock", "hidden"),
+])
+def test_predict_output_that_is_another_output_or_leaves_results_is_a_usage_error(fast, weights, tmp_path,
+                                                                                  output, why):
+    res = cli(*decode_args("predict", fast[1], weights, tmp_path / "results", "--output", output), ok=False)
+    assert res.exit_code == 2 and "--output" in res.output and why in res.output, res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "results").exists() and not (tmp_path / "outside.csv").exists()
+
+
+def test_predict_output_that_is_an_input_is_refused_before_decoding(fast, weights, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(weights.parent, run)
+    before = (run / "best.pt").read_bytes()
+    res = cli(*decode_args("predict", fast[1], run, run, "--output", "best.pt"), ok=False)
+    assert_one_line_error(res, "--output best.pt", "is an input")
+    assert (run / "best.pt").read_bytes() == before
+    shards = copy_tree(fast[1], tmp_path / "shards")
+    res = cli(*decode_args("predict", shards, weights, shards / TEST, "--output", "manifest.json"), ok=False)
+    assert_one_line_error(res, "--output manifest.json", "is an input")
+    assert mf.load(shards, TEST).num_utterances == 6
+
+
+@pytest.mark.parametrize("header, ok", [("id,label", True), ("a", False), ("a,b,c", False), ("a,", False)])
+def test_header_must_have_the_submissions_two_columns(fast, weights, tmp_path, header, ok):
+    res = cli(*decode_args("predict", fast[1], weights, tmp_path / "results", "--header", header), ok=ok)
+    if ok:
+        assert (tmp_path / "results" / "submission.csv").read_text().splitlines()[0] == header
+    else:
+        assert res.exit_code == 2 and "--header" in res.output and "two comma-separated names" in res.output
+
+
+def test_lm_out_and_transcribe_plot_under_a_file_fail_before_the_work(fast, weights, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = cli("lm", "--shards", fast[1], "--out", tmp_path / "afile" / "lm.arpa", "--quiet", ok=False)
+    assert_one_line_error(res, f"cannot write to the folder {tmp_path / 'afile'}")
+    npy = tmp_path / "u.npy"
+    np.save(npy, np.zeros((40, 15), np.float32))
+    res = cli("transcribe", str(npy), "--weights", weights, "--plot", tmp_path / "afile" / "p.png", ok=False)
+    assert_one_line_error(res, f"cannot write to the folder {tmp_path / 'afile'}")
+    assert "u.npy\t" not in res.output                 # refused before decoding anything

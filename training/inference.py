@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.manifest import Stats
+from pipeline.remote import is_url
 from pipeline.atomic import ensure_writable, folder_lock, write_json, write_text
 from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
@@ -34,7 +35,7 @@ from decoding.rerank import greedy_frames
 
 from . import distributed as D
 from .config import EvaluateConfig, PredictConfig, SearchConfig, SplitConfig, TranscribeConfig
-from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
+from .checkpoint import BEST, LAST, Checkpoint, CheckpointError, resolve
 from .tuning import (MAX_EXTENSIONS, RECORD, Choice, DecodeRecord, edges, extend, grid_pairs, parse_values, sha256,
                      weights_folder, write_record)
 from .tuning import resolve as resolve_choice
@@ -478,6 +479,8 @@ def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction
     if choice.tune:
         raise CompatibilityError(f"--lm {cfg.lm} needs --alpha and --beta, or choose them on dev with `phonerec "
                                  f"evaluate --tune --lm {cfg.lm}` (recorded in decode.json, which predict then uses)")
+    if D.main_rank():
+        check_output_target(cfg)
     with results_lock(cfg, "phonerec predict"):
         return _predict(cfg, source, choice)
 
@@ -488,6 +491,20 @@ def results_lock(cfg: SplitConfig, writer: str):
         return contextlib.nullcontext()
     ensure_writable(cfg.results)        # before decoding the whole split, not after
     return folder_lock(cfg.results, writer, "wait for it to end, or give this one another --results folder")
+
+
+def check_output_target(cfg: PredictConfig) -> None:
+    """Rank 0, before decoding: the submission's path is not a folder and not an input (the shards,
+    a checkpoint, decode.json, the LM), whatever --results points at."""
+    out = Path(cfg.results) / cfg.output
+    if out.is_dir():
+        raise CompatibilityError(f"--output {cfg.output}: {out} is a folder; choose another name")
+    w = weights_folder(cfg.weights)
+    inputs = [Path(cfg.weights), w / BEST, w / LAST, w / RECORD] + ([Path(cfg.lm)] if cfg.lm else [])
+    if any(p.is_file() and out.exists() and os.path.samefile(p, out) for p in inputs) or \
+            (not is_url(str(cfg.shards)) and Path(cfg.shards).resolve() in out.resolve().parents):
+        raise CompatibilityError(f"--output {cfg.output}: {out} is an input of this command (the shards, the "
+                                 "weights or the LM); write the submission to another --results folder")
 
 
 def _predict(cfg: PredictConfig, source: ShardSource, choice: Choice) -> Prediction | None:
@@ -703,6 +720,8 @@ def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print,
     """`phonerec transcribe`: print `name<TAB>labels` per file (ARPAbet with cfg.arpabet), one file
     at a time so that a bad file is reported (`warn`) and the others decoded; with cfg.plot a
     posteriorgram of the first. Returns the transcriptions and the problems."""
+    if cfg.plot:                         # a folder that is a file: one line now, not after decoding
+        ensure_writable(Path(cfg.plot).parent)
     device = D.init(cfg.device).device
     choice = decoding_choice(cfg)
     if choice.tune:
