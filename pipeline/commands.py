@@ -3,6 +3,7 @@ config (pipeline/config.py), calls one library function and prints."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -20,7 +21,14 @@ def make_config(cls, params: dict):
 
 
 def usable(cfg):
-    """`cfg`, once its fetch options make a FetchPolicy (a bad size or digest: usage error)."""
+    """`cfg`, once its fetch options make a FetchPolicy (a bad size or digest: usage error) and no
+    location holds a password (refused before anything prints or reads it: a usage error)."""
+    from .remote import FetchError, refuse_credentials
+    for f in dataclasses.fields(cfg):
+        try:
+            refuse_credentials(getattr(cfg, f.name), "--" + f.name.replace("_", "-"))
+        except FetchError as exc:
+            raise click.UsageError(str(exc)) from None
     if isinstance(cfg, FetchConfig):
         try:
             cfg.fetch_policy()

@@ -151,3 +151,74 @@ def test_lm_out_and_transcribe_plot_under_a_file_fail_before_the_work(fast, weig
     res = cli("transcribe", str(npy), "--weights", weights, "--plot", tmp_path / "afile" / "p.png", ok=False)
     assert_one_line_error(res, f"cannot write to the folder {tmp_path / 'afile'}")
     assert "u.npy\t" not in res.output                 # refused before decoding anything
+
+
+# ------------------------------------------------------------------ credentials in a URL
+
+SECRET = "s3cr3tPW"
+
+
+@pytest.fixture(scope="module")
+def served(fast, tmp_path_factory):
+    """The `fast` shards published to a folder and served on 127.0.0.1 for the module."""
+    from pipeline.publish import publish
+    from tests.httpserver import ShardServer
+    pub = tmp_path_factory.mktemp("served")
+    publish(fast[1], f"file://{pub}", progress=False, log=lambda _m: None)
+    with ShardServer(pub) as server:
+        yield server
+
+
+def with_login(url: str) -> str:
+    return url.replace("://", f"://user:{SECRET}@", 1)
+
+
+def test_redact_hides_every_userinfo():
+    from pipeline.remote import redact
+    text = f"cannot read http://u:{SECRET}@h:8/x@y (and s3://KEY:{SECRET}@bucket/k, file:///a@b, s3://bucket/k@2)"
+    assert redact(text) == "cannot read http://***@h:8/x@y (and s3://***@bucket/k, file:///a@b, s3://bucket/k@2)"
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "verify", "lm"])
+def test_a_password_in_an_http_url_is_refused_unprinted_and_never_sent(served, weights, tmp_path, command):
+    url = with_login(served.url)
+    args = {"train": train_args(url, tmp_path, "--epochs", "1"),
+            "predict": decode_args("predict", url, weights, tmp_path / "results"),
+            "verify": ["shards", "--verify", "--shards", url],
+            "lm": ["lm", "--shards", url, "--out", tmp_path / "lm.arpa"]}[command]
+    before = sum(served.requests.values())
+    res = cli(*args, ok=False)
+    assert res.exit_code == 2 and SECRET not in res.output and "Traceback" not in res.output, res.output
+    assert "--shards http://***@127.0.0.1" in res.output and "may not hold a user name or password" in res.output
+    assert sum(served.requests.values()) == before          # nothing sent: not the password, not a request
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "results").exists()
+
+
+def test_the_library_refuses_a_login_url_without_resolving_it(served):
+    from pipeline.remote import FetchError, read_bytes, size
+    before = sum(served.requests.values())
+    for fn in (lambda: mf.load(with_login(served.url), TRAIN), lambda: size(with_login(served.url) + "/index.json"),
+               lambda: read_bytes(with_login("http://no-such-host.invalid") + "/x")):
+        with pytest.raises(FetchError) as info:
+            fn()
+        assert SECRET not in str(info.value) and "***@" in str(info.value)
+    assert sum(served.requests.values()) == before
+
+
+def test_a_redirect_to_a_login_url_is_refused_unprinted(served, weights, tmp_path):
+    served.redirect(f"{TEST}/manifest.json", with_login(served.url) + f"/{TEST}/manifest.json", times=1)
+    res = cli(*decode_args("predict", served.url, weights, tmp_path / "results"), ok=False)
+    assert_one_line_error(res, f"{served.url}/{TEST}/manifest.json")
+    assert SECRET not in res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["predict", "--shards", f"s3://AKIAKEY:{SECRET}@bucket/shards", "--quiet"],
+    ["publish", "--shards", "SHARDS", "--to", f"s3://AKIAKEY:{SECRET}@bucket/shards", "--quiet"],
+    ["train", "--shards", f"gs://tok:{SECRET}@bucket/shards", "--quiet"],
+])
+def test_a_secret_in_an_object_store_url_says_where_credentials_belong(fast, args):
+    args = [str(fast[1]) if a == "SHARDS" else a for a in args]
+    res = cli(*args, ok=False)
+    assert res.exit_code == 2 and SECRET not in res.output and "Traceback" not in res.output, res.output
+    assert ("AWS_ACCESS_KEY_ID" if "s3://" in " ".join(args) else "GOOGLE_APPLICATION_CREDENTIALS") in res.output
