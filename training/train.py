@@ -112,7 +112,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> d
               aug=AugmentConfig.from_train(cfg), steps_per_epoch=0, exclude=exclude,
               infeasible_ids=infeasible_ids, skipped=skipped, on_step=on_step, source=source)
     run.steps_per_epoch = _steps_per_epoch(run)
-    run.budget = _make_budget(cfg, ck, started)
+    run.budget = _make_budget(cfg, ck, started, log)
     st.sched = make_scheduler(cfg, st.opt, run.steps_per_epoch * run.epochs)
     st.step_sched = st.sched is not None and cfg.scheduler != "plateau"
     if ck is not None:
@@ -171,11 +171,12 @@ def _shrink_plan(run: Run, st: TrainState, epochs_done: int, epoch_s: float) -> 
     return False
 
 
-def _make_budget(cfg: TrainConfig, ck: Checkpoint | None, started: float) -> B.Budget | None:
+def _make_budget(cfg: TrainConfig, ck: Checkpoint | None, started: float, log) -> B.Budget | None:
     """The run's time budget: the checkpoint's plan and clock on resume, else a fresh one from
     --time-budget (None without one)."""
     if ck is not None and ck.budget:
         budget = B.Budget.from_json(ck.budget)
+        _check_budgeted_epochs(cfg, ck, budget, log)
     elif cfg.time_budget > 0:
         if cfg.scheduler == "onecycle":
             raise TrainingError("--time-budget stretches the schedule to the epochs that fit, which onecycle "
@@ -185,6 +186,19 @@ def _make_budget(cfg: TrainConfig, ck: Checkpoint | None, started: float) -> B.B
         return None
     budget.begin(started)
     return budget
+
+
+def _check_budgeted_epochs(cfg: TrainConfig, ck: Checkpoint, budget: B.Budget, log) -> None:
+    """A resumed budgeted run follows its plan, whatever --epochs says: said in one line; a larger
+    --epochs after the plan is done would train nothing, so it is an error saying what to do."""
+    if cfg.epochs == budget.cap:
+        return
+    plan = f"its --time-budget ({budget.seconds / 60:g} min) planned {budget.epochs} epoch(s)"
+    if ck.epoch >= budget.epochs and cfg.epochs > ck.epoch:
+        raise TrainingError(f"--epochs {cfg.epochs}: this run has finished the epochs {plan}, its learning-rate "
+                            "schedule annealed there, and a budgeted run does not grow; train a new run (other "
+                            "--weights and --results) with a larger --time-budget")
+    log(f"resume: {plan} (at most {budget.cap}); it follows that plan, not --epochs {cfg.epochs}")
 
 
 # ------------------------------------------------------------------------------------ resume
