@@ -222,3 +222,32 @@ def test_a_secret_in_an_object_store_url_says_where_credentials_belong(fast, arg
     res = cli(*args, ok=False)
     assert res.exit_code == 2 and SECRET not in res.output and "Traceback" not in res.output, res.output
     assert ("AWS_ACCESS_KEY_ID" if "s3://" in " ".join(args) else "GOOGLE_APPLICATION_CREDENTIALS") in res.output
+
+
+# ------------------------------------------------------------------ smaller cases
+
+def test_a_wav_with_a_header_and_no_samples_is_one_line_not_a_phone(weights, tmp_path):
+    sf = pytest.importorskip("soundfile")
+    pytest.importorskip("librosa")
+    empty, good = tmp_path / "empty.wav", tmp_path / "u.npy"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    np.save(good, np.zeros((40, 15), np.float32))
+    res = cli("transcribe", str(empty), "--weights", weights, "--beam-width", "0", ok=False)
+    assert_one_line_error(res, str(empty), "0 samples", "analysis window")
+    assert "empty.wav\t" not in res.output
+    res = cli("transcribe", str(empty), str(good), "--weights", weights, "--beam-width", "0", ok=False)
+    assert "u.npy\t" in res.output and "empty.wav\t" not in res.output and "1 of 2 file(s)" in res.output
+
+
+def test_a_test_split_whose_every_file_is_rejected_fails_without_a_submission(pipe, tmp_path):
+    from tests.helpers import write_corpus
+    write_corpus(pipe, tmp_path / "data", {TRAIN: 12, DEV: 2, TEST: 3})
+    for p in (tmp_path / "data" / TEST / "mfcc").glob("*.npy"):
+        p.write_bytes(b"not an npy file")
+    pipe.build(tmp_path / "data", tmp_path / "shards", min_shards=2)
+    assert mf.load(tmp_path / "shards", TEST).inputs == 3
+    w = make_weights(tmp_path / "shards", tmp_path / "best.pt")
+    res = cli(*decode_args("predict", tmp_path / "shards", w, tmp_path / "results"), ok=False)
+    assert_one_line_error(res, f"split {TEST} has no utterances (3 inputs, all rejected: see", "rejected.tsv",
+                          "no submission written")
+    assert not (tmp_path / "results" / "submission.csv").exists()

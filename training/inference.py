@@ -333,9 +333,12 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 def audio_features(path: Path) -> np.ndarray:
     """15 MFCCs per 10 ms of an audio file, extracted exactly as `phonerec synth-speech` does."""
+    from pipeline.features import AudioTooShort
     try:
         from pipeline.features import mfcc_from_wav
         x = mfcc_from_wav(path)
+    except AudioTooShort as exc:
+        raise UtteranceError(f"audio of {exc}") from None
     except ModuleNotFoundError as exc:
         raise UtteranceError(f"reading audio needs the speech extra ({exc.name} is missing): "
                              "pip install -e '.[speech]'") from None
@@ -510,6 +513,9 @@ def check_output_target(cfg: PredictConfig) -> None:
 def _predict(cfg: PredictConfig, source: ShardSource, choice: Choice) -> Prediction | None:
     """predict() once rank 0 holds --results."""
     m = mf.load(cfg.shards, cfg.split, source.policy)
+    if m.num_utterances == 0 and m.inputs:
+        raise CompatibilityError(f"{empty_split_message(m, cfg.shards)}: no submission written (its every row would "
+                                 "be empty); fix those files and rerun `phonerec shards`")
     columns = submission_header(m, cfg.header or None)
     beam = beam_settings(cfg, choice)
     ctx = D.init(cfg.device)
