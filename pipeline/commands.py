@@ -55,7 +55,15 @@ def shards(**params):
                                        "(damaged shards are rewritten after deleting them)")
         return
     from .build import build_shards
-    text, notes = build_shards(cfg, log=lambda m: click.echo(m, err=True)).report(cfg.shards)
+    from .workers import sigterm_interrupts
+    try:
+        with sigterm_interrupts():
+            summary = build_shards(cfg, log=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {cfg.shards} keeps every file already finished; rerun the same command to "
+                   "finish the build", err=True)
+        sys.exit(130)
+    text, notes = summary.report(cfg.shards)
     click.echo(text)
     for line in notes:
         click.echo(line, err=True)

@@ -74,8 +74,8 @@ def compute(stores: list[CorpusStore], *, cmn: bool = False, workers: int = 2, p
             bar.update()
     finally:
         bar.close()
-        if workers > 1:
-            pool.close()
+        if workers > 1:              # every result is in (or an interrupt): no task left to wait for
+            pool.terminate()
             pool.join()
     if count == 0:
         raise ValueError("no training frames to compute statistics from (every utterance rejected?)")

@@ -251,3 +251,26 @@ def test_a_test_split_whose_every_file_is_rejected_fails_without_a_submission(pi
     assert_one_line_error(res, f"split {TEST} has no utterances (3 inputs, all rejected: see", "rejected.tsv",
                           "no submission written")
     assert not (tmp_path / "results" / "submission.csv").exists()
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_sigterm_during_shards_ends_quietly_and_a_rerun_finishes(tmp_path, group):
+    import signal
+    import time
+
+    from corpora.random import generate
+    from tests.helpers import popen
+    generate(tmp_path / "data", {TRAIN: 400, DEV: 10, TEST: 10}, seed=3, workers=1, progress=False)
+    args = ["shards", "--data", tmp_path / "data", "--shards", tmp_path / "shards", "--workers", "2", "--quiet"]
+    proc = popen(args)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "shards" / "store").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)                                   # the worker processes are at work
+    (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and "leaked" not in err and "Error" not in err, err
+    assert err.strip().splitlines() == [f"interrupted: {tmp_path / 'shards'} keeps every file already finished; "
+                                        "rerun the same command to finish the build"]
+    assert cli(*args).exit_code == 0 and mf.load(tmp_path / "shards", TRAIN).num_utterances == 400
