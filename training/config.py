@@ -197,7 +197,8 @@ class PredictConfig(SplitConfig):
     """`phonerec predict`: a split into <results>/submission.csv."""
 
     results: str = redefault(SplitConfig, "results", "results", help="Where submission.csv goes.")
-    output: str = option("submission.csv", help="File name inside --results.")
+    output: str = option("submission.csv", help="File name inside --results (not a path, not another output's "
+                                                "name such as predict-<split>.tsv).")
     header: str = option("", metavar="A,B",
                          help="The submission's header. [default: the test split's template's (random_submission.csv "
                               "or sample_submission.csv under the split), else index,label]")
