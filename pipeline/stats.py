@@ -76,7 +76,6 @@ def compute(stores: list[CorpusStore], *, cmn: bool = False, workers: int = 2, p
         bar.close()
         if workers > 1:              # every result is in (or an interrupt): no task left to wait for
             pool.terminate()
-            pool.join()
     if count == 0:
         raise ValueError("no training frames to compute statistics from (every utterance rejected?)")
     mean = total / count

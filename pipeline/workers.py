@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import multiprocessing.pool
+import multiprocessing.util
 import signal
 import sys
 import threading
@@ -34,26 +36,47 @@ def script_hidden():
         main.__dict__.update(saved)
 
 
-def _exit_quietly(signum, frame) -> None:
-    raise SystemExit(128 + signum)      # an int: no message; `with` blocks release the pool's queue locks
-
-
 def _quiet_worker(initializer, initargs) -> None:
-    """A worker ignores Ctrl-C (its parent stops it: Pool.terminate), and leaves on SIGTERM through
-    SystemExit, not by dying at once: a worker killed while holding the pool's task-queue lock
-    would hang the parent's Pool.terminate, and Ctrl-C would print a traceback from every worker."""
+    """A worker ignores Ctrl-C (its parent stops it, no KeyboardInterrupt traceback from each) and
+    dies silently on SIGTERM; either is safe because the pool's clean-up (_Pool) never waits on
+    the queues a dying worker may leave half-used."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if initializer is not None:
         initializer(*initargs)
 
 
+def _kill_workers(workers: list, worker_handler) -> None:
+    """Stop a pool at once: no replacement workers, SIGKILL each (they print nothing), reap them."""
+    worker_handler._state = multiprocessing.pool.TERMINATE
+    for p in workers:
+        if p.exitcode is None:
+            p.kill()
+    for p in workers:
+        p.join()
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """A Pool whose clean-up (terminate(), leaving its `with` block, or its finalizer at exit when
+    neither ran, e.g. in a generator never resumed) kills its workers and never touches the queues
+    again: the stock one drains the task queue under its lock and waits for the result reader,
+    both of which hang when a worker stopped mid-message. Its semaphores are still freed at exit
+    (no leaked-semaphore warnings). Used once the results are in, and on an interrupt."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._terminate.cancel()
+        self._terminate = multiprocessing.util.Finalize(self, _kill_workers, args=(self._pool, self._worker_handler),
+                                                        exitpriority=15)
+
+
 def spawn_pool(workers: int, initializer=None, initargs=(), **kwargs):
     """A `multiprocessing.Pool` of spawned workers that never re-run the caller's script (no
-    `maxtasksperchild`: a worker started later, outside `script_hidden`, would)."""
+    `maxtasksperchild`: a worker started later, outside `script_hidden`, would), stopped at once
+    by terminate() (and by leaving its `with` block)."""
     with script_hidden():
-        return mp.get_context("spawn").Pool(workers, initializer=_quiet_worker, initargs=(initializer, initargs),
-                                            **kwargs)
+        return _Pool(workers, initializer=_quiet_worker, initargs=(initializer, initargs),
+                     context=mp.get_context("spawn"), **kwargs)
 
 
 @contextlib.contextmanager
