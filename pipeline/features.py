@@ -89,6 +89,7 @@ def mfcc_from_wav(path: str | os.PathLike) -> np.ndarray:
 
     y, sr = sf.read(str(path), dtype="float32", always_2d=True)
     if y.shape[0] * SAMPLE_RATE < WIN_LENGTH * sr:      # a header and no samples (or under one window)
-        raise AudioTooShort(f"{y.shape[0]} samples at {sr} Hz, shorter than one {WIN_LENGTH * 1000 // SAMPLE_RATE} ms "
-                         "analysis window: nothing to recognize")
+        window_ms = WIN_LENGTH * 1000 // SAMPLE_RATE
+        raise AudioTooShort(f"{y.shape[0]} samples at {sr} Hz, shorter than one {window_ms} ms analysis window: "
+                            "nothing to recognize")
     return mfcc(y.mean(axis=1), sr)
