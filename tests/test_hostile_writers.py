@@ -274,3 +274,16 @@ def test_sigterm_during_shards_ends_quietly_and_a_rerun_finishes(tmp_path, group
     assert err.strip().splitlines() == [f"interrupted: {tmp_path / 'shards'} keeps every file already finished; "
                                         "rerun the same command to finish the build"]
     assert cli(*args).exit_code == 0 and mf.load(tmp_path / "shards", TRAIN).num_utterances == 400
+
+
+def test_under_torchrun_rank_0_alone_takes_the_lock_and_a_held_one_stops_the_job(fast, tmp_path):
+    from tests.helpers import torchrun
+    held = hold_lock(tmp_path / "weights")
+    try:
+        res = torchrun(train_args(fast[1], tmp_path, "--epochs", "1", "--dev", ""), ok=False)
+    finally:
+        held.close()
+    assert res.returncode != 0 and "in use by another command (phonerec train, pid 1234" in res.stderr, res.stderr
+    assert not (tmp_path / "weights" / "last.pt").exists()
+    torchrun(train_args(fast[1], tmp_path, "--epochs", "1", "--dev", ""))      # two ranks, one lock: it runs
+    assert (tmp_path / "weights" / "last.pt").is_file()
