@@ -8,17 +8,23 @@ from pipeline.errors import PhonerecError
 
 
 class _Group(click.Group):
-    """Shows every PhonerecError a command lets escape as one line (`Error: ...`, exit status 1)."""
+    """Shows every PhonerecError a command lets escape as one line (`Error: ...`, exit status 1), and
+    no password of a URL in any error line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """In the order of the stages (as registered), not alphabetically."""
         return list(self.commands)
 
     def invoke(self, ctx: click.Context):
+        """Every error line with the credentials of any URL in it redacted (pipeline.remote.redact)."""
+        from pipeline.remote import redact
         try:
             return super().invoke(ctx)
         except PhonerecError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(redact(str(exc))) from None
+        except click.ClickException as exc:
+            exc.message = redact(exc.message)
+            raise
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -112,3 +112,64 @@ def ensure_writable(folder: str | os.PathLike) -> Path:
         raise WriteError(exc.errno, f"cannot write to the folder {folder} ({why}); choose a writable folder "
                          "or fix its permissions") from None
     return folder
+
+
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}      # folders this process holds the lock of, and how many holders
+
+
+class FolderBusy(PhonerecError):
+    """Another process writes the folder now (its lock is held): one writer per folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, writer: str, hint: str) -> Iterator[None]:
+    """One writer per folder: an advisory lock on FOLDER/.lock naming its holder (pid, host, start
+    time), held for the block. The kernel releases it when the holder dies, so a lock left by a
+    process that is gone (a crash, kill -9) never blocks a rerun. Re-entrant within a process
+    (train holds its folders while it chooses the decoding). `writer` (e.g. "phonerec train") is
+    written in the lock for the next one's FolderBusy, which also says `hint` (what to do)."""
+    import fcntl
+    import socket
+    import time
+
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the block: the lock
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            who = " ".join(fh.read().split())[:200] or "another process"
+            raise FolderBusy(f"{folder} is in use by another command ({who}): one writer per folder; {hint}") \
+                from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{writer}, pid {os.getpid()} on {socket.gethostname()}, started "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        fh.close()           # releases the lock
+
+
+@contextlib.contextmanager
+def folder_locks(folders, writer: str, hint: str) -> Iterator[None]:
+    """folder_lock on each folder (WEIGHTS and RESULTS may be one)."""
+    with contextlib.ExitStack() as stack:
+        for folder in folders:
+            stack.enter_context(folder_lock(folder, writer, hint))     # a second name of one folder: re-entrant
+        yield

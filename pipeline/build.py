@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import io
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,7 +19,6 @@ from .validate import Rejection, npy_shape
 from .vocab import F22, Inventory, load_inventory
 
 REJECTED_TSV = "rejected.tsv"
-LOCK_NAME = ".lock"
 
 
 @dataclass
@@ -134,28 +130,6 @@ def check_output_folder(data: Path, shards_dir: Path, names: list[str]) -> None:
                               "outside the data's split folders")
 
 
-@contextlib.contextmanager
-def build_lock(shards_dir: Path):
-    """One `phonerec shards` per output folder at a time (an advisory lock on SHARDS/.lock)."""
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(shards_dir / LOCK_NAME, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            who = fh.read().strip() or "another process"
-            raise LayoutError(f"another `phonerec shards` is building {shards_dir} ({who}); wait for it to "
-                              "finish or use another --shards folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        fh.flush()
-        yield
-    finally:
-        fh.close()           # releases the lock
-
-
 def _list(data, name: str, role: str) -> SplitFiles:
     try:
         return list_split(data, name, labelled=role != "test")
@@ -214,7 +188,8 @@ def _build(data, shards_dir, *, train, dev, test, options, workers, cmn, strict,
         raise LayoutError(f"split(s) {', '.join(dup)} named more than once across --train/--dev/--test")
     listings = {n: _list(data, n, role) for n, role in roles}  # fails early, before any work, on a missing split
     check_output_folder(Path(data), shards_dir, names)
-    with build_lock(shards_dir):
+    with atomic.folder_lock(shards_dir, "phonerec shards",
+                            "wait for it to finish or use another --shards folder"):
         return _build_locked(shards_dir, roles, listings, options=options, workers=workers, cmn=cmn,
                              strict=strict, progress=progress, log=log, t0=t0, feature_dim=feature_dim,
                              inventory=inventory)

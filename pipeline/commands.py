@@ -3,6 +3,7 @@ config (pipeline/config.py), calls one library function and prints."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -20,7 +21,14 @@ def make_config(cls, params: dict):
 
 
 def usable(cfg):
-    """`cfg`, once its fetch options make a FetchPolicy (a bad size or digest: usage error)."""
+    """`cfg`, once its fetch options make a FetchPolicy (a bad size or digest: usage error) and no
+    location holds a password (refused before anything prints or reads it: a usage error)."""
+    from .remote import FetchError, refuse_credentials
+    for f in dataclasses.fields(cfg):
+        try:
+            refuse_credentials(getattr(cfg, f.name), "--" + f.name.replace("_", "-"))
+        except FetchError as exc:
+            raise click.UsageError(str(exc)) from None
     if isinstance(cfg, FetchConfig):
         try:
             cfg.fetch_policy()
@@ -47,7 +55,15 @@ def shards(**params):
                                        "(damaged shards are rewritten after deleting them)")
         return
     from .build import build_shards
-    text, notes = build_shards(cfg, log=lambda m: click.echo(m, err=True)).report(cfg.shards)
+    from .workers import sigterm_interrupts
+    try:
+        with sigterm_interrupts():
+            summary = build_shards(cfg, log=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {cfg.shards} keeps every file already finished; rerun the same command to "
+                   "finish the build", err=True)
+        sys.exit(130)
+    text, notes = summary.report(cfg.shards)
     click.echo(text)
     for line in notes:
         click.echo(line, err=True)

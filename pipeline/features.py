@@ -79,9 +79,17 @@ def mfcc(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(feats.T, dtype=np.float32)
 
 
+class AudioTooShort(ValueError):
+    """A recording with no analysis window of samples (a header and no samples)."""
+
+
 def mfcc_from_wav(path: str | os.PathLike) -> np.ndarray:
     """The corpus's feature extraction applied to an audio file (any rate; stereo is averaged)."""
     import soundfile as sf
 
     y, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if y.shape[0] * SAMPLE_RATE < WIN_LENGTH * sr:      # a header and no samples (or under one window)
+        window_ms = WIN_LENGTH * 1000 // SAMPLE_RATE
+        raise AudioTooShort(f"{y.shape[0]} samples at {sr} Hz, shorter than one {window_ms} ms analysis window: "
+                            "nothing to recognize")
     return mfcc(y.mean(axis=1), sr)

@@ -18,10 +18,15 @@ from tqdm import tqdm
 
 from . import manifest as mf
 from . import remote
-from .atomic import write_bytes
+from .atomic import ensure_writable, write_bytes
+from .errors import PhonerecError
 from .verify import check_shards
 
 EXTRA_FILES = ("rejected.tsv", "stats.json")     # beside the splits: read by --verify and the reports
+
+
+class PublishError(PhonerecError):
+    """A publish target that would overwrite or remove what is published, or cannot be written."""
 
 
 @dataclass
@@ -99,6 +104,20 @@ def _local_path(spec: str) -> str:
     return spec[len("file://"):] if spec.startswith("file://") else spec
 
 
+def _check_local_target(shards_dir: Path, root: Path, url: str) -> None:
+    """A folder target, checked before anything there is removed or written: not the shards folder,
+    nor inside it, nor around it (publishing removes the target's manifests first: they would be
+    the source's), and a folder that can be written."""
+    src, dst = shards_dir.resolve(), root.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        where = "is" if dst == src else "is inside" if src in dst.parents else "contains"
+        raise PublishError(f"--to {url} {where} the shards folder {shards_dir}: publish to a folder outside it "
+                           "(the manifests there are removed first)")
+    if root.exists() and not root.is_dir():
+        raise PublishError(f"--to {url} is a file: give a folder (or a URL) to publish to")
+    ensure_writable(root)
+
+
 def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *,
             policy: remote.FetchPolicy = remote.FetchPolicy(), progress: bool = True,
             log: Callable[[str], None] = print) -> Published:
@@ -120,6 +139,8 @@ def publish(shards_dir: str | Path, url: str, splits: list[str] | None = None, *
         for s, path in enumerate(m.shard_paths()):
             _checked(m, s, path)
     target = Target(_local_path(url), policy)
+    if target.local:
+        _check_local_target(shards_dir, Path(target.root), url)
     texts = {m.split: mf.manifest_path(shards_dir, m.split).read_bytes() for m in manifests}
     digests = {split: hashlib.sha256(text).hexdigest() for split, text in texts.items()}
     for split in sorted(set(target.read_index()) - set(splits)):   # published before: still listed

@@ -57,6 +57,37 @@ def is_url(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and URL.match(spec) is not None
 
 
+# scheme://user:password@ (the userinfo: no '/', no space, before the first '@' of the authority)
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+CREDENTIALS_BELONG = {
+    "s3": "for s3:// they belong in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) "
+          "or ~/.aws/credentials",
+    "gs": "for gs:// they belong in the environment (GOOGLE_APPLICATION_CREDENTIALS) or `gcloud auth "
+          "application-default login`",
+}
+
+
+def redact(text: str) -> str:
+    """`text` with the user name and password of every URL in it replaced by ***: what every message
+    and log line about a location goes through (the command line applies it to every error)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def refuse_credentials(spec: str | os.PathLike, option: str = "") -> None:
+    """A URL that holds a user name or password is refused (FetchError, the URL redacted): they
+    would be printed and logged, and an HTTP reader would take them for the host name. Where
+    they belong instead: the environment or the provider's configuration."""
+    if not is_url(spec) or _USERINFO.match(str(spec)) is None:
+        return
+    proto = URL.match(spec).group(1).lower()
+    key = "s3" if proto in ("s3", "s3a") else "gs" if proto in ("gs", "gcs") else proto
+    where = CREDENTIALS_BELONG.get(key, f"{proto}:// is read without a login: serve the shards openly, or publish "
+                                   "them to s3:// or gs://, whose credentials come from the environment")
+    name = f"{option} " if option else ""
+    raise FetchError(f"{name}{redact(str(spec))}: a URL may not hold a user name or password (they would show in "
+                     f"messages and logs); {where}")
+
+
 def join(base: str, *parts: str) -> str:
     """base/part/part for a URL or a local path (as a string)."""
     if not is_url(base):
@@ -202,6 +233,7 @@ def _no_count(name: str, n: int = 1) -> None:
 def filesystem(url: str, timeout: float = 60.0):
     """(fsspec filesystem, path inside it) for a URL; a one-line error names the missing extra."""
     import fsspec
+    refuse_credentials(url)
     proto = URL.match(url).group(1).lower()
     kwargs = {}
     if proto in ("http", "https"):
@@ -234,7 +266,7 @@ def transient(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     status = getattr(exc, "status", None)
-    text = " ".join(str(exc).split())[:200]
+    text = redact(" ".join(str(exc).split()))[:200]
     return f"HTTP {status}" if isinstance(status, int) else f"{type(exc).__name__}: {text}" if text else \
         type(exc).__name__
 
@@ -266,11 +298,13 @@ def _is_http(url: str) -> bool:
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http(s) only (urllib would also follow one to ftp://)."""
+    """Follow redirects to http(s) only (urllib would also follow one to ftp://), and never to a URL
+    with a user name or password (they would go to the resolver as a host name)."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not newurl.lower().startswith(("http://", "https://")):
-            raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl[:100]} refused", headers, fp)
+        if not newurl.lower().startswith(("http://", "https://")) or redact(newurl) != newurl:
+            raise urllib.error.HTTPError(redact(newurl), code, f"redirect to {redact(newurl)[:100]} refused", headers,
+                                         fp)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -348,6 +382,7 @@ def read_bytes(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no
                size: int | None = None) -> bytes:
     """The file at a URL, exactly `size` bytes (a shard: its manifest's size) or at most the policy's
     manifest limit; FileNotFoundError when it does not exist (404/410), FetchError otherwise."""
+    refuse_credentials(url)             # never sent anywhere: not to a resolver, not to a server
     limit, exact = (int(size), True) if size is not None else (policy.max_manifest, False)
     if _is_http(url):
         fn = lambda: _http_get(url, limit, exact, policy)  # noqa: E731
@@ -385,6 +420,7 @@ def _http_size(url: str, policy: FetchPolicy) -> int | None:
 def size(url: str, policy: FetchPolicy = FetchPolicy(), count: Count = _no_count) -> int | None:
     """The size of the file at a URL; None when it does not exist (404/410). A server error is
     retried as any other read."""
+    refuse_credentials(url)
     if _is_http(url):
         try:
             return with_retries(url, lambda: _http_size(url, policy), policy, count)

@@ -74,9 +74,8 @@ def compute(stores: list[CorpusStore], *, cmn: bool = False, workers: int = 2, p
             bar.update()
     finally:
         bar.close()
-        if workers > 1:
-            pool.close()
-            pool.join()
+        if workers > 1:              # every result is in (or an interrupt): no task left to wait for
+            pool.terminate()
     if count == 0:
         raise ValueError("no training frames to compute statistics from (every utterance rejected?)")
     mean = total / count

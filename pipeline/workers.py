@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import multiprocessing.pool
+import multiprocessing.util
+import signal
 import sys
+import threading
 
 
 @contextlib.contextmanager
@@ -32,8 +36,63 @@ def script_hidden():
         main.__dict__.update(saved)
 
 
-def spawn_pool(workers: int, **kwargs):
+def _quiet_worker(initializer, initargs) -> None:
+    """A worker ignores Ctrl-C (its parent stops it, no KeyboardInterrupt traceback from each) and
+    dies silently on SIGTERM; either is safe because the pool's clean-up (_Pool) never waits on
+    the queues a dying worker may leave half-used."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _kill_workers(workers: list, worker_handler) -> None:
+    """Stop a pool at once: no replacement workers, SIGKILL each (they print nothing), reap them."""
+    worker_handler._state = multiprocessing.pool.TERMINATE
+    for p in workers:
+        if p.exitcode is None:
+            p.kill()
+    for p in workers:
+        p.join()
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """A Pool whose clean-up (terminate(), leaving its `with` block, or its finalizer at exit when
+    neither ran, e.g. in a generator never resumed) kills its workers and never touches the queues
+    again: the stock one drains the task queue under its lock and waits for the result reader,
+    both of which hang when a worker stopped mid-message. Its semaphores are still freed at exit
+    (no leaked-semaphore warnings). Used once the results are in, and on an interrupt."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._terminate.cancel()
+        self._terminate = multiprocessing.util.Finalize(self, _kill_workers, args=(self._pool, self._worker_handler),
+                                                        exitpriority=15)
+
+
+def spawn_pool(workers: int, initializer=None, initargs=(), **kwargs):
     """A `multiprocessing.Pool` of spawned workers that never re-run the caller's script (no
-    `maxtasksperchild`: a worker started later, outside `script_hidden`, would)."""
+    `maxtasksperchild`: a worker started later, outside `script_hidden`, would), stopped at once
+    by terminate() (and by leaving its `with` block)."""
     with script_hidden():
-        return mp.get_context("spawn").Pool(workers, **kwargs)
+        return _Pool(workers, initializer=_quiet_worker, initargs=(initializer, initargs),
+                     context=mp.get_context("spawn"), **kwargs)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While the block runs (in the main thread), SIGTERM raises KeyboardInterrupt as Ctrl-C does:
+    the pools' `with` blocks then stop their workers and free their semaphores, instead of the
+    process dying under them (worker tracebacks on broken pipes, leaked-semaphore warnings)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -168,3 +168,14 @@ def test_host_tuning_on_and_off_train_and_resume_alike(shards, tmp_path):
                        after=steps + 1)
         _subprocess_train(shards, run, flag, "--resume")
         assert_same_run(tmp_path / "on", run)
+
+
+def test_resuming_a_finished_budgeted_run_with_more_epochs_says_why_not(shards, tmp_path, planned):
+    from training.train import train
+    planned(2)
+    train(train_config(shards, tmp_path, epochs=4, time_budget=10.0, dev=""), log=lambda m: None)
+    before = (tmp_path / "weights" / "last.pt").read_bytes()
+    res = cli(*train_args(shards, tmp_path, "--epochs", "6", "--time-budget", "10", "--dev", "", "--resume"),
+              ok=False)
+    assert_one_line_error(res, "--epochs 6", "planned 2 epoch(s)", "does not grow", "larger --time-budget")
+    assert (tmp_path / "weights" / "last.pt").read_bytes() == before and len(metrics(tmp_path)) == 2

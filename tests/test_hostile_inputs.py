@@ -261,7 +261,7 @@ def test_also_concurrent_builds_on_one_folder(corpus, tmp_path):
         held.flush()
         res = cli("shards", "--data", corpus, "--shards", out, "--quiet", "--workers", "1")
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert "another `phonerec shards` is building" in res.output and "pid 1234" in res.output
+    assert "is in use by another command" in res.output and "pid 1234" in res.output
     assert not (out / "store").exists()
     res = cli("shards", "--data", corpus, "--shards", out, "--quiet", "--workers", "1")   # lock released
     assert res.exit_code == 0, res.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,10 +197,41 @@ class PredictConfig(SplitConfig):
     """`phonerec predict`: a split into <results>/submission.csv."""
 
     results: str = redefault(SplitConfig, "results", "results", help="Where submission.csv goes.")
-    output: str = option("submission.csv", help="File name inside --results.")
+    output: str = option("submission.csv", help="File name inside --results (not a path, not another output's "
+                                                "name such as predict-<split>.tsv).")
     header: str = option("", metavar="A,B",
                          help="The submission's header. [default: the test split's template's (random_submission.csv "
                               "or sample_submission.csv under the split), else index,label]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_output_name(self.output)
+        if self.header and len([h for h in self.header.split(",") if h.strip()]) != SUBMISSION_COLUMNS:
+            raise ValueError(f"--header {self.header!r}: the submission has {SUBMISSION_COLUMNS} columns (index, "
+                             "labels): give two comma-separated names, e.g. --header id,label")
+
+
+SUBMISSION_COLUMNS = 2
+# What the commands write into --results beside a submission (training/metrics.py, inference.py,
+# tensorboard.py): a submission named like one of them would overwrite it, or be overwritten.
+RESULT_NAMES = re.compile(r"metrics\.jsonl|curves\.png|(.+\.)?predict-.+\.(tsv|json)|evaluate-.+\.(tsv|json|png)"
+                          r"|events\.out\.tfevents\..*")
+
+
+def check_output_name(name: str) -> None:
+    """predict's --output: a plain file name inside --results (where the user sees it named) that
+    no other output of the commands has. ValueError (a usage error) otherwise."""
+    if not name.strip():
+        raise ValueError("--output is empty: give a file name inside --results, e.g. submission.csv")
+    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise ValueError(f"--output {name!r}: a file name inside --results, not a path; choose the folder with "
+                         "--results")
+    if name.startswith("."):
+        raise ValueError(f"--output {name!r}: a hidden name (the temp files and the lock are hidden); choose a "
+                         "visible one, e.g. submission.csv")
+    if RESULT_NAMES.fullmatch(name):
+        raise ValueError(f"--output {name}: another output of predict, evaluate or train has that name in "
+                         "--results; choose another, e.g. submission-2.csv")
 
 
 @dataclass

@@ -6,6 +6,7 @@ writes the outputs in the split's original order (the manifest's `index`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -21,7 +22,8 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.manifest import Stats
-from pipeline.atomic import ensure_writable, write_json, write_text
+from pipeline.remote import is_url
+from pipeline.atomic import ensure_writable, folder_lock, write_json, write_text
 from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
@@ -33,8 +35,8 @@ from decoding.decoder import WeightGrid
 from decoding.rerank import greedy_frames
 
 from . import distributed as D
-from .config import EvaluateConfig, PredictConfig, SearchConfig, TranscribeConfig
-from .checkpoint import BEST, Checkpoint, CheckpointError, resolve
+from .config import EvaluateConfig, PredictConfig, SearchConfig, SplitConfig, TranscribeConfig
+from .checkpoint import BEST, LAST, Checkpoint, CheckpointError, resolve
 from .tuning import (MAX_EXTENSIONS, RECORD, Choice, DecodeRecord, edges, extend, grid_pairs, parse_values, sha256,
                      weights_folder, write_record)
 from .tuning import resolve as resolve_choice
@@ -339,9 +341,12 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 def audio_features(path: Path) -> np.ndarray:
     """15 MFCCs per 10 ms of an audio file, extracted exactly as `phonerec synth-speech` does."""
+    from pipeline.features import AudioTooShort
     try:
         from pipeline.features import mfcc_from_wav
         x = mfcc_from_wav(path)
+    except AudioTooShort as exc:
+        raise UtteranceError(f"audio of {exc}") from None
     except ModuleNotFoundError as exc:
         raise UtteranceError(f"reading audio needs the speech extra ({exc.name} is missing): "
                              "pip install -e '.[speech]'") from None
@@ -486,8 +491,39 @@ def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction
         raise CompatibilityError(f"--lm {cfg.lm} needs --alpha and --beta, or choose them on dev with `phonerec "
                                  f"evaluate --tune --lm {cfg.lm}` (recorded in decode.json, which predict then uses)")
     if D.main_rank():
-        ensure_writable(cfg.results)    # before decoding the whole split, not after
+        check_output_target(cfg)
+    with results_lock(cfg, "phonerec predict"):
+        return _predict(cfg, source, choice)
+
+
+def results_lock(cfg: SplitConfig, writer: str):
+    """Rank 0 holds --results for the command (one writer per folder); the other ranks write nothing."""
+    if not D.main_rank():
+        return contextlib.nullcontext()
+    ensure_writable(cfg.results)        # before decoding the whole split, not after
+    return folder_lock(cfg.results, writer, "wait for it to end, or give this one another --results folder")
+
+
+def check_output_target(cfg: PredictConfig) -> None:
+    """Rank 0, before decoding: the submission's path is not a folder and not an input (the shards,
+    a checkpoint, decode.json, the LM), whatever --results points at."""
+    out = Path(cfg.results) / cfg.output
+    if out.is_dir():
+        raise CompatibilityError(f"--output {cfg.output}: {out} is a folder; choose another name")
+    w = weights_folder(cfg.weights)
+    inputs = [Path(cfg.weights), w / BEST, w / LAST, w / RECORD] + ([Path(cfg.lm)] if cfg.lm else [])
+    if any(p.is_file() and out.exists() and os.path.samefile(p, out) for p in inputs) or \
+            (not is_url(str(cfg.shards)) and Path(cfg.shards).resolve() in out.resolve().parents):
+        raise CompatibilityError(f"--output {cfg.output}: {out} is an input of this command (the shards, the "
+                                 "weights or the LM); write the submission to another --results folder")
+
+
+def _predict(cfg: PredictConfig, source: ShardSource, choice: Choice) -> Prediction | None:
+    """predict() once rank 0 holds --results."""
     m = mf.load(cfg.shards, cfg.split, source.policy)
+    if m.num_utterances == 0 and m.inputs:
+        raise CompatibilityError(f"{empty_split_message(m, cfg.shards)}: no submission written (its every row would "
+                                 "be empty); fix those files and rerun `phonerec shards`")
     columns = submission_header(m, cfg.header or None)
     beam = beam_settings(cfg, choice)
     ctx = D.init(cfg.device)
@@ -529,8 +565,12 @@ def evaluate_split(cfg: EvaluateConfig, *, source: ShardSource | None = None, ec
     others); `local`: run alone even under torchrun (train's choice after its ranks are done)."""
     source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
     choice = decoding_choice(cfg)
-    if D.main_rank():
-        ensure_writable(cfg.results)    # before decoding the whole split, not after
+    with results_lock(cfg, "phonerec evaluate"):
+        return _evaluate_split(cfg, source, choice, echo, local)
+
+
+def _evaluate_split(cfg: EvaluateConfig, source: ShardSource, choice: Choice, echo, local: bool) -> Evaluation | None:
+    """evaluate_split() once rank 0 holds --results."""
     m = mf.load(cfg.shards, cfg.split, source.policy)
     if m.num_utterances == 0:
         raise CompatibilityError(f"{empty_split_message(m, cfg.shards)}: nothing to evaluate (a distance of 0 "
@@ -697,6 +737,8 @@ def transcribe_files(cfg: TranscribeConfig, files: list[str | Path], echo=print,
     """`phonerec transcribe`: print `name<TAB>labels` per file (ARPAbet with cfg.arpabet), one file
     at a time so that a bad file is reported (`warn`) and the others decoded; with cfg.plot a
     posteriorgram of the first. Returns the transcriptions and the problems."""
+    if cfg.plot:                         # a folder that is a file: one line now, not after decoding
+        ensure_writable(Path(cfg.plot).parent)
     device = D.init(cfg.device).device
     choice = decoding_choice(cfg)
     if choice.tune:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from decoding.lm import estimate, write_arpa
 from pipeline import manifest as mf
+from pipeline.atomic import ensure_writable
 from pipeline.errors import PhonerecError
 
 from .data import ShardSource, read_shards
@@ -31,6 +32,7 @@ def phone_sequences(shards, splits: str, source: ShardSource | None = None, prog
 def build_lm(shards, splits: str, order: int, out: str | Path, source: ShardSource | None = None,
              progress: bool = True) -> dict:
     """Estimate an interpolated Kneser-Ney phone LM of `order` and write it to `out` (ARPA)."""
+    ensure_writable(Path(out).parent)       # a folder that is a file: one line now, not after the counting
     inventory, sentences = phone_sequences(shards, splits, source, progress)
     if not sentences:
         raise PhonerecError(f"split(s) {splits} in {shards} have no utterances: nothing to estimate an LM from")

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import manifest as mf
 from pipeline import remote
-from pipeline.atomic import ensure_writable, write_json
+from pipeline.atomic import ensure_writable, folder_locks, write_json
 from pipeline.remote import FetchPolicy
 from pipeline.verify import check_shards
 from pipeline.vocab import Inventory
@@ -49,14 +49,22 @@ def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
     and all ranks leave out the union of the damaged ones (reported in the log, metrics.jsonl and
     the checkpoint); without it a damaged shard stops the run with a checkpoint at the current step.
     `on_step(state)` is called after every step; True asks the run to stop there."""
-    if D.main_rank():                  # only rank 0 writes (other machines need not share its disk)
-        # outside torchrun a missing folder is a typo; under it (--max-restarts with --resume) the
-        # first launch starts the run
-        if cfg.resume and not Path(cfg.weights).is_dir() and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
-            raise TrainingError(f"--resume: there is no folder {cfg.weights} to resume from (a typo?); create it "
-                                "to start a new run there with --resume, or drop --resume")
-        ensure_writable(cfg.weights)   # before any step: not after an epoch of training
-        ensure_writable(cfg.results)
+    if not D.main_rank():              # only rank 0 writes (other machines need not share its disk)
+        return _train_ranks(cfg, log, on_step)
+    # outside torchrun a missing folder is a typo; under it (--max-restarts with --resume) the
+    # first launch starts the run
+    if cfg.resume and not Path(cfg.weights).is_dir() and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        raise TrainingError(f"--resume: there is no folder {cfg.weights} to resume from (a typo?); create it "
+                            "to start a new run there with --resume, or drop --resume")
+    ensure_writable(cfg.weights)       # before any step: not after an epoch of training
+    ensure_writable(cfg.results)
+    with folder_locks((cfg.weights, cfg.results), "phonerec train",
+                      "wait for it to end, or give this run other --weights/--results folders"):
+        return _train_ranks(cfg, log, on_step)
+
+
+def _train_ranks(cfg: TrainConfig, log, on_step: StepHook | None) -> dict:
+    """train() once rank 0 holds its folders: the ranks' run, then rank 0 chooses the decoding."""
     ctx = D.init(cfg.device)
     try:
         record = _train(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None), on_step)
@@ -104,7 +112,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> d
               aug=AugmentConfig.from_train(cfg), steps_per_epoch=0, exclude=exclude,
               infeasible_ids=infeasible_ids, skipped=skipped, on_step=on_step, source=source)
     run.steps_per_epoch = _steps_per_epoch(run)
-    run.budget = _make_budget(cfg, ck, started)
+    run.budget = _make_budget(cfg, ck, started, log)
     st.sched = make_scheduler(cfg, st.opt, run.steps_per_epoch * run.epochs)
     st.step_sched = st.sched is not None and cfg.scheduler != "plateau"
     if ck is not None:
@@ -163,11 +171,12 @@ def _shrink_plan(run: Run, st: TrainState, epochs_done: int, epoch_s: float) -> 
     return False
 
 
-def _make_budget(cfg: TrainConfig, ck: Checkpoint | None, started: float) -> B.Budget | None:
+def _make_budget(cfg: TrainConfig, ck: Checkpoint | None, started: float, log) -> B.Budget | None:
     """The run's time budget: the checkpoint's plan and clock on resume, else a fresh one from
     --time-budget (None without one)."""
     if ck is not None and ck.budget:
         budget = B.Budget.from_json(ck.budget)
+        _check_budgeted_epochs(cfg, ck, budget, log)
     elif cfg.time_budget > 0:
         if cfg.scheduler == "onecycle":
             raise TrainingError("--time-budget stretches the schedule to the epochs that fit, which onecycle "
@@ -177,6 +186,19 @@ def _make_budget(cfg: TrainConfig, ck: Checkpoint | None, started: float) -> B.B
         return None
     budget.begin(started)
     return budget
+
+
+def _check_budgeted_epochs(cfg: TrainConfig, ck: Checkpoint, budget: B.Budget, log) -> None:
+    """A resumed budgeted run follows its plan, whatever --epochs says: said in one line; a larger
+    --epochs after the plan is done would train nothing, so it is an error saying what to do."""
+    if cfg.epochs == budget.cap:
+        return
+    plan = f"its --time-budget ({budget.seconds / 60:g} min) planned {budget.epochs} epoch(s)"
+    if ck.epoch >= budget.epochs and cfg.epochs > ck.epoch:
+        raise TrainingError(f"--epochs {cfg.epochs}: this run has finished the epochs {plan}, its learning-rate "
+                            "schedule annealed there, and a budgeted run does not grow; train a new run (other "
+                            "--weights and --results) with a larger --time-budget")
+    log(f"resume: {plan} (at most {budget.cap}); it follows that plan, not --epochs {cfg.epochs}")
 
 
 # ------------------------------------------------------------------------------------ resume
