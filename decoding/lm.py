@@ -290,6 +290,8 @@ def _read_counts(lines: _Lines) -> list[tuple[int, int]]:
         if len(m[1].lstrip("0")) > MAX_DIGITS or len(m[2].lstrip("0")) > MAX_DIGITS:
             raise lines.error(f"count line {line[:40]!r}... has a number of over {MAX_DIGITS} digits")
         n, count = int(m[1]), int(m[2])
+        if n < 1:
+            raise lines.error("ngram 0= is no order: orders count from 1")
         if n > MAX_ORDER:
             raise lines.error(f"ngram {n}= is beyond the highest order read ({MAX_ORDER})")
         if n <= len(counts):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import CacheConfig, progress_field
+from pipeline.errors import PhonerecError
 from pipeline.limits import MAX_WORKERS
 from pipeline.options import Options, Range, from_dict, known, option, redefault
 from pipeline.strict import read_document
@@ -278,6 +279,6 @@ def train_config(recipe: str | Path | None, flags: dict, given: set[str], model:
         from .model import check_fits, preset_config
         check_fits(preset_config(cfg.preset, **cfg.model), training=True, frames=cfg.max_frames,
                    where=f"the model ({cfg.preset} with {cfg.model})" if cfg.model else f"the model ({cfg.preset})")
-    except ValueError as exc:
+    except (ValueError, PhonerecError) as exc:          # PhonerecError: a model too large for this machine
         raise ValueError(f"{recipe}: {exc}" if recipe else str(exc)) from None
     return cfg

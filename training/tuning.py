@@ -93,8 +93,8 @@ def read_record(weights: str | Path) -> DecodeRecord | None:
         check_types(DecodeRecord, raw)      # ints, finite floats, real bools, strings, lists
         rec = DecodeRecord(**raw)
     except DocumentError as exc:
-        raise DecodeRecordError(f"{exc}: rerun `phonerec evaluate --tune` to choose the decoding again, or delete "
-                                "it") from None
+        raise DecodeRecordError(f"{exc}; the record is damaged: rerun `phonerec evaluate --tune` to choose the "
+                                "decoding again, or delete it") from None
     except (ValueError, TypeError) as exc:
         raise DecodeRecordError(f"{path} is damaged ({' '.join(str(exc).split())[:120]}): rerun `phonerec evaluate "
                                 "--tune` to choose the decoding again, or delete it") from None
