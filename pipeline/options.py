@@ -94,7 +94,7 @@ def default_of(f: dataclasses.Field) -> Any:
 class Options:
     """Base of the config dataclasses: a value outside its field's range or choices, or a required
     one left empty, is a ValueError naming the field and its flag, whether it came from a flag, a
-    recipe or Python code (a checkpoint's config is read with `unchecked`)."""
+    recipe, a checkpoint's config or Python code."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -116,15 +116,6 @@ def _problem(f: dataclasses.Field, value) -> str | None:
     if m.get("required") and value in ("", None):
         return "is required"
     return None
-
-
-def unchecked(cls, data: dict):
-    """`cls` from the known keys of `data` (defaults for the others) without the checks: a
-    checkpoint's config was valid where it was trained (its --workers may exceed this machine's cap)."""
-    obj = object.__new__(cls)
-    for f in dataclasses.fields(cls):
-        setattr(obj, f.name, data[f.name] if f.name in data else default_of(f))
-    return obj
 
 
 def from_dict(cls, data: dict, what: str | None = None):
