@@ -147,7 +147,8 @@ def transcribe(files, **params):
     (.wav/.flac/.ogg, any sample rate; features extracted as `phonerec synth-speech` does); prints
     `name<TAB>labels`, as in a submission.
 
-    Each file is normalized with the statistics stored in the checkpoint.
+    Each file is normalized with the statistics stored in the checkpoint. A file over 30 minutes
+    (180,000 frames) is refused from its header (split it), and so is anything but a regular file.
     """
     from .inference import transcribe_files
 
