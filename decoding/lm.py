@@ -13,6 +13,7 @@ import math
 import os
 import re
 import stat
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 
 from pipeline.atomic import write_text
 from pipeline.errors import PhonerecError
+from pipeline.limits import gigabytes, memory_bytes
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 MAX_ORDER = 6
@@ -30,7 +32,11 @@ LN10 = math.log(10.0)
 MAX_LOG10_PROB = 1e-5           # tolerance for rounding in files written with few digits
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _COUNT = re.compile(r"ngram\s+(\d+)\s*=\s*(\d+)")
-_HEADER = re.compile(r"\\(\d+)-grams:")
+_HEADER = re.compile(r"\\(\d{1,9})-grams:")          # bounded: a 5,000-digit number is no section
+MAX_DIGITS = 12                 # a count or order with more digits is refused before int() (Python caps at 4,300)
+# A log10 weight's bound: any sum the dense table forms (a probability and up to MAX_ORDER backoffs,
+# times ln 10) stays finite in its float32; files hold -99 at the most negative.
+MAX_LOG10_WEIGHT = 1e6
 
 
 class ArpaError(PhonerecError):
@@ -171,65 +177,101 @@ def _entry_line(words: tuple[str, ...], p: float, bo: float | None, n: int, path
     return f"{p:.7f}\t{' '.join(words)}" + ("" if bo is None else f"\t{bo:.7f}")
 
 
-def read_arpa(path, max_bytes: int = 256 * 2**20) -> Arpa:
+def read_arpa(path, max_bytes: int = 256 * 2**20, memory: int | None = None) -> Arpa:
     """Parse an ARPA file as plain text, checking it the way SRILM and KenLM do; files over
-    `max_bytes` are refused from their size, before anything is read."""
-    lines = _Lines(str(path), _read_text(path, max_bytes))
-    lines.skip_to_data()
-    counts = _read_counts(lines)
-    ngrams: list[dict] = []
-    for n, (count, declared) in enumerate(counts, 1):
-        ngrams.append(_read_section(lines, n, count, declared, ngrams, final=n == len(counts)))
-    _read_end(lines, len(counts))
+    `max_bytes` are refused from their size, before anything is read, and files whose counts claim
+    more n-grams than the file can hold or than `memory` bytes (this machine's) can keep, from their
+    header, before any n-gram is. The lines are streamed, never all held at once."""
+    with _Lines(str(path), max_bytes) as lines:
+        lines.skip_to_data()
+        counts = _read_counts(lines)
+        _check_claims(lines, counts, memory_bytes() if memory is None else memory)
+        ngrams: list[dict] = []
+        for n, (count, declared) in enumerate(counts, 1):
+            ngrams.append(_read_section(lines, n, count, declared, ngrams, final=n == len(counts)))
+        _read_end(lines, len(counts))
     return Arpa(len(counts), ngrams)
 
 
-def _read_text(path, max_bytes: int) -> str:
-    name = str(path)
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise _error(name, "not a regular file")
-        if st.st_size > max_bytes:
-            raise _error(name, f"file is {st.st_size} bytes, over the limit of {max_bytes} bytes (max_bytes)")
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)       # the file may have grown since the stat
-    except OSError as exc:
-        raise _error(name, f"cannot read ({exc.strerror or exc})") from None
-    if len(data) > max_bytes:
-        raise _error(name, f"file is over the limit of {max_bytes} bytes (max_bytes)")
-    if not data:
-        raise _error(name, "empty file: not an ARPA model")
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise _error(name, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line) from None
+BYTES_PER_NGRAM = 400           # what one n-gram costs in memory once read (key, weights, dict slot)
+MIN_LINE = 4                    # the shortest n-gram line: "0 a" and its newline
+
+
+def _check_claims(lines: _Lines, counts: list[tuple[int, int]], memory: int) -> None:
+    """The counts against the file's size and the memory their n-grams would take."""
+    total = sum(c for c, _ in counts)
+    if total * MIN_LINE > lines.size:
+        raise lines.error(f"the counts declare {total} n-grams, more than a file of {lines.size} bytes can hold "
+                          "(truncated, or the counts are wrong)", counts[-1][1])
+    if total * BYTES_PER_NGRAM > memory // 2:
+        raise lines.error(f"the counts declare {total} n-grams, which would take about "
+                          f"{gigabytes(total * BYTES_PER_NGRAM)} to read, more than half of this machine's "
+                          f"{gigabytes(memory)}; prune the model (e.g. a lower order)", counts[-1][1])
 
 
 class _Lines:
-    """The file's lines with 1-based numbers, so every problem can name its line."""
+    """The file's lines streamed with 1-based numbers, so every problem can name its line; a FIFO,
+    device or file over `max_bytes` is refused before it is opened."""
 
-    def __init__(self, path: str, text: str):
-        self.path = path
-        self.lines = [s.strip() for s in text.split("\n")]
-        if self.lines and not self.lines[-1]:
-            self.lines.pop()            # the final newline ends the last line, it starts none
-        self.i = 0                      # lines consumed = number of the last line returned
+    def __init__(self, path: str, max_bytes: int):
+        self.path, self.max_bytes = path, max_bytes
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise _error(path, "not a regular file")
+            if st.st_size > max_bytes:
+                raise _error(path, f"file is {st.st_size} bytes, over the limit of {max_bytes} bytes (max_bytes)")
+            if st.st_size == 0:
+                raise _error(path, "empty file: not an ARPA model")
+            self.fh = open(path, "rb")      # noqa: SIM115 - closed by __exit__
+        except OSError as exc:
+            raise _error(path, f"cannot read ({exc.strerror or exc})") from None
+        self.size = st.st_size
+        self.i, self.read, self.last, self.pushed = 0, 0, "", False   # i: number of the last line returned
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
 
     def next(self) -> str | None:
         """The next non-blank line, or None at the end of the file."""
-        while self.i < len(self.lines):
+        if self.pushed:
+            self.pushed, self.i = False, self.i + 1
+            return self.last
+        for raw in self.fh:
             self.i += 1
-            if self.lines[self.i - 1]:
-                return self.lines[self.i - 1]
+            self.read += len(raw)
+            if self.read > self.max_bytes:          # the file grew since the stat
+                raise _error(self.path, f"file is over the limit of {self.max_bytes} bytes (max_bytes)")
+            line = self._decode(raw).strip()
+            if line:
+                self.last = line
+                return line
         return None
 
+    def _decode(self, raw: bytes) -> str:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _error(self.path, f"not UTF-8 text (byte 0x{raw[exc.start]:02x})", self.i) from None
+        return text.removeprefix("\ufeff") if self.i == 1 else text
+
     def back(self) -> None:
-        self.i -= 1
+        self.pushed, self.i = True, self.i - 1
 
     def error(self, problem: str, line: int | None = -1) -> ArpaError:
         return _error(self.path, problem, max(self.i, 1) if line == -1 else line)
+
+    def first_line(self, words: tuple[str, ...], after: int) -> int:
+        """The line, after line `after`, where the n-gram `words` first appears (an error's detail:
+        the file is read again rather than every line number kept)."""
+        with open(self.path, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                if number > after and tuple(raw.decode("utf-8", "replace").split()[1:1 + len(words)]) == words:
+                    return number
+        return after
 
     def skip_to_data(self) -> None:
         while (line := self.next()) is not None:
@@ -245,7 +287,13 @@ def _read_counts(lines: _Lines) -> list[tuple[int, int]]:
         m = _COUNT.fullmatch(line)
         if not m:
             raise lines.error(f"malformed count line {line[:60]!r} (expected 'ngram N=count')")
+        if len(m[1].lstrip("0")) > MAX_DIGITS or len(m[2].lstrip("0")) > MAX_DIGITS:
+            raise lines.error(f"count line {line[:40]!r}... has a number of over {MAX_DIGITS} digits")
         n, count = int(m[1]), int(m[2])
+        if n < 1:
+            raise lines.error("ngram 0= is no order: orders count from 1")
+        if n > MAX_ORDER:
+            raise lines.error(f"ngram {n}= is beyond the highest order read ({MAX_ORDER})")
         if n <= len(counts):
             raise lines.error(f"duplicate count for order {n} (first on line {counts[n - 1][1]})")
         if n != len(counts) + 1:
@@ -266,17 +314,18 @@ def _read_section(lines: _Lines, n: int, count: int, declared: int, ngrams: list
         found = "the end of the file (truncated)" if line is None else repr(line[:60])
         raise lines.error(f"expected the \\{n}-grams: section here, found {found}")
     grams: dict[tuple[str, ...], tuple[float, float | None]] = {}
-    where: dict[tuple[str, ...], int] = {}
+    start = lines.i
     while (line := lines.next()) is not None and not line.startswith("\\"):
         if len(grams) == count:
             raise lines.error(f"more {n}-grams than the {count} declared on line {declared}")
         words, weights = _parse_entry(lines, line, n, final)
         if words in grams:
-            raise lines.error(f"repeated {n}-gram {' '.join(words)!r} (first on line {where[words]})")
+            raise lines.error(f"repeated {n}-gram {' '.join(words)!r} (first on line "
+                              f"{lines.first_line(words, start)})")
         if n > 1 and words[:-1] not in ngrams[n - 2]:
             raise lines.error(f"the context {' '.join(words[:-1])!r} of this {n}-gram is not listed as a "
                               f"{n - 1}-gram (SRILM requires every n-gram's prefix to be listed)")
-        grams[words], where[words] = weights, lines.i
+        grams[words] = weights
     if len(grams) < count:
         end = "the file ends (no \\end\\)" if line is None else "the next section starts"
         raise lines.error(f"truncated: the \\{n}-grams: section has {len(grams)} entries, fewer than the "
@@ -290,9 +339,9 @@ def _parse_entry(lines: _Lines, line: str, n: int, final: bool):
     """`log10prob w1 .. wn [log10backoff]`: the words and (prob, backoff or None)."""
     fields = line.split()
     if len(fields) == n + 2 and not final:
-        words, backoff = tuple(fields[1:-1]), _number(lines, fields[-1], "backoff weight")
+        words, backoff = tuple(map(sys.intern, fields[1:-1])), _number(lines, fields[-1], "backoff weight")
     elif len(fields) == n + 1:
-        words, backoff = tuple(fields[1:]), None
+        words, backoff = tuple(map(sys.intern, fields[1:])), None
     else:
         extra = " (the highest order has no backoff weight)" if final else " and an optional backoff weight"
         raise lines.error(f"a {n}-gram line has a log10 probability, {n} word(s){extra}; found "
@@ -311,6 +360,9 @@ def _number(lines: _Lines, text: str, what: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise lines.error(f"{what} {text[:40]!r} is not finite")
+    if abs(value) > MAX_LOG10_WEIGHT:
+        raise lines.error(f"{what} {text[:40]!r} is out of range (at most {MAX_LOG10_WEIGHT:g} in size; a zero "
+                          "probability is -99)")
     return value
 
 
@@ -367,12 +419,12 @@ def dense(arpa: Arpa, labels: Sequence[str], blank: int = 0, max_entries: int = 
     _check_size(name, arpa.order, size, max_entries)
     index = {s: i for i, s in enumerate(symbols)}
     _check_inventory(name, arpa, index, symbols[:-2])
-    log10 = _backoff_table(arpa, index)
-    if not np.isfinite(log10).all():
-        raise _error(name, "the model has non-finite weights")
+    table = (_backoff_table(arpa, index) * LN10).astype(np.float32)
+    if not np.isfinite(table).all():        # checked in the table's own dtype, after the conversion
+        raise _error(name, "the model has weights that are not finite as float32 (over about 1e38)")
     bos, eos = index[BOS], index[EOS]
     return DenseLM(order=arpa.order, symbols=symbols,
-                   table=torch.from_numpy((log10 * LN10).astype(np.float32)),
+                   table=torch.from_numpy(table),
                    bos_state=sum(bos * size ** k for k in range(arpa.order - 1)), bos=bos, eos=eos,
                    label_index=torch.tensor([-1 if c == blank else index[s] for c, s in enumerate(labels)],
                                             dtype=torch.int64))

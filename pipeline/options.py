@@ -8,11 +8,13 @@ lhotse's option groups keep one definition per option).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable
 
 import click
 
+from .strict import type_problem
 
 @dataclass(frozen=True)
 class Range:
@@ -28,6 +30,8 @@ class Range:
             return f"{value!r} is not a number"
         if value != value:                               # NaN compares false with both bounds
             return "nan is not a number"
+        if value in (math.inf, -math.inf):                # no option means "without end" by inf
+            return f"{value} is not a finite number"
         if self.low is not None and (value < self.low or self.open_low and value == self.low):
             return f"{value} is {'not above' if self.open_low else 'below'} {self.low}"
         if self.high is not None and (value > self.high or self.open_high and value == self.high):
@@ -37,7 +41,18 @@ class Range:
     def click_type(self, integer: bool) -> click.ParamType:
         if integer:
             return click.IntRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
-        return click.FloatRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
+        return FiniteFloatRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that refuses nan (which compares false with both bounds, so passes them)
+    and inf: a usage error naming the option."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not {'a' if rv != rv else 'a finite'} number.", param, ctx)
+        return rv
 
 
 def option(default: Any = MISSING, *, help: str = "", range: Range | None = None,
@@ -79,7 +94,7 @@ def default_of(f: dataclasses.Field) -> Any:
 class Options:
     """Base of the config dataclasses: a value outside its field's range or choices, or a required
     one left empty, is a ValueError naming the field and its flag, whether it came from a flag, a
-    recipe or Python code (a checkpoint's config is read with `unchecked`)."""
+    recipe, a checkpoint's config or Python code."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -103,24 +118,33 @@ def _problem(f: dataclasses.Field, value) -> str | None:
     return None
 
 
-def unchecked(cls, data: dict):
-    """`cls` from the known keys of `data` (defaults for the others) without the checks: a
-    checkpoint's config was valid where it was trained (its --workers may exceed this machine's cap)."""
-    obj = object.__new__(cls)
-    for f in dataclasses.fields(cls):
-        setattr(obj, f.name, data[f.name] if f.name in data else default_of(f))
-    return obj
-
-
 def from_dict(cls, data: dict, what: str | None = None):
-    """Strict: an unknown key (or, for an Options class, a value out of its range or choices) is a
-    ValueError naming it."""
+    """Strict: an unknown key, a value of another type than its field's (pipeline/strict.py: ints
+    are ints, floats finite, bools bools) or, for an Options class, a value out of its range or
+    choices is a ValueError naming it."""
     check_known(cls, data, what)
+    check_types(cls, data)
     return cls(**data)
+
+
+def check_types(cls, data: dict, finite: bool = True) -> None:
+    """A ValueError naming the first value of `data` whose type is not its field's."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            continue
+        problem = type_problem(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), value, finite)
+        if problem:
+            label = f"{key} ({flag_of(f)})" if f.metadata.get("cli") else key
+            raise ValueError(f"{label}: {problem}")
 
 
 def check_known(cls, data: dict, what: str | None = None) -> None:
     """A ValueError naming the keys of `data` that are not `cls`'s fields, and the valid ones."""
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ValueError(f"{what or cls.__name__} key {odd[0]!r} is not a name (keys are option names)")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

@@ -86,7 +86,7 @@ def test_range_is_enforced_on_the_command_line(tmp_path, command, param, value):
 def test_range_is_enforced_in_a_recipe(tmp_path, param, value):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"{param}: {value}\n")
-    with pytest.raises(ValueError, match=f"^{param} \\(--{param.replace('_', '-')}\\)"):
+    with pytest.raises(ValueError, match=f"^{recipe}: {param} \\(--{param.replace('_', '-')}\\)"):
         train_config(recipe, {}, set(), {})
     with pytest.raises(ValueError, match=param):
         from_dict(TrainConfig, {param: value})
@@ -154,7 +154,7 @@ def test_choices_are_enforced_in_a_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     for text, key in (("scheduler: cosin\n", "scheduler"), ("preset: nope\n", "preset")):
         recipe.write_text(text)
-        with pytest.raises(ValueError, match=f"^{key} \\(--{key}\\): '(nope|cosin)' is not one of"):
+        with pytest.raises(ValueError, match=f"^{recipe}: {key} \\(--{key}\\): '(nope|cosin)' is not one of"):
             train_config(recipe, {}, set(), {})
 
 
@@ -182,7 +182,8 @@ FLOATS = [(c, p.name) for c, p in field_options() if p.field.metadata["range"] i
 
 @pytest.mark.parametrize("command,param", FLOATS)
 def test_nan_is_out_of_every_range(tmp_path, command, param):
-    """NaN compares false with both bounds, so a range check alone let it through (--alpha nan decoded)."""
+    """NaN compares false with both bounds, so a range check alone let it through (--alpha nan decoded);
+    a usage error (exit 2) on every command, train's too, as is inf."""
     [p] = [q for q in main.commands[command].params if q.name == param]
     extra = []
     if command == "transcribe":
@@ -193,4 +194,6 @@ def test_nan_is_out_of_every_range(tmp_path, command, param):
         extra = ["--space", str(tmp_path / "space.yaml"), "--study", "s", "--results", str(tmp_path / "r"),
                  "--weights", str(tmp_path / "w")]
     res = CliRunner().invoke(main, [command, p.opts[0], "nan", *extra], catch_exceptions=False)
-    assert res.exit_code in (1, 2) and "nan is not a number" in res.output, res.output
+    assert res.exit_code == 2 and "nan is not a number" in res.output, res.output
+    res = CliRunner().invoke(main, [command, p.opts[0], "inf", *extra], catch_exceptions=False)
+    assert res.exit_code == 2 and f"'{p.opts[0]}': inf is not" in res.output, res.output

@@ -110,9 +110,8 @@ class Budget:
 
 def plan_epochs(available_s: float, epoch_s: float, cap: int) -> int:
     """Whole epochs of `epoch_s` seconds that fit in `available_s`: at least 1, at most `cap`."""
-    if epoch_s <= 0:
-        return cap
-    return max(1, min(cap, math.floor(available_s / epoch_s)))
+    fit = available_s / epoch_s if epoch_s > 0 else math.inf
+    return cap if not math.isfinite(fit) or fit >= cap else max(1, math.floor(fit))
 
 
 def describe(b: Budget, steps_per_epoch: int) -> str:

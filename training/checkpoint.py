@@ -24,6 +24,7 @@ import math
 import pickle
 import random
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,8 @@ import torch
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
-from pipeline.options import known
+from pipeline.limits import gigabytes, memory_bytes
+from pipeline.options import check_types, known
 from pipeline.vocab import Inventory
 
 LAST, BEST = "last.pt", "best.pt"
@@ -93,7 +95,16 @@ class Checkpoint:
         if missing:
             raise CheckpointError(f"cannot read checkpoint {path}: it holds no {' or '.join(missing)}, so it is not a "
                                   "phonerec checkpoint; use another checkpoint (e.g. best.pt) or retrain")
-        return cls(**known(cls, state))     # keys of other versions are dropped
+        values = known(cls, state)          # keys of other versions are dropped
+        try:
+            check_types(cls, values, finite=False)          # `best` is inf before any dev pass
+            bad = [k for k, v in values["model"].items() if not isinstance(k, str) or not torch.is_tensor(v)]
+            if bad:
+                raise ValueError(f"model: {bad[0]!r} is not a named tensor")
+        except ValueError as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}; it is damaged or not a phonerec "
+                                  "checkpoint: use another checkpoint (e.g. best.pt) or retrain") from None
+        return cls(**values)
 
     def save(self, path: str | Path) -> None:
         """Serialize in memory, then one atomic write (temp file, fsync, rename)."""
@@ -165,11 +176,36 @@ _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)")
 _DETAIL = re.compile(r"WeightsUnpickler error: ([^\n]+)")
 
 
+def check_file(path: Path, data: bytes | None = None) -> None:
+    """Before reading a checkpoint (or its bytes, `data`): a regular file that fits this machine's
+    memory twice (its bytes and its tensors), and, a zip archive as torch writes them, entries
+    stored uncompressed whose sizes sum to no more than the file: a small file claiming GBs (a zip
+    bomb) is refused from its directory, before anything is inflated."""
+    if data is None:
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}; train first (`phonerec train`) or point --weights at it")
+        size = path.stat().st_size
+    else:
+        size = len(data)
+    if 2 * size > memory_bytes():
+        raise CheckpointError(f"checkpoint {path} is {gigabytes(size)}, more than this machine's memory "
+                              f"({gigabytes(memory_bytes())}) can load; use another checkpoint or a larger machine")
+    try:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return                          # not a zip: torch's reader says what it is (a legacy file is read as is)
+    claimed = sum(e.file_size for e in entries)
+    if claimed > size or any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise CheckpointError(f"checkpoint {path} claims {gigabytes(claimed)} of contents in a {gigabytes(size)} file "
+                              "(compressed entries: torch writes none); it is damaged or not a phonerec checkpoint: "
+                              "use another checkpoint (e.g. best.pt) or retrain")
+
+
 def _read(path: Path, map_location="cpu", data: bytes | None = None) -> dict:
     """The checkpoint file's dict (or that of its bytes, `data`), loaded with weights_only=True
-    (plus numeric numpy arrays)."""
-    if data is None and not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train first (`phonerec train`) or point --weights at it")
+    (plus numeric numpy arrays), after check_file."""
+    check_file(path, data)
     try:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             state = torch.load(path if data is None else io.BytesIO(data), map_location=map_location,
@@ -197,3 +233,24 @@ def resolve(weights: str | Path, name: str = BEST) -> Path:
     """`weights` may be a folder (then `name` inside it) or a checkpoint file."""
     p = Path(weights)
     return p / name if p.is_dir() or not p.suffix else p
+
+
+def model_config_of(ck: Checkpoint, path: str | Path):
+    """The checkpoint's ModelConfig, checked as a recipe's model settings are: a wrong type or an
+    unknown key is one line naming the file."""
+    from .model import ModelConfig
+    try:
+        return ModelConfig.from_dict(ck.model_config)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: its model config is not valid ({exc}); use another checkpoint "
+                              "(e.g. best.pt) or retrain") from None
+
+
+def load_weights(module: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """`state` into `module`: a missing, unexpected or wrongly shaped tensor is one line naming the file."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        msg = " ".join(str(exc).split())[:240]
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its model ({msg}); it is damaged: use "
+                              "another checkpoint (e.g. best.pt) or retrain") from None

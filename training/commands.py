@@ -12,13 +12,19 @@ from .config import EvaluateConfig, LMConfig, PredictConfig, TrainConfig, Transc
 
 
 def _model_overrides(values: tuple[str, ...]) -> dict:
-    import yaml
+    """--set KEY=VALUE pairs, each VALUE read as a YAML value by the strict reader (a syntax error
+    or a nested structure is a usage error naming it; the types are checked with the recipe's)."""
+    from pipeline.strict import DocumentError, parse
     out = {}
     for v in values:
         k, sep, val = v.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. lstm_layers=2 or conv_channels=[128,128]")
-        out[k.strip()] = yaml.safe_load(val)
+        if not sep or not k.strip():
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. lstm_layers=2 or conv_channels=[128,128]",
+                                     param_hint="'--set'")
+        try:
+            out[k.strip()] = parse(val, f"--set {k.strip()}")
+        except DocumentError as exc:
+            raise click.BadParameter(str(exc).replace(":1:", ":", 1), param_hint="'--set'") from None
     return out
 
 
@@ -141,7 +147,8 @@ def transcribe(files, **params):
     (.wav/.flac/.ogg, any sample rate; features extracted as `phonerec synth-speech` does); prints
     `name<TAB>labels`, as in a submission.
 
-    Each file is normalized with the statistics stored in the checkpoint.
+    Each file is normalized with the statistics stored in the checkpoint. A file over 30 minutes
+    (180,000 frames) is refused from its header (split it), and so is anything but a regular file.
     """
     from .inference import transcribe_files
 

@@ -8,21 +8,23 @@ recipe files and checkpoints all use these dataclasses.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from decoding.search import SearchOptions
 from pipeline.config import CacheConfig, progress_field
+from pipeline.errors import PhonerecError
 from pipeline.limits import MAX_WORKERS
-from pipeline.options import Options, Range, from_dict, option, redefault, unchecked
+from pipeline.options import Options, Range, from_dict, known, option, redefault
+from pipeline.strict import read_document
 
 from .plan import DEFAULT_MAX_FRAMES
 
 # Caps that keep a typo from starting a thousand processes or a search that cannot fit in memory.
 MAX_BEAM = 1024                                  # beam width
 MAX_THREADS = 1024
+MAX_BUDGET_MINUTES = 525_600                     # a year: a larger --time-budget is a typo
 
 
 
@@ -61,7 +63,7 @@ class TrainConfig(CacheConfig):
     train: str = option("train-clean-100", help="Comma-separated training splits.")
     dev: str = option("dev-clean", help="Dev split for per-epoch validation ('' for none).")
     epochs: int = option(20, range=Range(1), help="Epochs to train (with --time-budget: the most it may plan).")
-    time_budget: float = option(0.0, range=Range(0), metavar="MINUTES",
+    time_budget: float = option(0.0, range=Range(0, MAX_BUDGET_MINUTES), metavar="MINUTES",
                                 help="Train as many epochs as fit in this many minutes, planned from the first "
                                      "steps' speed, the learning-rate schedule spanning them (0 = --epochs).")
     preset: str = option("default", choices=_presets, help=_preset_help)
@@ -132,10 +134,21 @@ class TrainConfig(CacheConfig):
 
     @classmethod
     def from_checkpoint(cls, d: dict) -> TrainConfig:
-        """The config a checkpoint was trained with. Keys this version does not know (options other
-        versions had, e.g. a retired test-only one in checkpoints written before it went) are
-        dropped: what a resume takes from it are the PINNED options."""
-        return unchecked(cls, d)
+        """The config a checkpoint was trained with, checked as a recipe is (a ValueError naming
+        the value). Keys this version does not know (options other versions had, e.g. a retired
+        test-only one in checkpoints written before it went) are dropped: what a resume takes from
+        it are the PINNED options. Its --workers may exceed this machine's cap (valid where it was
+        trained; the plan is pinned to it): only its type and sign are checked (the loader bounds
+        its own memory, training/data.py make_ring)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"its config is a {type(d).__name__}, not a mapping")
+        values = known(cls, d)
+        workers = values.get("workers", 0)
+        if isinstance(workers, int) and not isinstance(workers, bool) and workers > MAX_WORKERS:
+            values["workers"] = MAX_WORKERS
+        cfg = from_dict(cls, values, "config")
+        cfg.workers = workers
+        return cfg
 
     def pinned_differences(self, other: TrainConfig) -> list[str]:
         """The PINNED options on which `other` differs from this config."""
@@ -270,13 +283,10 @@ class LMConfig(CacheConfig):
 
 
 def read_config_file(path: str | Path) -> dict:
-    """A YAML or JSON recipe: a mapping of TrainConfig keys."""
-    text = Path(path).read_text()
-    if str(path).endswith(".json"):
-        data = json.loads(text)
-    else:
-        import yaml
-        data = yaml.safe_load(text) or {}
+    """A YAML or JSON recipe: a mapping of TrainConfig keys, read strictly (pipeline/strict.py)."""
+    data = read_document(path)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}
@@ -284,7 +294,9 @@ def read_config_file(path: str | Path) -> dict:
 
 def train_config(recipe: str | Path | None, flags: dict, given: set[str], model: dict) -> TrainConfig:
     """A recipe file's values, overridden by the flags given on the command line (`given`; the
-    others fill only what the recipe leaves out); `model` (--set) overrides single model settings."""
+    others fill only what the recipe leaves out); `model` (--set) overrides single model settings.
+    Every value is checked here, the model settings too (types, and the preset they apply to), so a
+    wrong one is one line naming the recipe before any work."""
     values = read_config_file(recipe) if recipe else {}
     if "train_splits" in values:
         values["train"] = values.pop("train_splits")
@@ -294,4 +306,11 @@ def train_config(recipe: str | Path | None, flags: dict, given: set[str], model:
     if model:
         values["model"] = {**values["model"], **model} if isinstance(values.get("model"), dict) else model
     values.setdefault("model", {})
-    return TrainConfig.from_dict(values)
+    try:
+        cfg = TrainConfig.from_dict(values)
+        from .model import check_fits, preset_config
+        check_fits(preset_config(cfg.preset, **cfg.model), training=True, frames=cfg.max_frames,
+                   where=f"the model ({cfg.preset} with {cfg.model})" if cfg.model else f"the model ({cfg.preset})")
+    except (ValueError, PhonerecError) as exc:          # PhonerecError: a model too large for this machine
+        raise ValueError(f"{recipe}: {exc}" if recipe else str(exc)) from None
+    return cfg

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import multiprocessing
 import os
+import math
 import re
 import signal
 import threading
@@ -28,6 +29,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from pipeline import remote
 from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
+from pipeline.limits import shared_memory_bytes
 from pipeline.manifest import Manifest
 from pipeline.remote import FetchPolicy
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
@@ -483,7 +485,7 @@ class ShardLoader(DataLoader):
         return _Batches(it, self.dataset.ring, workers)
 
 
-def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
+def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor | None:
     """Shared-memory slots, [workers, slots, bytes], for the packed batches of this plan.
 
     Handing each batch over as its own shared-memory segment costs a segment, a socket
@@ -493,13 +495,19 @@ def make_ring(m: Manifest, plan: EpochPlan, prefetch: int) -> torch.Tensor:
     (0.2 ms). The DataLoader dispatches a task only when it returns a batch (or a worker ends),
     so at most prefetch x workers batches are in flight between the last one returned and the
     newest one dispatched, whichever workers they belong to: with more slots than that per
-    worker, no slot is rewritten before its batch has been returned and copied."""
+    worker, no slot is rewritten before its batch has been returned and copied.
+
+    The slots grow with the square of the workers (a checkpoint's 64 would ask for GBs): over half
+    the free shared memory, None (each batch then travels as its own buffer, as with pinned memory)."""
     most = 0
     for w in range(plan.workers):
         for b in plan.worker_batches(w):
             L = int(m.label_lens[b].max()) if m.labelled else 0
             most = max(most, packed_size(len(b), int(m.frames[b].max()), L, m.feature_dim))
-    return torch.zeros((plan.workers, prefetch * plan.workers + 2, max(most, 1)), dtype=torch.uint8).share_memory_()
+    shape = (plan.workers, prefetch * plan.workers + 2, max(most, 1))
+    if math.prod(shape) > shared_memory_bytes() // 2:
+        return None
+    return torch.zeros(shape, dtype=torch.uint8).share_memory_()
 
 
 def _worker_ignores_stop_signals(worker_id: int) -> None:

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pipeline.manifest import Stats
 from pipeline.remote import is_url
 from pipeline.atomic import ensure_writable, folder_lock, write_json, write_text
 from pipeline.errors import PhonerecError
-from pipeline.features import STORAGE_DTYPE
+from pipeline.features import FRAME_RATE, STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
 from pipeline.vocab import F22, Inventory, InventoryError
@@ -36,12 +37,12 @@ from decoding.rerank import greedy_frames
 
 from . import distributed as D
 from .config import EvaluateConfig, PredictConfig, SearchConfig, SplitConfig, TranscribeConfig
-from .checkpoint import BEST, LAST, Checkpoint, CheckpointError, resolve
+from .checkpoint import BEST, LAST, Checkpoint, CheckpointError, load_weights, model_config_of, resolve
 from .tuning import (MAX_EXTENSIONS, RECORD, Choice, DecodeRecord, edges, extend, grid_pairs, parse_values, sha256,
                      weights_folder, write_record)
 from .tuning import resolve as resolve_choice
 from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
-from .model import Model, ModelConfig
+from .model import Model, check_fits, device_memory
 from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
 
 
@@ -135,10 +136,28 @@ def load_model(weights: str | Path, device: torch.device, name: str = BEST, ctx:
     if not ck.stats:
         raise CheckpointError(f"checkpoint {path} holds no normalization statistics, so it is not a phonerec "
                               "checkpoint; use another checkpoint (e.g. best.pt) or retrain")
-    model = Model(ModelConfig.from_dict(ck.model_config))
-    model.load_state_dict(ck.model)
+    stats = checkpoint_stats(ck, path)
+    mcfg = model_config_of(ck, path)
+    check_fits(mcfg, training=False, memory=device_memory(device), where=f"the model of {path}")
+    model = Model(mcfg)
+    load_weights(model, ck.model, path)
     model.to(device).eval()
-    return Loaded(model=model, checkpoint=ck, stats=Stats.from_json(ck.stats), path=path, inventory=inventory)
+    return Loaded(model=model, checkpoint=ck, stats=stats, path=path, inventory=inventory)
+
+
+def checkpoint_stats(ck: Checkpoint, path: Path) -> Stats:
+    """The checkpoint's normalization statistics, one per feature, finite (else one line)."""
+    try:
+        stats = Stats.from_json(ck.stats)
+        width = ck.model_config.get("input_dim", stats.mean.shape[-1] if stats.mean.ndim else 0)
+        if stats.mean.shape != (width,) or stats.std.shape != (width,) or \
+                not (np.isfinite(stats.mean).all() and np.isfinite(stats.std).all() and (stats.std > 0).all()):
+            raise ValueError(f"not {width} finite means and positive deviations")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its normalization statistics are damaged "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); use another checkpoint "
+                              "(e.g. best.pt) or retrain") from None
+    return stats
 
 
 def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
@@ -358,9 +377,47 @@ def audio_features(path: Path) -> np.ndarray:
     return x
 
 
+# The longest input transcribe decodes in one pass (30 minutes at 10 ms): the model's memory grows
+# with the length (a 2,000,000-frame input asked for 8.3 GB at once), so longer ones are refused from
+# their header, before their samples are read.
+MAX_INPUT_FRAMES = 30 * 60 * FRAME_RATE
+
+
+def check_input(path: Path, max_frames: int = MAX_INPUT_FRAMES) -> None:
+    """A regular file (a FIFO, device or socket is refused before it is opened, whatever its
+    name) whose header claims at most `max_frames` frames (a .npy's shape, an audio file's length)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UtteranceError(f"cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UtteranceError("is not a regular file (a FIFO, device or socket); give a .npy or audio file")
+    frames = _claimed_frames(path)
+    if frames is not None and frames > max_frames:
+        raise UtteranceError(f"holds {frames:,} frames ({frames / FRAME_RATE / 60:.0f} minutes), over transcribe's limit "
+                             f"of {max_frames:,} ({max_frames / FRAME_RATE / 60:.0f} minutes) in one pass; split it")
+
+
+def _claimed_frames(path: Path) -> int | None:
+    """The frames a file's header claims (None where it cannot say: its reader reports why)."""
+    try:
+        if path.suffix.lower() in AUDIO_SUFFIXES:
+            import soundfile as sf
+            info = sf.info(str(path))
+            return int(info.frames * FRAME_RATE // max(info.samplerate, 1)) + 1
+        with open(path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read(fh)[0]                    # the header only: a literal, no pickle
+        return int(shape[0]) if shape else None
+    except Exception:  # noqa: BLE001 - a damaged or unknown header: the reader's own message says what
+        return None
+
+
 def features_for(loaded: Loaded, path: Path) -> np.ndarray:
     """A raw .npy feature file (or an audio file) normalized exactly as the shards are
-    (including the rounding to their storage dtype)."""
+    (including the rounding to their storage dtype), after check_input."""
+    check_input(path)
     width = loaded.model.config.input_dim
     x = audio_features(path) if path.suffix.lower() in AUDIO_SUFFIXES else load_features(path, width)
     if x.shape[1] != width:
@@ -647,6 +704,9 @@ def estimate_lm(cfg: EvaluateConfig, ctx: D.Context, source: ShardSource) -> str
     from .phone_lm import build_lm
     path = resolve(cfg.weights)
     splits = Checkpoint.load(path).config.get("train") or "train-clean-100"
+    if not isinstance(splits, str):
+        raise CheckpointError(f"checkpoint {path}: its config's train is {splits!r:.60}, not split names; give "
+                              "--lm FILE, or use another checkpoint")
     out = weights_folder(cfg.weights) / f"phones-{cfg.lm_order}gram.arpa"
     if ctx.is_main:
         build_lm(cfg.shards, splits, cfg.lm_order, out, source, progress=cfg.progress)

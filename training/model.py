@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.options import check_known, from_dict
+from pipeline.errors import PhonerecError
+from pipeline.limits import gigabytes, memory_bytes
+from pipeline.options import check_known, check_types, from_dict
 from pipeline.vocab import NUM_CLASSES
 from pipeline.features import FEATURE_DIM
 
@@ -39,6 +41,9 @@ __all__ = [
     "build_model",
     "preset_config",
     "count_parameters",
+    "check_fits",
+    "device_memory",
+    "ModelTooLarge",
     "describe",
     "conv_output_length",
 ]
@@ -386,7 +391,54 @@ def preset_config(preset: str = "default", **overrides: Any) -> ModelConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
     check_known(ModelConfig, overrides, "ModelConfig override")
+    check_types(ModelConfig, overrides)
     return dataclasses.replace(copy.deepcopy(PRESETS[preset]), **copy.deepcopy(overrides))
+
+
+class ModelTooLarge(PhonerecError):
+    """A model whose parameters (or first batch) need more memory than this machine has."""
+
+
+def check_fits(config: ModelConfig, *, training: bool, frames: int = 0, memory: int | None = None,
+               where: str = "the model") -> int:
+    """Refuse, before any allocation, a model whose parameters (x4 training: weights, gradients,
+    AdamW's two moments) and first batch of `frames` frames need more than `memory` bytes (this
+    machine's). Counted on the meta device (no storage); an LSTM too wide for even that is refused
+    from its own size. Returns the parameter count."""
+    memory = memory_bytes() if memory is None else memory
+    per_param = 16 if training else 4
+    lstm = config.lstm_layers * 8 * config.lstm_hidden * (config.lstm_hidden + 1)   # a lower bound
+    if lstm * per_param > memory:
+        _too_large(where, f"at least {lstm:,} parameters", lstm * per_param, memory)
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in Model(config).parameters())
+    except (RuntimeError, OverflowError):               # a size past what int64 can count
+        _too_large(where, "parameters past 2**63 bytes", 2**63, memory)
+    need = params * per_param + frames * _floats_per_frame(config) * 4 * (2 if training else 1)
+    if need > memory:
+        _too_large(where, f"{params:,} parameters" + (f" and a first batch of {frames:,} frames" if frames else ""),
+                   need, memory)
+    return params
+
+
+def device_memory(device: torch.device) -> int:
+    """The memory a model on `device` may use: the GPU's, else this machine's (memory_bytes)."""
+    if device.type == "cuda":
+        return min(torch.cuda.get_device_properties(device).total_memory, memory_bytes())
+    return memory_bytes()
+
+
+def _floats_per_frame(c: ModelConfig) -> int:
+    """Activations kept per input frame (a rough lower bound: each layer's outputs, the LSTM's gates)."""
+    conv = 3 * sum(c.conv_channels) + 8 * c.embed_blocks * (c.conv_channels[-1] if c.conv_channels else c.input_dim)
+    lstm = c.lstm_layers * 2 * c.lstm_hidden * 6 // max(c.downsampling, 1)
+    return c.input_dim + conv + lstm + sum(c.classifier_hidden) + c.num_classes
+
+
+def _too_large(where: str, what: str, need: int, memory: int) -> None:
+    raise ModelTooLarge(f"{where} would need {gigabytes(need)} ({what}), more than the {gigabytes(memory)} this "
+                        "machine has; use a smaller preset or smaller widths (e.g. --set lstm_hidden=256)")
 
 
 def build_model(preset: str = "default", **overrides: Any) -> Model:

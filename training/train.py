@@ -30,12 +30,13 @@ from . import host, metrics, tensorboard
 from .augment import AugmentConfig
 from .average import WeightAverage
 from .tuning import RECORD
-from .checkpoint import LAST, Checkpoint, CheckpointError, remove_stale_temps, restore_rng
+from .checkpoint import (LAST, Checkpoint, CheckpointError, check_file, load_weights, model_config_of,
+                         remove_stale_temps, restore_rng)
 from .config import TrainConfig
 from .data import ShardSource, damage_report, shard_label, without_shards
 from .loop import (DataError, EvalResult, Run, StepHook, TrainingError, TrainState, evaluate, finish_epoch,
                    plan_for, save_checkpoint, set_schedule_epochs, train_one_epoch)
-from .model import Model, ModelConfig, count_parameters, describe, preset_config
+from .model import Model, check_fits, count_parameters, describe, device_memory, preset_config
 from .plan import BatchOptions, check_budget
 
 __all__ = ["train", "TrainingError", "DataError", "EvalResult", "evaluate", "make_scheduler", "ctc_infeasible"]
@@ -208,7 +209,10 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
     if not cfg.resume:
         return None
     last = Path(cfg.weights) / LAST
-    # Rank 0 reads it and sends it to the others: their machines need not share its disk.
+    # Rank 0 reads it and sends it to the others: their machines need not share its disk. Its size
+    # and its zip directory's claims are checked first, before any of it is read into memory.
+    if ctx.is_main and last.is_file():
+        check_file(last)
     blob = D.file_from_rank0(ctx, last)
     if blob is None:
         log(f"resume: no checkpoint at {last}, starting from scratch")
@@ -217,7 +221,11 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
     if not ck.config or ck.optimizer is None or not ck.rng:
         raise CheckpointError(f"{last} holds no training state (config, optimizer, RNG): it was not written by "
                               "`phonerec train`; train from scratch (drop --resume)")
-    old = TrainConfig.from_checkpoint(ck.config)
+    try:
+        old = TrainConfig.from_checkpoint(ck.config)
+    except ValueError as exc:
+        raise CheckpointError(f"{last}: its stored config is not valid ({exc}); train from scratch (drop "
+                              "--resume) or use another checkpoint") from None
     changed = old.pinned_differences(cfg)
     if changed:
         log(f"resume: keeping the checkpoint's {', '.join(changed)} (they fix the data order and model)")
@@ -234,7 +242,7 @@ def _resume_checkpoint(cfg: TrainConfig, ctx: D.Context, log) -> Checkpoint | No
 
 def _restore(st: TrainState, ck: Checkpoint, ctx: D.Context, log) -> None:
     """The checkpoint's weights, optimizer, scheduler, scaler, position, accumulators and RNG."""
-    st.model.load_state_dict(ck.model)
+    load_weights(st.model, ck.model, LAST)
     if st.average is not None:          # a checkpoint without one: the average starts from its weights
         st.average.load_state_dict(ck.average or {"model": ck.model, "updates": 0})
     st.opt.load_state_dict(ck.optimizer)
@@ -421,7 +429,7 @@ def _build_state(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None, log, f
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
     np.random.seed(cfg.seed * 1000 + ctx.rank)
     random.seed(cfg.seed * 1000 + ctx.rank)
-    mcfg = ModelConfig.from_dict(ck.model_config) if ck is not None else \
+    mcfg = model_config_of(ck, Path(cfg.weights) / LAST) if ck is not None else \
         preset_config(cfg.preset, **{**cfg.model, "input_dim": feature_dim, "num_classes": inventory.num_classes})
     if mcfg.input_dim != feature_dim:
         raise TrainingError(f"{Path(cfg.weights) / LAST} was trained on {mcfg.input_dim} features per frame, the "
@@ -430,6 +438,8 @@ def _build_state(cfg: TrainConfig, ctx: D.Context, ck: Checkpoint | None, log, f
         raise TrainingError(f"{Path(cfg.weights) / LAST} was trained with the symbol inventory "
                             f"{ck.symbol_inventory().describe()}, the shards in {cfg.shards} use "
                             f"{inventory.describe()}; train from scratch (drop --resume)")
+    check_fits(mcfg, training=True, frames=cfg.max_frames, memory=device_memory(ctx.device),
+               where=f"the model of {Path(cfg.weights) / LAST}" if ck is not None else f"the model ({cfg.preset})")
     model = Model(mcfg).to(ctx.device)
     log(f"model ({cfg.preset}): {describe(model)}")
     amp = cfg.amp and ctx.device.type == "cuda"

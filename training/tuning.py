@@ -13,13 +13,14 @@ line naming it, never a silent fallback that would change the results.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.errors import PhonerecError
+from pipeline.options import check_types
+from pipeline.strict import DocumentError, read_document
 
 RECORD = "decode.json"
 ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -85,15 +86,16 @@ def read_record(weights: str | Path) -> DecodeRecord | None:
     if not path.is_file():
         return None
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_document(path)           # strict: duplicate keys, nesting, size; one line with the line
         names = set(DecodeRecord.__dataclass_fields__)
         if not isinstance(raw, dict) or not names >= set(raw):
             raise ValueError("not a decode record")
+        check_types(DecodeRecord, raw)      # ints, finite floats, real bools, strings, lists
         rec = DecodeRecord(**raw)
-        if not isinstance(rec.use_lm, bool) or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) for v in (rec.alpha, rec.beta, rec.lm_per)):
-            raise ValueError("a value of the wrong type")
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except DocumentError as exc:
+        raise DecodeRecordError(f"{exc}; the record is damaged: rerun `phonerec evaluate --tune` to choose the "
+                                "decoding again, or delete it") from None
+    except (ValueError, TypeError) as exc:
         raise DecodeRecordError(f"{path} is damaged ({' '.join(str(exc).split())[:120]}): rerun `phonerec evaluate "
                                 "--tune` to choose the decoding again, or delete it") from None
     return rec
