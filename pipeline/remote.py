@@ -59,6 +59,8 @@ def is_url(spec: str | os.PathLike) -> bool:
 
 # scheme://user:password@ (the userinfo: no '/', no space, before the first '@' of the authority)
 _USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+# the schemes of the locations phonerec reads and writes (shards, corpora): their URLs hold no credentials
+_LOCATIONS = ("http", "https", "s3", "s3a", "gs", "gcs", "file", "ftp", "sftp", "hf", "memory")
 CREDENTIALS_BELONG = {
     "s3": "for s3:// they belong in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) "
           "or ~/.aws/credentials",
@@ -80,6 +82,8 @@ def refuse_credentials(spec: str | os.PathLike, option: str = "") -> None:
     if not is_url(spec) or _USERINFO.match(str(spec)) is None:
         return
     proto = URL.match(spec).group(1).lower()
+    if proto not in _LOCATIONS:                 # not a place phonerec reads from (a database: `sweep --storage`)
+        return
     key = "s3" if proto in ("s3", "s3a") else "gs" if proto in ("gs", "gcs") else proto
     where = CREDENTIALS_BELONG.get(key, f"{proto}:// is read without a login: serve the shards openly, or publish "
                                    "them to s3:// or gs://, whose credentials come from the environment")
