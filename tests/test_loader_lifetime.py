@@ -158,7 +158,8 @@ def test_training_makes_no_private_dataloader_calls():
 
 
 HOLDER = r'''
-import sys, time
+import os, sys, time
+from pathlib import Path
 import numpy as np, torch
 from torch.utils.data import IterableDataset, get_worker_info
 from training.data import ShardLoader, _worker_ignores_stop_signals, pack
@@ -171,19 +172,24 @@ class HoldsTheStopLock(IterableDataset):
     def __iter__(self):
         if get_worker_info().id == 0:
             yield pack(np.arange(1), {0: (np.ones((3, 2), np.float16), np.ones(2, np.uint8))}, True)
-        else:
+        else:                       # once the trainer has its first batch (the others' loops need the lock too)
+            while not Path(os.environ["FIRST"]).exists():
+                time.sleep(0.01)
             f = sys._getframe()
             while "done_event" not in f.f_locals:
                 f = f.f_back
             with f.f_locals["done_event"]._cond:
                 print("held", flush=True)
+                Path(os.environ["HELD"]).touch()
                 time.sleep(600)
         time.sleep(600)
 
 it = iter(ShardLoader(HoldsTheStopLock(), batch_size=None, num_workers=2, generator=torch.Generator(),
                       worker_init_fn=_worker_ignores_stop_signals))
 next(it)
-time.sleep(2)
+Path(os.environ["FIRST"]).touch()
+while not Path(os.environ["HELD"]).exists():
+    time.sleep(0.01)
 it.close()
 print("closed", flush=True)
 '''
@@ -196,12 +202,12 @@ def test_close_while_a_worker_holds_the_dataloaders_stop_lock(tmp_path):
     did not. Run in a child process: the old close() hangs there."""
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FIRST=str(tmp_path / "first"), HELD=str(tmp_path / "held"))
     try:
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env,
                              check=False)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"close() hung: {e.stdout!r}")
+        pytest.fail(f"close() hung: {e.stdout!r}")      # (bytes, whatever text= says)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["held", "closed"]
     assert "Traceback" not in out.stderr

@@ -253,7 +253,6 @@ class EvaluateConfig(SplitConfig):
 
     results: str = redefault(SplitConfig, "results", "results", help="Where the per-utterance TSV goes.")
     split: str = redefault(SplitConfig, "split", "dev-clean", help="A labelled split.")
-    beam_width: int = redefault(SearchConfig, "beam_width", 20)
     tune: bool = option(False, help="Choose the LM weights on this split (the beam without the LM and with each "
                                     "--alphas x --betas pair, the grid grown past an edge its best pair sits on) and "
                                     "record them in <weights>/decode.json; without --lm, an LM is estimated on the "
