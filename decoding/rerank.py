@@ -4,7 +4,7 @@ The prefix search ranks its beams by the mass of the alignments it kept, a lower
 hypothesis's probability that depends on what pruning dropped; on posteriors far from peaked (an
 early model, a hard utterance) its top beam can be less likely than the greedy path's hypothesis.
 Here every candidate, the n-best rows and the greedy hypothesis, is scored exactly, the CTC
-log-likelihood summed over all alignments (``F.ctc_loss``) plus ``alpha`` times the LM's
+log-likelihood summed over all alignments (``exact_acoustic``) plus ``alpha`` times the LM's
 log-probability of the sequence and its end plus ``beta`` per token, and the best wins: the result
 is never less likely than greedy's, and its score is exact.
 """
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from .ctc import greedy_decode
 
-# Candidates scored per ctc_loss call: its float32 input is [T, chunk, C].
-CHUNK_ELEMENTS = 2 ** 24
+# States scored per pass of the forward: its float32 alpha is [utterances x K, 2L + 1] (16 MB each)
+CHUNK_ELEMENTS = 2 ** 22
 
 
 def lm_scores(lm, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -42,13 +42,13 @@ def exact_acoustic(log_probs: torch.Tensor, lengths: torch.Tensor, tokens: torch
     """log P(row | x) over all CTC alignments for every candidate ``tokens [B, K, L]`` of lengths
     ``lens [B, K]``: [B, K] float64 (-inf where infeasible). The CTC forward pass in probability
     space, rescaled every frame, for all B x K candidates at once (``_forward``): about ten tensor
-    operations a frame, against F.ctc_loss's per-state log-sum-exp (15x slower on long inputs)."""
+    operations a frame (2.5-3.5x faster than F.ctc_loss on 600-1,500 frames, equal within 4e-6 nats)."""
     batch, k, size = tokens.shape
     frames = log_probs.shape[1]
     if frames == 0 or batch == 0:                      # no frames: only the empty hypothesis, with probability 1
         return torch.where(lens == 0, 0.0, float("-inf")).to(torch.float64)
     out = torch.empty(batch, k, dtype=torch.float64, device=log_probs.device)
-    per = max(1, CHUNK_ELEMENTS // max((2 * size + 1) * k * 8, 1))      # utterances per pass: [per * K, 2L + 1]
+    per = max(1, CHUNK_ELEMENTS // max((2 * size + 1) * k, 1))          # utterances per pass
     for b0 in range(0, batch, per):
         b1 = min(batch, b0 + per)
         out[b0:b1] = _forward(log_probs[b0:b1], lengths[b0:b1], tokens[b0:b1], lens[b0:b1], blank)

@@ -139,3 +139,14 @@ def test_the_weight_grid_picks_each_pairs_best_candidate_exactly():
         t = lambda h: ctc_log_likelihood(lp[i:i + 1], lens[i:i + 1], [h])[0].item() + 0.5 * lm.score(  # noqa: E731
             [LABELS[c] for c in h]) + 2.0 * len(h)
         assert t(got[(0.5, 2.0)][i]) >= t(own[i]) - 1e-4
+
+
+def test_the_exact_forward_in_chunks_equals_one_pass(monkeypatch):
+    """Utterances scored a few at a time (CHUNK_ELEMENTS) give the scores of one pass."""
+    from decoding import rerank as R
+    lp = unpeaked(batch=5, frames=12, seed=13)
+    lens = torch.tensor([12, 11, 7, 3, 0])
+    res = search(lp, lens, SearchOptions(beam_width=3, cutoff_top_n=len(LABELS)))
+    whole = R.exact_acoustic(lp, lens, res.tokens, res.lengths, 0)
+    monkeypatch.setattr(R, "CHUNK_ELEMENTS", 1)
+    assert torch.equal(R.exact_acoustic(lp, lens, res.tokens, res.lengths, 0), whole)
