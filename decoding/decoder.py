@@ -165,8 +165,8 @@ class WeightGrid:
     points worse than the full grid's best; in `make demo` (beam 50) train's whole choice took 10 s
     instead of 22 s and chose the pair the full grid had chosen."""
 
-    def __init__(self, plain: CTCBeamDecoder, lm: DenseLM, pairs):
-        self.pairs = tuple(pairs)
+    def __init__(self, plain: CTCBeamDecoder, lm: DenseLM, pairs, *, plain_best: bool = False):
+        self.pairs, self.plain_best = tuple(pairs), plain_best
         alphas, betas = sorted({a for a, _ in self.pairs}), sorted({b for _, b in self.pairs})
         self.pivot = (alphas[len(alphas) // 2], betas[len(betas) // 2])
         self.plain, self.lm = plain, lm
@@ -176,10 +176,14 @@ class WeightGrid:
                                     blank_id=plain.blank_id, log_probs_input=True, blank_skip=plain.blank_skip)
 
     def best(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> dict:
-        """(alpha, beta) -> the best hypothesis of each utterance."""
+        """(alpha, beta) -> the best hypothesis of each utterance; with ``plain_best`` also "beam":
+        what ``self.plain.best`` gives, from the same search (not run twice)."""
         lengths = lengths.to(log_probs.device)
         results = [dec.search(log_probs, lengths, timesteps=False) for dec in (self.plain, self.fused)]
-        return grid_best(log_probs, lengths, results, self.pairs, self.lm, self.plain.blank_id)
+        out = grid_best(log_probs, lengths, results, self.pairs, self.lm, self.plain.blank_id)
+        if self.plain_best:
+            out["beam"] = best_rows(log_probs, lengths, results[0], BEST_OF, blank=self.plain.blank_id)
+        return out
 
 
 def _concat(parts):

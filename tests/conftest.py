@@ -187,6 +187,17 @@ def fast(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def served(fast, tmp_path_factory):
+    """The `fast` shards published to a folder and served over HTTP on 127.0.0.1 for the module."""
+    from pipeline.publish import publish
+    from tests.httpserver import ShardServer
+    pub = tmp_path_factory.mktemp("published")
+    publish(fast[1], f"file://{pub}", progress=False, log=lambda _m: None)
+    with ShardServer(pub) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """In-process training runs use one intra-op thread, like the subprocesses (OMP_NUM_THREADS=1):
     the small LSTM steps are dominated by thread synchronisation and slow down badly on a busy

@@ -158,17 +158,6 @@ def test_lm_out_and_transcribe_plot_under_a_file_fail_before_the_work(fast, weig
 SECRET = "s3cr3tPW"
 
 
-@pytest.fixture(scope="module")
-def served(fast, tmp_path_factory):
-    """The `fast` shards published to a folder and served on 127.0.0.1 for the module."""
-    from pipeline.publish import publish
-    from tests.httpserver import ShardServer
-    pub = tmp_path_factory.mktemp("served")
-    publish(fast[1], f"file://{pub}", progress=False, log=lambda _m: None)
-    with ShardServer(pub) as server:
-        yield server
-
-
 def with_login(url: str) -> str:
     return url.replace("://", f"://user:{SECRET}@", 1)
 

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.publish import publish
 from tests.helpers import (ROOT, assert_same_run, cli, decode_args, finish, kill_group, load_last, metrics,
                            rank_pids, subprocess_env, torchrun, train_args, wait_for_checkpoint)
-from tests.httpserver import ShardServer
 
 pytestmark = pytest.mark.slow
 DDP_FRAMES = 800
@@ -72,15 +70,6 @@ def finish_all(procs: list[subprocess.Popen]) -> list[subprocess.CompletedProces
 
 def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
-@pytest.fixture(scope="module")
-def served(fast, tmp_path_factory):
-    """The `fast` shards published to a folder and served over HTTP on 127.0.0.1 for the module."""
-    pub = tmp_path_factory.mktemp("published")
-    publish(fast[1], f"file://{pub}", progress=False, log=lambda _m: None)
-    with ShardServer(pub) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

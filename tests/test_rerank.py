@@ -121,9 +121,10 @@ def test_the_weight_grid_picks_each_pairs_best_candidate_exactly():
     lens = torch.tensor([20, 18, 15, 9, 3, 1])
     plain = CTCBeamDecoder(LABELS, beam_width=4, cutoff_top_n=len(LABELS), log_probs_input=True, num_processes=1)
     pairs = [(a, b) for a in (0.0, 0.5, 1.0) for b in (0.0, 2.0)]
-    grid = WeightGrid(plain, lm, pairs)
+    grid = WeightGrid(plain, lm, pairs, plain_best=True)
     assert grid.pivot == (0.5, 2.0)
     got = grid.best(lp, lens)
+    assert got.pop("beam") == plain.best(lp, lens)          # "beam" from the grid's own plain search
     rows = [plain.search(lp, lens, timesteps=False), grid.fused.search(lp, lens, timesteps=False)]
     greedy = greedy_decode(lp, lens)
     for (a, b), hyps in got.items():

@@ -88,12 +88,13 @@ class BeamSettings:
                                   num_processes=max(self.threads, 1), log_probs_input=True,
                                   blank_skip=self.blank_skip)
         out = {}
-        if self.plain or self.final == "beam":
+        plain = self.plain or self.final == "beam"
+        if plain and not self.grid:
             out["beam"] = make(None, 0.0, 0.0)
         if self.final == "lm":
             out["lm"] = make(lm, self.alpha, self.beta)
         if self.grid:
-            out["grid"] = WeightGrid(make(None, 0.0, 0.0), lm, self.grid)
+            out["grid"] = WeightGrid(make(None, 0.0, 0.0), lm, self.grid, plain_best=plain)   # "beam" from its search
         return out
 
 
@@ -672,16 +673,16 @@ def tune(cfg: EvaluateConfig, m: mf.Manifest, ctx: D.Context, choice: Choice, so
         alphas, betas = extend(alphas, betas, where)
         new = tuple(p for p in grid_pairs(alphas, betas) if p not in done)
         echo(f"  the best LM weights sit on the grid's edge ({', '.join(where)}): also trying {len(new)} more pairs")
-        more, _ = decode_checkpoint(cfg.weights, m, ctx, beam=dataclasses.replace(base, plain=False, grid=new),
-                                    workers=cfg.workers, progress=cfg.progress, source=source)
+        more = decode_split(loaded, m, ctx, beam=dataclasses.replace(base, plain=False, grid=new),
+                            workers=cfg.workers, progress=cfg.progress, source=source)
         for r, h in hyps.items():
             h.update({p: more[r][p] for p in new})
         done += new
     table = grid_table(m, hyps, done)
     best = (table[0]["alpha"], table[0]["beta"])
     # the grid's figures come from re-scored n-best lists (WeightGrid); the best pair's own search:
-    final, _ = decode_checkpoint(cfg.weights, m, ctx, beam=dataclasses.replace(base, plain=False, alpha=best[0],
-                                 beta=best[1]), workers=cfg.workers, progress=cfg.progress, source=source)
+    final = decode_split(loaded, m, ctx, beam=dataclasses.replace(base, plain=False, alpha=best[0], beta=best[1]),
+                         workers=cfg.workers, progress=cfg.progress, source=source)
     for r, h in hyps.items():
         h["lm"] = final[r]["lm"]
     ev = evaluate(m, hyps, None)
