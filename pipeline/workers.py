@@ -49,6 +49,8 @@ def _quiet_worker(initializer, initargs) -> None:
 def _kill_workers(workers: list, worker_handler) -> None:
     """Stop a pool at once: no replacement workers, SIGKILL each (they print nothing), reap them."""
     worker_handler._state = multiprocessing.pool.TERMINATE
+    if worker_handler is not threading.current_thread():
+        worker_handler.join(timeout=1)      # it replaces dead workers: stopped first, none is spawned later
     for p in workers:
         if p.exitcode is None:
             p.kill()
