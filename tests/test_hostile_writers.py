@@ -76,6 +76,22 @@ def test_a_decoding_command_into_a_results_folder_in_use_is_refused(fast, weight
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [".lock"]
 
 
+def test_evaluate_tune_into_a_weights_folder_in_use_is_refused(fast, weights, tmp_path):
+    """--tune writes decode.json beside the checkpoint: the weights folder is then an output too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(weights, run / "best.pt")
+    held = hold_lock(run)
+    try:
+        res = cli(*decode_args("evaluate", fast[1], run, tmp_path / "results", "--split", DEV, "--tune",
+                               "--beam-width", "4"), ok=False)
+        assert_one_line_error(res, "in use by another command", "pid 1234", "--weights")
+        assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt"]
+        cli(*decode_args("evaluate", fast[1], run, tmp_path / "results", "--split", DEV))   # reading it: fine
+    finally:
+        held.close()
+
+
 # ------------------------------------------------------------------ publish onto its own shards
 
 def manifests_of(shards: Path) -> dict[str, bytes]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline import manifest as mf
 from pipeline.manifest import Stats
 from pipeline.remote import is_url
-from pipeline.atomic import ensure_writable, folder_lock, write_json, write_text
+from pipeline.atomic import ensure_writable, folder_locks, write_json, write_text
 from pipeline.errors import PhonerecError
 from pipeline.features import FRAME_RATE, STORAGE_DTYPE
 from pipeline.validate import UtteranceError, load_features
@@ -554,12 +554,16 @@ def predict(cfg: PredictConfig, source: ShardSource | None = None) -> Prediction
         return _predict(cfg, source, choice)
 
 
-def results_lock(cfg: SplitConfig, writer: str):
-    """Rank 0 holds --results for the command (one writer per folder); the other ranks write nothing."""
+def results_lock(cfg: SplitConfig, writer: str, weights: Path | None = None):
+    """Rank 0 holds --results (and the weights folder when it writes decode.json there) for the
+    command: one writer per folder; the other ranks write nothing."""
     if not D.main_rank():
         return contextlib.nullcontext()
-    ensure_writable(cfg.results)        # before decoding the whole split, not after
-    return folder_lock(cfg.results, writer, "wait for it to end, or give this one another --results folder")
+    folders = [cfg.results] + ([weights] if weights is not None else [])
+    for f in folders:
+        ensure_writable(f)              # before decoding the whole split, not after
+    hint = "another --results folder" + (" and --weights run" if weights is not None else "")
+    return folder_locks(folders, writer, f"wait for it to end, or give this one {hint}")
 
 
 def check_output_target(cfg: PredictConfig) -> None:
@@ -623,7 +627,8 @@ def evaluate_split(cfg: EvaluateConfig, *, source: ShardSource | None = None, ec
     others); `local`: run alone even under torchrun (train's choice after its ranks are done)."""
     source = source or ShardSource.create(cfg.fetch_policy(), cfg.workers)
     choice = decoding_choice(cfg)
-    with results_lock(cfg, "phonerec evaluate"):
+    writes_weights = (cfg.tune or choice.tune) and cfg.beam_width > 0 and not cfg.no_lm      # decode.json
+    with results_lock(cfg, "phonerec evaluate", weights_folder(cfg.weights) if writes_weights else None):
         return _evaluate_split(cfg, source, choice, echo, local)
 
 
