@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -183,6 +184,71 @@ class WeightGrid:
         out = grid_best(log_probs, lengths, results, self.pairs, self.lm, self.plain.blank_id)
         if self.plain_best:
             out["beam"] = best_rows(log_probs, lengths, results[0], BEST_OF, blank=self.plain.blank_id)
+        return out
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Which decodes of a split to run, and where: what a decoding command's options ask for.
+
+    ``search`` holds the search settings, declared once in ``SearchOptions`` (its beam width 0:
+    greedy only; its alpha and beta: the LM's weights). The decodes are the keys of
+    ``decoders()``: "beam" (no LM; with ``plain``, or when nothing is ``fused``), "lm" (``lm``,
+    an ARPA file, fused at the search's alpha and beta: ``fused``) and each (alpha, beta) of
+    ``grid`` (the LM weights' search, ``WeightGrid``). ``threads``: CPU search threads;
+    ``search_device``: "cpu" or "cuda" (this process's GPU)."""
+    search: SearchOptions = SearchOptions()
+    lm: str = ""
+    fused: bool = False
+    threads: int = 1
+    search_device: str = "cpu"
+    plain: bool = True
+    grid: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def width(self) -> int:
+        return self.search.beam_width
+
+    @property
+    def alpha(self) -> float:
+        return self.search.alpha
+
+    @property
+    def beta(self) -> float:
+        return self.search.beta
+
+    def with_weights(self, alpha: float, beta: float, **changes) -> DecodePlan:
+        """This plan with the LM fused at (alpha, beta)."""
+        return replace(self, search=replace(self.search, alpha=alpha, beta=beta), fused=True, **changes)
+
+    def device(self) -> torch.device:
+        """Where the search runs: the CPU, or this process's GPU."""
+        return torch.device("cuda", torch.cuda.current_device()) if self.search_device == "cuda" else torch.device("cpu")
+
+    @property
+    def final(self) -> str:
+        """The key of the decode a submission takes: "lm" with a fused LM, else "beam"."""
+        return "lm" if self.lm and self.fused and self.width > 0 else "beam"
+
+    def decoders(self, labels: Sequence[str]) -> dict:
+        """"beam", "lm" or "grid" -> its decoder; {} for greedy only. The LM is read once."""
+        if self.width <= 0:
+            return {}
+        lm = load_lm(self.lm, labels) if self.lm else None
+        o = self.search
+
+        def make(model, alpha, beta):
+            return CTCBeamDecoder(labels=labels, lm=model, alpha=alpha, beta=beta, cutoff_top_n=len(labels),
+                                  cutoff_prob=o.cutoff_prob, beam_width=o.beam_width, blank_id=o.blank,
+                                  num_processes=max(self.threads, 1), log_probs_input=True, blank_skip=o.blank_skip)
+        out = {}
+        plain = self.plain or self.final == "beam"
+        if plain and not self.grid:
+            out["beam"] = make(None, 0.0, 0.0)
+        if self.final == "lm":
+            out["lm"] = make(lm, o.alpha, o.beta)
+        if self.grid:
+            out["grid"] = WeightGrid(make(None, 0.0, 0.0), lm, self.grid, plain_best=plain)   # "beam" from its search
         return out
 
 

@@ -31,8 +31,8 @@ from pipeline.validate import UtteranceError, load_features
 from pipeline.verify import check_shards
 from pipeline.vocab import F22, Inventory, InventoryError
 
-from decoding import BLANK_SKIP, CTCBeamDecoder, SearchOptions, greedy_decode, load_lm, restrict_to_labels
-from decoding.decoder import WeightGrid
+from decoding import CTCBeamDecoder, SearchOptions, greedy_decode, restrict_to_labels
+from decoding.decoder import DecodePlan
 from decoding.rerank import greedy_frames
 
 from . import distributed as D
@@ -48,54 +48,6 @@ from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
 
 class CompatibilityError(PhonerecError):
     """Weights and shards (or files) that do not belong together."""
-
-
-@dataclass(frozen=True)
-class BeamSettings:
-    """How a split is beam-decoded: the decoding commands' options. ``width`` 0: greedy only.
-
-    Each decode is a key of decode_split's rows: "beam" (no LM; with ``plain``, or when there is
-    no LM), "lm" (the LM at ``alpha``, ``beta``) and each (alpha, beta) of ``grid`` (the search
-    for the LM weights: all pairs from two searches' n-best lists, ``decoding.decoder.WeightGrid``)."""
-    width: int = SearchOptions.beam_width
-    threads: int = 1
-    search_device: str = "cpu"
-    lm: str = ""
-    alpha: float | None = None
-    beta: float | None = None
-    blank_skip: float = BLANK_SKIP
-    plain: bool = True
-    grid: tuple[tuple[float, float], ...] = ()
-
-    def device(self) -> torch.device:
-        """Where the search runs: the CPU, or this rank's GPU."""
-        return torch.device("cuda", torch.cuda.current_device()) if self.search_device == "cuda" else torch.device("cpu")
-
-    @property
-    def final(self) -> str:
-        """The key of the decode a submission takes: "lm" with an LM, else "beam"."""
-        return "lm" if self.lm and self.alpha is not None and self.beta is not None and self.width > 0 else "beam"
-
-    def decoders(self, inventory: Inventory) -> dict:
-        """"beam", "lm" or (alpha, beta) -> the CTCBeamDecoder; {} for greedy only. The LM is read once."""
-        if self.width <= 0:
-            return {}
-        lm = load_lm(self.lm, inventory.symbols) if self.lm else None
-
-        def make(model, alpha, beta):
-            return CTCBeamDecoder(labels=inventory.symbols, lm=model, alpha=alpha, beta=beta,
-                                  cutoff_top_n=inventory.num_classes, beam_width=self.width,
-                                  num_processes=max(self.threads, 1), log_probs_input=True,
-                                  blank_skip=self.blank_skip)
-        out = {}
-        plain = self.plain or self.final == "beam"
-        if plain and not self.grid:
-            out["beam"] = make(None, 0.0, 0.0)
-        if self.final == "lm":
-            out["lm"] = make(lm, self.alpha, self.beta)
-        if self.grid:
-            out["grid"] = WeightGrid(make(None, 0.0, 0.0), lm, self.grid, plain_best=plain)   # "beam" from its search
-        return out
 
 
 @dataclass
@@ -179,13 +131,13 @@ def check_compatible(loaded: Loaded, m: mf.Manifest) -> None:
 
 
 @torch.no_grad()
-def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: BeamSettings = BeamSettings(),
+def decode_split(loaded: Loaded, m: mf.Manifest, ctx: D.Context, *, beam: DecodePlan = DecodePlan(),
                  greedy: bool = True, max_frames: int = DEFAULT_MAX_FRAMES, workers: int = 2, progress: bool = True,
                  source: ShardSource | None = None) -> dict[int, dict]:
     """Manifest row -> {"greedy": [...], "beam": [...], "ref": labels or None, (alpha, beta): [...] for
     each of ``beam.grid``} for every utterance, gathered on every rank. The search runs on
     ``beam.search_device`` (the CPU unless asked: the model may stay on its GPU)."""
-    decoders = beam.decoders(m.inventory)
+    decoders = beam.decoders(m.inventory.symbols)
     plan = plan_epoch(m, seed=0, epoch=0, rank=ctx.rank, world=ctx.world, workers=workers,
                       opts=BatchOptions(max_frames=max(max_frames, int(m.frames.max(initial=1)))),
                       shuffle=False, balance=False)
@@ -234,7 +186,7 @@ def empty_split_message(m: mf.Manifest, shards: str | Path) -> str:
     return f"split {m.split} has no utterances ({why})"
 
 
-def decode_checkpoint(weights: str | Path, m: mf.Manifest, ctx: D.Context, *, beam: BeamSettings = BeamSettings(),
+def decode_checkpoint(weights: str | Path, m: mf.Manifest, ctx: D.Context, *, beam: DecodePlan = DecodePlan(),
                       workers: int = 2, progress: bool = True,
                       source: ShardSource | None = None) -> tuple[dict[int, dict], Loaded]:
     """Load best.pt of `weights`, check it fits the split's manifest `m` (read once by the caller,
@@ -429,9 +381,9 @@ def features_for(loaded: Loaded, path: Path) -> np.ndarray:
 
 @torch.no_grad()
 def transcribe(loaded: Loaded, paths: list[Path], device: torch.device,
-               beam: BeamSettings = BeamSettings()) -> list[tuple[Path, list[int], list[int], torch.Tensor]]:
+               beam: DecodePlan = DecodePlan()) -> list[tuple[Path, list[int], list[int], torch.Tensor]]:
     """(file, hypothesis, frame of each token, log-probs [T', C]) per file."""
-    decoder = beam.decoders(loaded.inventory).get(beam.final)
+    decoder = beam.decoders(loaded.inventory.symbols).get(beam.final)
     out = []
     for p in paths:
         try:
@@ -497,7 +449,7 @@ def grid_table(m: mf.Manifest, hyps: dict[int, dict], grid) -> list[dict]:
 
 
 def beam_settings(cfg: SearchConfig, choice: Choice | None = None, *, plain: bool = True,
-                  grid: tuple = ()) -> BeamSettings:
+                  grid: tuple = ()) -> DecodePlan:
     """The search a decoding command's options ask for, with the LM of `choice`; threads 0 = this
     machine's CPUs shared among the ranks torchrun started on it (no oversubscription)."""
     threads = cfg.threads
@@ -507,9 +459,9 @@ def beam_settings(cfg: SearchConfig, choice: Choice | None = None, *, plain: boo
     choice = choice or Choice()
     if cfg.search_device == "cuda" and not torch.cuda.is_available():
         raise CompatibilityError("--search-device cuda: CUDA is not available on this machine; use --search-device cpu")
-    return BeamSettings(width=cfg.beam_width, threads=threads, search_device=cfg.search_device, lm=choice.lm,
-                        alpha=choice.alpha, beta=choice.beta, blank_skip=cfg.blank_skip, plain=plain,
-                        grid=tuple(grid))
+    plan = DecodePlan(SearchOptions(beam_width=cfg.beam_width, blank_skip=cfg.blank_skip), lm=choice.lm,
+                      threads=threads, search_device=cfg.search_device, plain=plain, grid=tuple(grid))
+    return plan if choice.alpha is None or choice.beta is None else plan.with_weights(choice.alpha, choice.beta)
 
 
 def decoding_choice(cfg: SearchConfig) -> Choice:
@@ -517,7 +469,7 @@ def decoding_choice(cfg: SearchConfig) -> Choice:
     return resolve_choice(cfg.weights, cfg.lm, cfg.alpha, cfg.beta, cfg.no_lm, cfg.beam_width)
 
 
-def describe_decoding(beam: BeamSettings, choice: Choice) -> str:
+def describe_decoding(beam: DecodePlan, choice: Choice) -> str:
     """'beam width 50 + LM weights/phones-4gram.arpa (alpha 0.75, beta 2; from weights/decode.json)'."""
     if beam.width <= 0:
         return "greedy"
@@ -608,7 +560,7 @@ def _predict(cfg: PredictConfig, source: ShardSource, choice: Choice) -> Predict
         D.shutdown(ctx)
 
 
-def provenance(loaded: Loaded, beam: BeamSettings, choice: Choice, extra: dict) -> dict:
+def provenance(loaded: Loaded, beam: DecodePlan, choice: Choice, extra: dict) -> dict:
     """Which checkpoint and which LM made a decode: what a user needs to tell submissions apart."""
     lm = beam.final == "lm"
     return {"checkpoint": str(loaded.path), "checkpoint_sha256": sha256(loaded.path),
@@ -642,7 +594,8 @@ def _evaluate_split(cfg: EvaluateConfig, source: ShardSource, choice: Choice, ec
     try:
         if (cfg.tune or choice.tune) and cfg.beam_width > 0 and not cfg.no_lm:
             hyps, beam, table, rec = tune(cfg, m, ctx, choice, source, echo)
-            choice = Choice(beam.lm, beam.alpha, beam.beta, origin="this run's choice")
+            weights = (beam.alpha, beam.beta) if beam.fused else (None, None)
+            choice = Choice(beam.lm, *weights, origin="this run's choice")
         else:
             beam = beam_settings(cfg, choice)
             (hyps, _), table, rec = decode_checkpoint(cfg.weights, m, ctx, beam=beam, workers=cfg.workers,
@@ -686,7 +639,7 @@ def tune(cfg: EvaluateConfig, m: mf.Manifest, ctx: D.Context, choice: Choice, so
     table = grid_table(m, hyps, done)
     best = (table[0]["alpha"], table[0]["beta"])
     # the grid's figures come from re-scored n-best lists (WeightGrid); the best pair's own search:
-    final = decode_split(loaded, m, ctx, beam=dataclasses.replace(base, plain=False, alpha=best[0], beta=best[1]),
+    final = decode_split(loaded, m, ctx, beam=base.with_weights(*best, plain=False),
                          workers=cfg.workers, progress=cfg.progress, source=source)
     for r, h in hyps.items():
         h["lm"] = final[r]["lm"]
@@ -700,7 +653,7 @@ def tune(cfg: EvaluateConfig, m: mf.Manifest, ctx: D.Context, choice: Choice, so
         averaged=bool(loaded.checkpoint.averaged), seconds=round(time.perf_counter() - t0, 1))
     if ctx.is_main:
         write_record(folder, rec)
-    beam = dataclasses.replace(base, alpha=best[0], beta=best[1]) if rec.use_lm else base
+    beam = base.with_weights(*best) if rec.use_lm else base
     return hyps, beam, table, rec
 
 
@@ -728,7 +681,7 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path.resolve())
 
 
-def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: BeamSettings, choice: Choice, results: Path,
+def _report_evaluation(m: mf.Manifest, hyps: dict[int, dict], beam: DecodePlan, choice: Choice, results: Path,
                        echo, table: list[dict], rec: DecodeRecord | None, record: Path | None = None) -> Evaluation:
     """Score the hypotheses (greedy, beam, and beam + LM), write the TSV and JSON and print the figures."""
     ev = evaluate(m, hyps, results / f"evaluate-{m.split}.tsv")
