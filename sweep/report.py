@@ -31,7 +31,7 @@ def rows(study) -> list[dict]:
         out.append({"number": t.number, "state": state_of(t), "dev_per": value, "dev_per_by_epoch": pers,
                     "epochs": len(pers), "minutes": t.user_attrs.get("minutes"), "params": dict(t.params),
                     "error": t.user_attrs.get("error", ""), "worker": t.user_attrs.get("worker", ""),
-                    "folder": t.user_attrs.get("folder", "")})
+                    "folder": t.user_attrs.get("folder", ""), "base_recipe": bool(t.user_attrs.get("base_recipe"))})
     return out
 
 
@@ -68,8 +68,19 @@ def best_recipe(study, folder: Path) -> str | None:
             f"# after {minutes:.1f} min of training (trial budget {budget:g} min; time_budget below is the base "
             "recipe's); the trials: " + str(folder / "trials.tsv"),
             "# sampled: " + ", ".join(f"{k}={v}" for k, v in best.params.items()),
+            *_against_base(done, best),
             "# Train it: phonerec train --config best.yaml"]
     return "\n".join(head) + "\n" + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None)
+
+
+def _against_base(done: list, best) -> list[str]:
+    """best.yaml's line comparing the winner with the base recipe's own trial (same budget)."""
+    base = [t for t in done if t.user_attrs.get("base_recipe")]
+    if not base:
+        return []
+    if base[0] is best:
+        return ["# it is the base recipe itself: no sampled recipe beat it"]
+    return [f"# the base recipe (trial {base[0].number}, the same budget): dev PER {100 * base[0].value:.2f} %"]
 
 
 def trial_line(t) -> str:
@@ -78,7 +89,8 @@ def trial_line(t) -> str:
     per = f"dev PER {100 * min(pers):.2f} % after {len(pers)} epoch(s)" if pers else "no epoch"
     params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
     err = f": {t.user_attrs['error']}" if t.user_attrs.get("error") else ""
-    return f"trial {t.number} {state_of(t)} in {t.user_attrs.get('minutes', 0):.1f} min, {per} ({params}){err}"
+    what = " (the base recipe)" if t.user_attrs.get("base_recipe") else ""
+    return f"trial {t.number}{what} {state_of(t)} in {t.user_attrs.get('minutes', 0):.1f} min, {per} ({params}){err}"
 
 
 def _short(v) -> str:

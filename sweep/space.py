@@ -189,6 +189,27 @@ def _model_problem(base: TrainConfig, name: str, value) -> str | None:
     return None
 
 
+def base_point(base: TrainConfig, params: list[Param]) -> tuple[dict | None, str]:
+    """The base recipe as a point of the space (Optuna's stored values), so that a new study's
+    first trial is the recipe itself: the winner is then compared with it at an equal time budget.
+    (None, why) when one of its values lies outside the space."""
+    import dataclasses as dc
+    from training.model import preset_config
+    model = dc.asdict(preset_config(base.preset, **base.model))
+    point = {}
+    for p in params:
+        value = model[p.name] if p.model else getattr(base, p.name)
+        if p.type == "categorical":
+            if value not in p.choices:
+                return None, f"its {p.name} {value!r} is not one of the space's choices"
+            point[p.name] = p.labels()[p.choices.index(value)]
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not p.low <= value <= p.high:
+            return None, f"its {p.name} {value!r} is outside the space's [{p.low}, {p.high}]"
+        else:
+            point[p.name] = value
+    return point, ""
+
+
 def apply(base: dict, params: list[Param], sampled: dict) -> dict:
     """The recipe (a TrainConfig dict) of a trial: `base` with the sampled values."""
     out = {**base, "model": dict(base.get("model") or {})}

@@ -27,7 +27,7 @@ from pipeline.options import Options, Range, option
 from training.config import TrainConfig
 
 from . import report
-from .space import Param, apply
+from .space import Param, apply, base_point
 from .trial import Outcome, child_env, run_trial
 
 HEARTBEAT_S = 60          # a running trial's heartbeat in the storage; 3 missed: a later sweep marks it failed
@@ -170,6 +170,7 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig, space: list[Param], log=print
     ensure_writable(Path(base.results) / cfg.study)      # one line now, not a worker's error later
     ensure_writable(Path(base.weights) / cfg.study)
     study = open_study(cfg, base)
+    _first_the_base_recipe(study, base, space, log)
     before = counted(study)
     log(f"study {cfg.study} in {redact(storage_url(cfg, base))}: {before} trial(s) so far; "
         f"{len(devices)} worker(s); outputs in {Path(base.results) / cfg.study}")
@@ -189,6 +190,17 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig, space: list[Param], log=print
         raise sw.error
     written = report.write_all(study, sw.folder, space, log)
     return {"interrupted": sw.interrupted, "ran": counted(study) - before, "best": written.get("best")}
+
+
+def _first_the_base_recipe(study, base: TrainConfig, space: list[Param], log) -> None:
+    """A new study's first trial trains the base recipe itself (its values enqueued)."""
+    if study.trials:
+        return
+    point, why = base_point(base, space)
+    if point is None:
+        log(f"the base recipe is not a point of the space ({why}): no trial of it to compare with")
+        return
+    study.enqueue_trial(point, user_attrs={"base_recipe": True})
 
 
 def _expected(cfg: SweepConfig, base: TrainConfig, before: int, workers: int) -> int | None:

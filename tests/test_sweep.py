@@ -90,6 +90,25 @@ def test_a_sweep_prunes_records_a_failure_continues_and_its_best_recipe_trains(f
     assert saved["model"]["lstm_hidden"] == 32 and saved["train"]["lr"] == 0.01
 
 
+def test_a_new_study_first_trains_the_base_recipe_to_compare_the_winner_with(fast, tmp_path):
+    _, shards = fast
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    space = "lr: {type: float, low: 0.0001, high: 0.01, log: true}\nlstm_hidden: {type: categorical, choices: [16, 128]}\n"
+    res = cli(*sweep_args(shards, tmp_path / "in", "--trials", "2", "--epochs", "1", space=space))
+    rows = table(tmp_path / "in" / "results")
+    assert rows[0]["params"] == {"lr": 0.002, "lstm_hidden": 128} and rows[0]["base_recipe"], res.output   # model1's
+    assert not rows[1]["base_recipe"] and rows[1]["params"] != rows[0]["params"]
+    best = (tmp_path / "in" / "results" / "s" / "best.yaml").read_text()
+    assert "no sampled recipe beat it" in best or f"the base recipe (trial 0, the same budget): dev PER " \
+        f"{100 * rows[0]['dev_per']:.2f} %" in best
+    # a base value outside the space (model1's 128 hidden units): said, and every trial sampled
+    out = cli(*sweep_args(shards, tmp_path / "out", "--trials", "1", "--epochs", "2"))
+    assert "the base recipe is not a point of the space (its lstm_hidden 128 is outside the space's [16, 32])" \
+        in out.output
+    assert not table(tmp_path / "out" / "results")[0]["base_recipe"]
+
+
 def test_the_space_is_checked_before_any_trial(fast, tmp_path):
     _, shards = fast
     space = """\
@@ -143,6 +162,8 @@ def test_a_storage_that_cannot_be_opened_is_one_line_without_its_password(fast, 
 def test_ctrl_c_stops_the_trial_with_its_checkpoint_and_the_rerun_continues(fast, tmp_path):
     from training.checkpoint import Checkpoint
     _, shards = fast
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
     space = "lr: {type: float, low: 0.001, high: 0.01, log: true}\n"
     proc = popen(sweep_args(shards, tmp_path, "--trials", "1", "--epochs", "30", space=space))
     metrics = tmp_path / "results" / "s" / "trial-0000" / "metrics.jsonl"
@@ -215,6 +236,8 @@ def postgres():
 @pytest.mark.slow
 def test_two_workers_share_one_study_on_postgresql(fast, tmp_path, postgres):
     _, shards = fast
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
     space = "lr: {type: float, low: 0.001, high: 0.01, log: true}\nlstm_hidden: {type: int, low: 16, high: 32}\n"
     cli(*sweep_args(shards, tmp_path, "--storage", postgres, "--devices", "cpu,cpu", "--trials", "3", "--epochs", "1",
                     space=space))
