@@ -12,7 +12,7 @@ from pipeline.options import FieldCommand, click_options, given
 from training.commands import _model_overrides
 from training.config import TrainConfig, train_config
 
-from .space import SpaceError, load_space
+from .space import SpaceError, base_point, load_space
 from .study import SweepConfig, run_sweep
 
 
@@ -55,6 +55,9 @@ def sweep(ctx, config_file, model_set, **params):
                    f"{base.max_frames}, time budget {cfg.trial_minutes or base.time_budget:g} min, epochs {base.epochs}")
         for p in space:
             click.echo(f"  {p.describe()}")
+        point, why = base_point(base, space)
+        click.echo("a new study's first trial: the base recipe" if point is not None else
+                   f"the base recipe is not a point of the space ({why}): no trial of it to compare with")
         return
     done = run_sweep(cfg, base, space, log=lambda m: click.echo(m, err=True), progress=base.progress)
     if done["best"]:

@@ -95,6 +95,8 @@ def test_a_new_study_first_trains_the_base_recipe_to_compare_the_winner_with(fas
     (tmp_path / "in").mkdir()
     (tmp_path / "out").mkdir()
     space = "lr: {type: float, low: 0.0001, high: 0.01, log: true}\nlstm_hidden: {type: categorical, choices: [16, 128]}\n"
+    dry = cli(*sweep_args(shards, tmp_path / "in", "--epochs", "1", "--dry-run", space=space))
+    assert "a new study's first trial: the base recipe" in dry.output
     res = cli(*sweep_args(shards, tmp_path / "in", "--trials", "2", "--epochs", "1", space=space))
     rows = table(tmp_path / "in" / "results")
     assert rows[0]["params"] == {"lr": 0.002, "lstm_hidden": 128} and rows[0]["base_recipe"], res.output   # model1's
