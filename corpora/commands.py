@@ -9,7 +9,7 @@ import click
 
 from pipeline.commands import make_config
 from pipeline.features import hours
-from pipeline.options import FieldCommand, click_options
+from pipeline.cli_options import FieldCommand, click_options
 
 from .config import SynthCorpusConfig, SynthSpeechConfig
 

@@ -9,7 +9,7 @@ import sys
 import click
 
 from .config import FetchConfig, PublishConfig, ShardsConfig
-from .options import FieldCommand, click_options, config_of
+from .cli_options import FieldCommand, click_options, config_of
 
 
 def make_config(cls, params: dict):

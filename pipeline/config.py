@@ -24,7 +24,7 @@ def progress_field():
 class FetchConfig(Options):
     """How shards at a URL are read (pipeline/remote.py): `shards --verify` and stage 2's readers."""
 
-    SECTION = "Shards at a URL"          # their heading in --help (pipeline.options.FieldCommand)
+    SECTION = "Shards at a URL"          # their heading in --help (pipeline.cli_options.FieldCommand)
 
     fetch_retries: int = option(FetchPolicy.retries, range=Range(0),
                                 help="Shards at a URL: tries after the first on a transient error (5xx, reset, "

@@ -1,8 +1,9 @@
 """Every option declared once: a config dataclass field carries its command-line option's help,
-range, choices and flag (`option`), `click_options` makes the click options of a dataclass, and
-`from_dict` checks a recipe or a checkpoint's dict against the same fields. `--help`, a YAML
-recipe and the dataclass therefore cannot disagree (the way icefall's `add_*_arguments` and
-lhotse's option groups keep one definition per option).
+range, choices and flag (`option`), `from_dict` checks a recipe or a checkpoint's dict against
+the same fields, and `pipeline.cli_options` (the commands' side: the library never imports click)
+makes the click options from them. `--help`, a YAML recipe and the dataclass therefore cannot
+disagree (the way icefall's `add_*_arguments` and lhotse's option groups keep one definition per
+option).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import math
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable
 
-import click
-
 from .strict import type_problem
+
 
 @dataclass(frozen=True)
 class Range:
@@ -37,22 +37,6 @@ class Range:
         if self.high is not None and (value > self.high or self.open_high and value == self.high):
             return f"{value} is {'not below' if self.open_high else 'above'} {self.high}"
         return None
-
-    def click_type(self, integer: bool) -> click.ParamType:
-        if integer:
-            return click.IntRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
-        return FiniteFloatRange(min=self.low, max=self.high, min_open=self.open_low, max_open=self.open_high)
-
-
-class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that refuses nan (which compares false with both bounds, so passes them)
-    and inf: a usage error naming the option."""
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{rv} is not {'a' if rv != rv else 'a finite'} number.", param, ctx)
-        return rv
 
 
 def option(default: Any = MISSING, *, help: str = "", range: Range | None = None,
@@ -161,120 +145,3 @@ def known(cls, data: dict) -> dict:
 def flag_of(f: dataclasses.Field) -> str:
     flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
     return flag.split("/")[0]
-
-
-# ---------------------------------------------------------------------------------- click side
-
-class _LazyChoice(click.Choice):
-    """click.Choice over choices read when first needed (`option(choices=function)`)."""
-
-    def __init__(self, read: Callable[[], tuple]) -> None:
-        self._read = read
-        super().__init__(())
-
-    @property
-    def choices(self) -> tuple:
-        return tuple(self._read())
-
-    @choices.setter
-    def choices(self, value) -> None:      # click.Choice.__init__ assigns it
-        pass
-
-
-def section_of(config: type, name: str) -> str | None:
-    """The help section of field `name`: the SECTION of the config class that declares it (only its
-    own: a subclass's options are the command's main ones)."""
-    for k in config.__mro__:
-        if name in vars(k).get("__annotations__", {}):
-            return vars(k).get("SECTION")
-    return None
-
-
-class FieldCommand(click.Command):
-    """A command whose --help lists its own options first, then each SECTION of shared ones (the
-    options for shards at a URL) under its own heading."""
-
-    def format_options(self, ctx, formatter) -> None:
-        groups: dict[str, list] = {"Options": []}
-        for p in self.get_params(ctx):
-            record = p.get_help_record(ctx)
-            if record:
-                section = section_of(p.config, p.field.name) if isinstance(p, FieldOption) else None
-                groups.setdefault(section or "Options", []).append(record)
-        for title, records in groups.items():
-            if records:
-                with formatter.section(title):
-                    formatter.write_dl(records)
-
-
-class FieldOption(click.Option):
-    """A click option made from a config field; `config` and `field` say which (tests walk them).
-    A callable help is called when --help is shown (e.g. the presets' sizes, which need torch)."""
-
-    def __init__(self, decls, *, config: type, field: dataclasses.Field, **kwargs) -> None:
-        self.config, self.field = config, field
-        help_ = kwargs.pop("help", None)
-        self._help_fn = help_ if callable(help_) else None
-        super().__init__(decls, help=None if callable(help_) else help_, **kwargs)
-
-    def get_help_record(self, ctx):
-        if self._help_fn is not None and self.help is None:
-            self.help = self._help_fn()
-        return super().get_help_record(ctx)
-
-
-def _click_kwargs(f: dataclasses.Field) -> dict:
-    """How field `f` looks to click: its type, flag form, default and help."""
-    m, default = f.metadata, default_of(f)
-    flag = m.get("flag") or "--" + f.name.replace("_", "-")
-    kw: dict[str, Any] = {"help": m.get("help") or None, "metavar": m.get("metavar"), "show_default": True}
-    if isinstance(default, bool):
-        if default is True and not m.get("flag"):
-            raise ValueError(f"{f.name}: a switch on by default needs flag='--x/--no-x' (or '--quiet' to invert)")
-        kw["show_default"] = "/" in flag
-        kw.update({"is_flag": True, "default": default} if default is False or "/" in flag else
-                  {"flag_value": False, "default": True})     # '--quiet' sets progress False
-    elif m.get("multiple"):
-        kw.update(multiple=True, default=tuple(default), show_default=False)
-    elif m.get("range") is not None:
-        kw.update(type=m["range"].click_type(isinstance(default, int)), default=default)
-    elif m.get("choices") is not None:
-        c = m["choices"]
-        kw.update(type=_LazyChoice(c) if callable(c) else click.Choice(list(c)), default=default)
-    elif m.get("path"):
-        # '' means none: click would check that '' exists
-        kw.update(type=click.Path(**PATHS[m["path"]]), default=default or None, show_default=bool(default))
-    else:
-        kw.update(default=default, show_default=default not in ("", None))
-    if m.get("required"):               # no default at all: click >= 8.3 takes default=None as a value
-        kw.pop("default", None)
-        kw.update(required=True, show_default=False)
-    return {"decls": [flag, f.name], **kw}
-
-
-def click_options(cls):
-    """A decorator adding the options of `cls`'s fields, its own first, then its bases' (a
-    command's main options above the shared fetch options); fields with `cli=False` are left out."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    order = dict.fromkeys(n for k in cls.__mro__ for n in vars(k).get("__annotations__", {}) if n in fields)
-    chosen = [fields[n] for n in order if fields[n].metadata.get("cli", True)]
-
-    def apply(fn):
-        for f in reversed(chosen):      # click lists options in the order the decorators run outward
-            kw = _click_kwargs(f)
-            fn = click.option(*kw.pop("decls"), cls=FieldOption, config=cls, field=f, **kw)(fn)
-        return fn
-    return apply
-
-
-def given(ctx: click.Context) -> set[str]:
-    """The names of the parameters given on the command line (not defaults)."""
-    return {name for name in ctx.params
-            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
-
-
-def config_of(cls, params: dict):
-    """`cls` from a command's parameters (`None` from a path option means its default '')."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    values = {k: (default_of(names[k]) if v is None else v) for k, v in params.items() if k in names}
-    return from_dict(cls, values)

@@ -8,7 +8,7 @@ import dataclasses
 import click
 
 from pipeline.commands import make_config, usable
-from pipeline.options import FieldCommand, click_options, given
+from pipeline.cli_options import FieldCommand, click_options, given
 from training.commands import _model_overrides
 from training.config import TrainConfig, train_config
 

@@ -43,11 +43,35 @@ def test_imports_run_one_way(package):
     assert not wrong, f"upward imports: {wrong}"
 
 
+CLICK_SIDE = "pipeline/cli_options.py"      # makes click options from the config dataclasses' fields
+
+
+def command_side(rel: str) -> bool:
+    return rel.endswith("commands.py") or rel.startswith("phonerec/") or rel == CLICK_SIDE
+
+
 def test_click_only_in_command_modules():
-    """...and in pipeline/options.py, which makes click options from the config dataclasses' fields."""
+    """...and in pipeline/cli_options.py, which only the command modules import."""
     users = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in modules(pkg) if "click" in imported(p)]
-    assert users and all(u.endswith("commands.py") or u.startswith("phonerec/") or u == "pipeline/options.py"
-                         for u in users), users
+    assert users and all(command_side(u) for u in users), users
+
+
+def test_the_library_never_loads_click():
+    """Transitively: importing every library module (all but the command side) in a fresh
+    interpreter leaves click out of sys.modules; a notebook that loads a checkpoint or builds a
+    model does not pull in the command line. The first module that brings it in is named."""
+    import subprocess
+    import sys
+    names = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+             for pkg in PACKAGES for p in modules(pkg)
+             if not command_side(str(p.relative_to(ROOT))) and p.name != "__main__.py"]
+    code = ("import importlib, sys\n"
+            f"for n in {names!r}:\n"
+            "    importlib.import_module(n)\n"
+            "    if 'click' in sys.modules:\n"
+            "        sys.exit('click loaded by importing ' + n)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and len(names) > 40, res.stderr[-2000:]
 
 
 def test_no_test_switches_in_production_code():

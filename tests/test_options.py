@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from phonerec.cli import main
-from pipeline.options import FieldOption, default_of, flag_of, from_dict
+from pipeline.cli_options import FieldOption
+from pipeline.options import default_of, flag_of, from_dict
 from training.config import TrainConfig, train_config
 
 ROOT = Path(__file__).resolve().parents[1]

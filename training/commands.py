@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from pipeline.commands import make_config, usable
-from pipeline.options import FieldCommand, click_options, given
+from pipeline.cli_options import FieldCommand, click_options, given
 
 from .config import EvaluateConfig, LMConfig, PredictConfig, TrainConfig, TranscribeConfig, train_config
 
