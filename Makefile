@@ -123,13 +123,16 @@ bench: setup
 # the network takes the project's other packages as wheels made here first: `make gpu-wheels`.
 GPU_PYTHON ?= python3
 GPU_WHEELS ?= .gpu-wheels
+# The wheels leave torch out (and the project, which runs from this folder): the GPU machine keeps its own CUDA build.
 gpu-wheels: setup
-	$(BIN)/pip wheel -q -w "$(GPU_WHEELS)" ".[test,bench]"
+	rm -rf "$(GPU_WHEELS)" && $(BIN)/pip wheel -q -w "$(GPU_WHEELS)" ".[test,bench]"
+	rm -f "$(GPU_WHEELS)"/torch-*.whl "$(GPU_WHEELS)"/nvidia_*.whl "$(GPU_WHEELS)"/triton-*.whl "$(GPU_WHEELS)"/phonerec-*.whl
 
 gpu-check:
 	@$(GPU_PYTHON) -c "import zarr, webdataset, pytest, fast_ctc_decode" 2>/dev/null || \
-	  $(GPU_PYTHON) -m pip install -q $(if $(wildcard $(GPU_WHEELS)),--no-index --find-links "$(GPU_WHEELS)") -e ".[test,bench]"
-	$(GPU_PYTHON) -m bench.gpu_check --out "$(RESULTS)" $(ARGS)
+	  $(if $(wildcard $(GPU_WHEELS)),$(GPU_PYTHON) -m pip install -q --no-index --find-links "$(GPU_WHEELS)" "$(GPU_WHEELS)"/*.whl,\
+	    $(GPU_PYTHON) -m bench.requirements test bench | $(GPU_PYTHON) -m pip install -q -r /dev/stdin)
+	PYTHONPATH="$(CURDIR)" $(GPU_PYTHON) -m bench.gpu_check --out "$(RESULTS)" $(ARGS)
 
 # The whole job on synthesized English speech: corpus -> shards -> train (which then chooses the phone LM
 # and its weights on dev: WEIGHTS/decode.json, RESULTS/evaluate-dev-clean.*) -> predict (with that choice).

@@ -34,3 +34,16 @@ def test_the_report_shows_every_part():
     md = gpu_check.markdown(res)
     assert "16 passed, 0 failed" in md and "| peaked | 64 | 10 | yes | 900.0 | 300.0 (16) | 3.0 | 9000.0 |" in md
     assert "| large | yes | 123456 | 1.2% |" in md and "dev PER 25.0 %" in md and "100 submission rows" in md
+
+
+def test_torch_is_declared_and_the_gpu_machine_keeps_its_own():
+    """pyproject.toml requires torch (a bare `pip install` of the project works at import); what
+    `make gpu-check` installs beside a GPU machine's CUDA build leaves it out, and every other
+    requirement is there."""
+    import tomllib
+    from bench.requirements import PYPROJECT, requirements
+    deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("torch>=") for d in deps), deps
+    reqs = requirements(["test", "bench"])
+    assert not [r for r in reqs if r.lower().startswith("torch")], reqs
+    assert {"numpy>=1.26", "pytest>=8", "fast-ctc-decode>=0.3.7"} <= set(reqs) and "tensorboard>=2.18" in reqs
