@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands import make_config
 from pipeline.features import hours
-from pipeline.cli_options import FieldCommand, click_options
+from pipeline.cli_options import FieldCommand, click_options, declare_outputs, make_config
 
 from .config import SynthCorpusConfig, SynthSpeechConfig
 
@@ -43,14 +42,11 @@ def synth_speech(**params):
     sentences (dev holds out a human speaker).
     Needs the speech tools: `bash scripts/install-speech-tools.sh` and `pip install -e '.[speech]'`.
     """
-    from .speech import MissingToolError, generate
+    from .speech import generate
     cfg = make_config(SynthSpeechConfig, params)
-    try:
-        summary = generate(cfg.data, cfg.counts(), seed=cfg.seed, unlabelled=cfg.unlabelled_splits(),
-                           workers=cfg.workers, progress=cfg.progress, keep_wav=cfg.keep_wav,
-                           engines=cfg.engine_names())
-    except (MissingToolError, FileExistsError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    declare_outputs(str(cfg.data))
+    summary = generate(cfg.data, cfg.counts(), seed=cfg.seed, unlabelled=cfg.unlabelled_splits(),
+                       workers=cfg.workers, progress=cfg.progress, keep_wav=cfg.keep_wav, engines=cfg.engine_names())
     for name, s in summary.items():
         rej = sum(s["rejected"].values())
         click.echo(f"{name}: {s['utterances']} utterances, {hours(s['frames']):.2f} h, {s['voice_group']} voices"

@@ -4,27 +4,55 @@ from __future__ import annotations
 
 import click
 
-from pipeline.errors import PhonerecError
+from pipeline.errors import Interrupted, PhonerecError, UsageProblem
 
 
 class _Group(click.Group):
-    """Shows every PhonerecError a command lets escape as one line (`Error: ...`, exit status 1), and
-    no password of a URL in any error line."""
+    """The one error boundary: what a command lets escape ends as one line, with the exit status
+    of pipeline/errors.py's rule (1 the work failed, 2 a usage error, 130 interrupted), and no
+    password of a URL in any line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """In the order of the stages (as registered), not alphabetically."""
         return list(self.commands)
 
     def invoke(self, ctx: click.Context):
-        """Every error line with the credentials of any URL in it redacted (pipeline.remote.redact)."""
         from pipeline.remote import redact
         try:
             return super().invoke(ctx)
-        except PhonerecError as exc:
-            raise click.ClickException(redact(str(exc))) from None
         except click.ClickException as exc:
             exc.message = redact(exc.message)
             raise
+        except (PhonerecError, OSError) as exc:
+            error = _as_phonerec_error(exc, ctx.meta)
+            if error is None:
+                raise
+        for line in error.details:
+            click.echo(f"Error: {redact(line)}", err=True)
+        if isinstance(error, UsageProblem):
+            raise click.UsageError(redact(str(error))) from None
+        if isinstance(error, Interrupted):
+            if str(error):
+                click.echo(redact(str(error)), err=True)
+            ctx.exit(error.exit_code)
+        raise click.ClickException(redact(str(error))) from None
+
+
+def _as_phonerec_error(exc: BaseException, meta: dict) -> PhonerecError | None:
+    """`exc` as the PhonerecError the user sees: a full disk names what the command writes, a
+    damaged shard of a decoding command says nothing was written, a missing or existing path is
+    one line; None: a bug (its traceback shows)."""
+    from pipeline.atomic import disk_full, disk_full_error
+    writes = meta.get("phonerec.writes", "the outputs")
+    if isinstance(exc, OSError) and disk_full(exc):
+        return disk_full_error(exc, writes)
+    if isinstance(exc, PhonerecError):
+        if exc.damaged_input and not meta.get("phonerec.written_on_damage", True):
+            return PhonerecError(f"{exc} (nothing was written)")
+        return exc
+    if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)):
+        return PhonerecError(str(exc))
+    return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -19,7 +19,7 @@ import click
 from corpora.report import per_kind
 from pipeline import manifest as mf
 from pipeline.features import hours
-from pipeline.commands import make_config
+from pipeline.cli_options import make_config
 from pipeline.cli_options import FieldCommand, click_options
 from pipeline.options import Options, option
 from training import metrics

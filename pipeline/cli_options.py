@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import click
 
+from .errors import UsageProblem
 from .options import PATHS, Range, default_of, from_dict
 
 
@@ -144,3 +145,53 @@ def config_of(cls, params: dict):
     names = {f.name: f for f in dataclasses.fields(cls)}
     values = {k: (default_of(names[k]) if v is None else v) for k, v in params.items() if k in names}
     return from_dict(cls, values)
+
+
+def make_config(cls, params: dict, build: Callable[[], Any] | None = None):
+    """The command's config from its parameters (or `build()`: train's recipe under its flags),
+    once its fetch options make a FetchPolicy and no location holds a password: a bad value (a
+    size, a digest, a password in a URL) is a usage error (UsageProblem), before any work."""
+    from .config import FetchConfig
+    from .remote import FetchError, refuse_credentials
+    try:
+        cfg = build() if build is not None else config_of(cls, params)
+        for f in dataclasses.fields(cfg):
+            refuse_credentials(getattr(cfg, f.name), "--" + f.name.replace("_", "-"))
+        if isinstance(cfg, FetchConfig):
+            cfg.fetch_policy()
+    except (ValueError, FetchError) as exc:
+        raise UsageProblem(str(exc)) from None
+    return cfg
+
+
+def declare_outputs(writes: str, *, written_on_damage: bool = False) -> None:
+    """What the running command writes, for the error boundary (phonerec/cli.py): a full disk's
+    line names it; a damaged shard's says "nothing was written" unless `written_on_damage`."""
+    meta = click.get_current_context().meta
+    meta["phonerec.writes"], meta["phonerec.written_on_damage"] = writes, written_on_damage
+
+
+def recipe_options(fn):
+    """--config FILE and --set KEY=VALUE: a recipe under the command's flags (train; sweep's base
+    recipe of every trial)."""
+    fn = click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
+                      help="Override a model setting, e.g. --set lstm_layers=2 --set conv_channels=[128,128].")(fn)
+    return click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                        help="YAML/JSON recipe of any options below (command-line flags override it).")(fn)
+
+
+def model_overrides(values: tuple[str, ...]) -> dict:
+    """--set KEY=VALUE pairs, each VALUE read as a YAML value by the strict reader (a syntax error
+    or a nested structure is a usage error naming it; the types are checked with the recipe's)."""
+    from pipeline.strict import DocumentError, parse
+    out = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep or not k.strip():
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. lstm_layers=2 or conv_channels=[128,128]",
+                                     param_hint="'--set'")
+        try:
+            out[k.strip()] = parse(val, f"--set {k.strip()}")
+        except DocumentError as exc:
+            raise click.BadParameter(str(exc).replace(":1:", ":", 1), param_hint="'--set'") from None
+    return out

@@ -3,38 +3,13 @@ config (pipeline/config.py), calls one library function and prints."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import click
 
-from .config import FetchConfig, PublishConfig, ShardsConfig
-from .cli_options import FieldCommand, click_options, config_of
-
-
-def make_config(cls, params: dict):
-    """The command's config; a bad value (a size, a digest) is a usage error, before any work."""
-    try:
-        return usable(config_of(cls, params))
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def usable(cfg):
-    """`cfg`, once its fetch options make a FetchPolicy (a bad size or digest: usage error) and no
-    location holds a password (refused before anything prints or reads it: a usage error)."""
-    from .remote import FetchError, refuse_credentials
-    for f in dataclasses.fields(cfg):
-        try:
-            refuse_credentials(getattr(cfg, f.name), "--" + f.name.replace("_", "-"))
-        except FetchError as exc:
-            raise click.UsageError(str(exc)) from None
-    if isinstance(cfg, FetchConfig):
-        try:
-            cfg.fetch_policy()
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-    return cfg
+from .config import PublishConfig, ShardsConfig
+from .cli_options import FieldCommand, click_options, make_config
+from .errors import Interrupted, PhonerecError
 
 
 @click.command("shards", cls=FieldCommand)
@@ -51,8 +26,8 @@ def shards(**params):
         text, bad = problems_report(verify_shards(cfg))
         click.echo(text)
         if bad:
-            raise click.ClickException(f"{bad} problem(s); rebuild with `phonerec shards` "
-                                       "(damaged shards are rewritten after deleting them)")
+            raise PhonerecError(f"{bad} problem(s); rebuild with `phonerec shards` (damaged shards are rewritten "
+                                "after deleting them)")
         return
     from .build import build_shards
     from .workers import sigterm_interrupts
@@ -60,9 +35,8 @@ def shards(**params):
         with sigterm_interrupts():
             summary = build_shards(cfg, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:
-        click.echo(f"interrupted: {cfg.shards} keeps every file already finished; rerun the same command to "
-                   "finish the build", err=True)
-        sys.exit(130)
+        raise Interrupted(f"interrupted: {cfg.shards} keeps every file already finished; rerun the same command "
+                          "to finish the build") from None
     text, notes = summary.report(cfg.shards)
     click.echo(text)
     for line in notes:

@@ -7,21 +7,16 @@ import dataclasses
 
 import click
 
-from pipeline.commands import make_config, usable
-from pipeline.cli_options import FieldCommand, click_options, given
-from training.commands import _model_overrides
+from pipeline.cli_options import FieldCommand, click_options, given, make_config, model_overrides, recipe_options
 from training.config import TrainConfig, train_config
 
-from .space import SpaceError, base_point, load_space
+from .space import base_point, load_space
 from .study import SweepConfig, run_sweep
 
 
 @click.command("sweep", cls=FieldCommand)
 @click_options(SweepConfig)
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="The base recipe of every trial (YAML/JSON, as `train --config`); flags below override it.")
-@click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
-              help="Override a model setting of the base recipe, as `train --set`.")
+@recipe_options
 @click_options(TrainConfig)
 @click.pass_context
 def sweep(ctx, config_file, model_set, **params):
@@ -39,17 +34,9 @@ def sweep(ctx, config_file, model_set, **params):
     own = {f.name for f in dataclasses.fields(SweepConfig)}
     cfg = make_config(SweepConfig, {k: v for k, v in params.items() if k in own})
     train_params = {k: v for k, v in params.items() if k not in own}
-    try:
-        base = train_config(config_file, train_params, given(ctx) - own, _model_overrides(model_set))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    usable(base)
-    try:
-        space = load_space(cfg.space, base)
-    except SpaceError as exc:
-        for problem in exc.problems[:-1]:
-            click.echo(f"Error: {problem}", err=True)
-        raise click.ClickException(exc.problems[-1]) from None
+    base = make_config(TrainConfig, train_params, lambda: train_config(config_file, train_params, given(ctx) - own,
+                                                                       model_overrides(model_set)))
+    space = load_space(cfg.space, base)
     if cfg.dry_run:
         click.echo(f"base recipe: preset {base.preset}, model {base.model or '{}'}, lr {base.lr}, max_frames "
                    f"{base.max_frames}, time budget {cfg.trial_minutes or base.time_budget:g} min, epochs {base.epochs}")

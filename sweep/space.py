@@ -28,7 +28,8 @@ class SpaceError(PhonerecError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems))
+        self.details = tuple(problems[:-1])           # one line each, above the message (the last one)
+        super().__init__(problems[-1])
 
 
 @dataclass

@@ -97,15 +97,21 @@ def cli(*args, ok: bool = True) -> Result:
     return res
 
 
-def assert_one_line_error(res: Result, *words) -> str:
-    """A failed command: exit status 1, no traceback, one `Error:` line holding all `words`."""
-    assert res.exit_code == 1, (res.output, res.exception)
+def assert_one_line_error(res: Result, *words, exit_code: int = 1) -> str:
+    """A failed command: exit status 1 (the work failed; 2: a usage error), no traceback, one
+    `Error:` line holding all `words`."""
+    assert res.exit_code == exit_code, (res.output, res.exception)
     assert "Traceback" not in res.output, res.output
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, res.output
     for w in words:
         assert str(w) in errors[0], f"{w!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def assert_usage_error(res: Result, *words) -> str:
+    """An option or recipe value refused before any work: exit status 2, one `Error:` line."""
+    return assert_one_line_error(res, *words, exit_code=2)
 
 
 def train_args(shards, run: Path, *extra, preset: str = "model1", max_frames: int = MAX_FRAMES,

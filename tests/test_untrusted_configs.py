@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from decoding.lm import ArpaError, dense, read_arpa
 from pipeline.strict import DocumentError, parse
-from tests.helpers import assert_one_line_error, cli, make_weights
+from tests.helpers import assert_one_line_error, assert_usage_error, cli, make_weights
 from training.checkpoint import Checkpoint, CheckpointError, check_file
 from training.config import TrainConfig, train_config
 from training.model import ModelTooLarge, check_fits, preset_config
@@ -63,7 +63,7 @@ def test_a_bad_recipe_is_one_line_naming_it(tmp_path, name, text, words):
     recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
     res = cli("train", "--config", recipe, "--shards", tmp_path / "none", "--weights", tmp_path / "w",
               "--results", tmp_path / "r", ok=False)
-    assert_one_line_error(res, *words)
+    assert_usage_error(res, *words)                   # exit status 2, as for any command's bad value
     assert not (tmp_path / "w").exists()
 
 
@@ -87,7 +87,7 @@ def test_a_bad_set_value_is_a_usage_error(tmp_path, value, words):
                                          ("lstm_hidden=100000", ["GB", "parameters"])])
 def test_a_set_value_of_the_wrong_type_or_size_is_one_line(tmp_path, value, words):
     res = cli("train", "--set", value, "--shards", tmp_path / "none", "--weights", tmp_path / "w", ok=False)
-    assert_one_line_error(res, *words)
+    assert_usage_error(res, *words)
 
 
 def test_a_model_too_large_for_the_machine_is_refused_from_its_size():

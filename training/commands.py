@@ -5,34 +5,15 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands import make_config, usable
-from pipeline.cli_options import FieldCommand, click_options, given
+from pipeline.cli_options import (FieldCommand, click_options, declare_outputs, given, make_config, model_overrides,
+                                  recipe_options)
+from pipeline.errors import PhonerecError
 
 from .config import EvaluateConfig, LMConfig, PredictConfig, TrainConfig, TranscribeConfig, train_config
 
 
-def _model_overrides(values: tuple[str, ...]) -> dict:
-    """--set KEY=VALUE pairs, each VALUE read as a YAML value by the strict reader (a syntax error
-    or a nested structure is a usage error naming it; the types are checked with the recipe's)."""
-    from pipeline.strict import DocumentError, parse
-    out = {}
-    for v in values:
-        k, sep, val = v.partition("=")
-        if not sep or not k.strip():
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. lstm_layers=2 or conv_channels=[128,128]",
-                                     param_hint="'--set'")
-        try:
-            out[k.strip()] = parse(val, f"--set {k.strip()}")
-        except DocumentError as exc:
-            raise click.BadParameter(str(exc).replace(":1:", ":", 1), param_hint="'--set'") from None
-    return out
-
-
 @click.command("train", cls=FieldCommand)
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="YAML/JSON recipe of any options below (command-line flags override it).")
-@click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
-              help="Override a model setting, e.g. --set lstm_layers=2 --set conv_channels=[128,128].")
+@recipe_options
 @click_options(TrainConfig)
 @click.pass_context
 def train(ctx, config_file, model_set, **params):
@@ -46,36 +27,12 @@ def train(ctx, config_file, model_set, **params):
     """
     from .train import train as run
 
-    try:
-        cfg = train_config(config_file, params, given(ctx), _model_overrides(model_set))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    usable(cfg)                         # a bad size or digest is a usage error now, as elsewhere
-    try:
-        outcome = _run(lambda: run(cfg, log=lambda m: click.echo(m, err=True)), f"{cfg.weights} or {cfg.results}",
-                       wrote_nothing=False)
-    except ValueError as exc:           # not a PhonerecError: e.g. a bad --set value
-        raise click.ClickException(str(exc)) from None
+    cfg = make_config(TrainConfig, params, lambda: train_config(config_file, params, given(ctx),
+                                                                model_overrides(model_set)))
+    declare_outputs(f"{cfg.weights} or {cfg.results}", written_on_damage=True)    # a checkpoint at that step
+    outcome = run(cfg, log=lambda m: click.echo(m, err=True))
     if outcome.get("signal"):
         ctx.exit(130)   # interrupted (checkpoint written): scripts can tell it from a finished run
-
-
-def _run(fn, writes: str = "the results", wrote_nothing: bool = True):
-    """Map the errors a user can cause that are not PhonerecErrors (which the `phonerec` group
-    shows as one line) to one-line messages; a damaged shard stops a decoding command before it
-    writes anything, which its message says."""
-    from pipeline.atomic import disk_full, disk_full_error
-    from .data import ShardReadError, error_message
-    try:
-        return fn()
-    except ShardReadError as exc:
-        raise click.ClickException(error_message(exc) + (" (nothing was written)" if wrote_nothing else "")) from None
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        if disk_full(exc):
-            raise disk_full_error(exc, writes) from None
-        raise
 
 
 @click.command("predict", cls=FieldCommand)
@@ -92,8 +49,9 @@ def predict(**params):
     from .inference import predict as run
 
     cfg = make_config(PredictConfig, params)
+    declare_outputs(str(cfg.results))
     source = ShardSource.create(cfg.fetch_policy(), cfg.workers)
-    done = _run(lambda: run(cfg, source))
+    done = run(cfg, source)
     if done is None:                    # not rank 0
         return
     m = done.manifest
@@ -123,8 +81,9 @@ def evaluate(**params):
     from .inference import evaluate_split
 
     cfg = make_config(EvaluateConfig, params)
+    declare_outputs(str(cfg.results))
     source = ShardSource.create(cfg.fetch_policy(), cfg.workers)
-    ev = _run(lambda: evaluate_split(cfg, source=source, echo=(lambda *_: None) if cfg.json else click.echo))
+    ev = evaluate_split(cfg, source=source, echo=(lambda *_: None) if cfg.json else click.echo)
     if ev is not None:
         if cfg.json:
             from pathlib import Path
@@ -153,12 +112,13 @@ def transcribe(files, **params):
     from .inference import transcribe_files
 
     cfg = make_config(TranscribeConfig, params)
-    failed = _run(lambda: transcribe_files(cfg, files, echo=click.echo, warn=lambda m: click.echo(m, err=True))).failed
+    declare_outputs(cfg.plot or "the posteriorgram")
+    failed = transcribe_files(cfg, files, echo=click.echo, warn=lambda m: click.echo(m, err=True)).failed
     if len(files) == 1 and failed:
-        raise click.ClickException(failed[0])
+        raise PhonerecError(failed[0])
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(files)} file(s) could not be read (listed above); "
-                                   "the others were transcribed")
+        raise PhonerecError(f"{len(failed)} of {len(files)} file(s) could not be read (listed above); the others "
+                            "were transcribed")
 
 
 @click.command("lm", cls=FieldCommand)
@@ -174,8 +134,9 @@ def lm(**params):
     from .phone_lm import build_lm
 
     cfg = make_config(LMConfig, params)
+    declare_outputs(str(cfg.out_path()))
     source = ShardSource.create(cfg.fetch_policy(), 0)
-    info = _run(lambda: build_lm(cfg.shards, cfg.train, cfg.order, cfg.out_path(), source, progress=cfg.progress))
+    info = build_lm(cfg.shards, cfg.train, cfg.order, cfg.out_path(), source, progress=cfg.progress)
     click.echo(f"wrote {info['path']}: order {cfg.order}, {info['sentences']} transcripts, {info['phones']} phones, "
                f"n-grams per order {info['ngrams']}")
 

@@ -48,6 +48,8 @@ class ShardReadError(PhonerecError):
     """A shard that does not hold what its manifest says (missing, truncated, corrupted, replaced).
     Its text is one line also when a DataLoader worker raised it (see error_message)."""
 
+    damaged_input = True
+
     def __str__(self) -> str:
         return _one_line(super().__str__())
 

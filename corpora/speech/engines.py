@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UsageProblem
+
 from .phonemes import ESPEAK_MAP, FESTIVAL_MAP, FLITE_MAP, UnmappablePhone, espeak_word, phones_to_labels
 from .sentences import FORTUNE_DIR, FORTUNE_FILES, Clause, _word_key
 from .tools import MissingToolError, _missing
@@ -121,8 +123,8 @@ def split_pools(split: str, engines: tuple[str, ...] = ENGINES) -> tuple[Pool, .
     pools = tuple(Pool(p.name, p.share, vs) for p in VOICE_SPLIT[voice_group(split)]
                   if (vs := tuple(v for v in p.voices if engine_of(v) in engines)))
     if not pools:
-        raise ValueError(f"split {split!r}: its voice group ({voice_group(split)}) has no voice of "
-                         f"{', '.join(engines)}; add another engine to --engines")
+        raise UsageProblem(f"split {split!r}: its voice group ({voice_group(split)}) has no voice of "
+                           f"{', '.join(engines)}; add another engine to --engines")
     return pools
 
 
@@ -139,8 +141,8 @@ def voice_group(split: str) -> str:
     """'train', 'dev' or 'test' from a split name such as train-clean-100 or dev-clean."""
     hits = [g for g in VOICE_SPLIT if g in split.lower()]
     if len(hits) != 1:
-        raise ValueError(f"split {split!r}: its name must contain exactly one of train, dev, test "
-                         "(that picks its voice set)")
+        raise UsageProblem(f"split {split!r}: its name must contain exactly one of train, dev, test "
+                           "(that picks its voice set)")
     return hits[0]
 
 

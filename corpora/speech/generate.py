@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.errors import UsageProblem
 from pipeline.features import MFCC_OPTIONS, SAMPLE_RATE, mfcc
 from pipeline.vocab import EOS, SOS, SYMBOL_INDEX, ctc_min_frames
 
@@ -181,7 +182,7 @@ def partition_sentences(pool: list[str], splits: dict[str, int], seed: int) -> d
     names = list(splits)
     total = sum(max(n, 1) for n in splits.values())
     if len(pool) < 3 * len(names):
-        raise ValueError(f"sentence pool too small ({len(pool)}) for {len(names)} splits")
+        raise UsageProblem(f"sentence pool too small ({len(pool)}) for {len(names)} splits")
     cuts = [0]
     for name in names[:-1]:
         share = max(3, int(len(pool) * max(splits[name], 1) / total))
@@ -237,7 +238,7 @@ def generate(out: str | os.PathLike, splits: dict[str, int] | None = None, *, se
     """
     engines = tuple(e for e in ENGINES if e in engines)
     if not engines:
-        raise ValueError(f"no known engine in {engines!r}; choose from {', '.join(ENGINES)}")
+        raise UsageProblem(f"no known engine in {engines!r}; choose from {', '.join(ENGINES)}")
     out = Path(out)
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     done = _up_to_date(out, splits, seed=seed, unlabelled=unlabelled, engines=engines, keep_wav=keep_wav)
