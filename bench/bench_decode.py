@@ -423,7 +423,7 @@ def model_log_probs(shards, weights, split: str = "dev-clean"):
     from decoding import restrict_to_labels
     from pipeline import manifest as mf
     from training.data import make_loader
-    from training.inference import check_compatible, load_model
+    from training.loading import check_compatible, load_model
     from training.plan import BatchOptions, plan_epoch
 
     loaded = load_model(weights, torch.device("cpu"))

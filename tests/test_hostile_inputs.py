@@ -54,7 +54,7 @@ def ids_of(data, split="test-clean"):
 def submission(m: mf.Manifest) -> list[tuple[int, str]]:
     """The submission rows predict would write if it decoded each utterance as a code naming its
     original position (so any shifted row shows)."""
-    from training.inference import submission_rows
+    from training.submission import submission_rows
     hyps = {r: {"beam": [2 + int(m.index[r]) % 39]} for r in range(m.num_utterances)}
     rows, _ = submission_rows(m, hyps)
     return rows

@@ -360,7 +360,7 @@ def test_predict_with_damaged_test_shard_writes_nothing(pipe, shards_copy, weigh
 
 
 def test_submission_rows_refuse_missing_or_extra_rows(fast):
-    from training.inference import submission_rows
+    from training.submission import submission_rows
     m = mf.load(fast[1], TEST)
     hyps = {r: {"beam": [2, 3]} for r in range(m.num_utterances)}
     rows, missing = submission_rows(m, hyps)

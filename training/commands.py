@@ -46,7 +46,7 @@ def predict(**params):
     shards and rank 0 writes the merged file.
     """
     from .data import ShardSource
-    from .inference import predict as run
+    from .submission import predict as run
 
     cfg = make_config(PredictConfig, params)
     declare_outputs(str(cfg.results))
@@ -78,7 +78,7 @@ def evaluate(**params):
     <results>/evaluate-<split>.json.
     """
     from .data import ShardSource
-    from .inference import evaluate_split
+    from .evaluation import evaluate_split
 
     cfg = make_config(EvaluateConfig, params)
     declare_outputs(str(cfg.results))
@@ -109,7 +109,7 @@ def transcribe(files, **params):
     Each file is normalized with the statistics stored in the checkpoint. A file over 30 minutes
     (180,000 frames) is refused from its header (split it), and so is anything but a regular file.
     """
-    from .inference import transcribe_files
+    from .transcription import transcribe_files
 
     cfg = make_config(TranscribeConfig, params)
     declare_outputs(cfg.plot or "the posteriorgram")

@@ -83,7 +83,7 @@ def choose_decoding(cfg: TrainConfig, log=print) -> dict:
     with and without the LM in <results>/evaluate-<dev>.json. Returns those figures."""
     import dataclasses
     from .config import EvaluateConfig
-    from .inference import evaluate_split
+    from .evaluation import evaluate_split
 
     shared = {f.name for f in dataclasses.fields(EvaluateConfig)} & {f.name for f in dataclasses.fields(TrainConfig)}
     ecfg = EvaluateConfig(**{k: getattr(cfg, k) for k in shared}, split=cfg.dev, tune=True)
