@@ -72,7 +72,7 @@ from bench import ROOT
 from pipeline import manifest as mf
 from pipeline.features import hours
 from pipeline.layout import transcript_dir
-from pipeline.validate import npy_frames
+from pipeline.npyfile import npy_frames
 from training.plan import DEFAULT_MAX_FRAMES
 
 SYSTEMS = ("ours", "baseline_lazy", "baseline_memory")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import DEFAULT_WORKERS, progress_field
+from pipeline.config import DEFAULT_WORKERS
+from pipeline.reading import progress_field
 from pipeline.features import FEATURE_DIM
 from pipeline.limits import MAX_WORKERS
 from pipeline.options import Options, Range, option, redefault

@@ -15,7 +15,8 @@ from .features import FEATURE_DIM, corpus_width, hours
 from .layout import LayoutError, SplitFiles, discover_splits, list_split, read_template, safe_text
 from .shards import ShardOptions, build_split
 from .store import CorpusStore, StrictError, ingest, recorded_width, store_fingerprint, store_path, store_state
-from .validate import Rejection, npy_shape
+from .npyfile import npy_shape
+from .validate import Rejection
 from .vocab import F22, Inventory, load_inventory
 
 REJECTED_TSV = "rejected.tsv"

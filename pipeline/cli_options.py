@@ -151,7 +151,7 @@ def make_config(cls, params: dict, build: Callable[[], Any] | None = None):
     """The command's config from its parameters (or `build()`: train's recipe under its flags),
     once its fetch options make a FetchPolicy and no location holds a password: a bad value (a
     size, a digest, a password in a URL) is a usage error (UsageProblem), before any work."""
-    from .config import FetchConfig
+    from .reading import FetchConfig
     from .remote import FetchError, refuse_credentials
     try:
         cfg = build() if build is not None else config_of(cls, params)

@@ -1,5 +1,5 @@
-"""Stage 1's options (`phonerec shards`, `publish`) and how every reader reads shards at a URL,
-declared once each (pipeline/options.py turns them into flags).
+"""Stage 1's options (`phonerec shards`, `publish`), declared once each (pipeline/cli_options.py
+turns them into flags); how every reader reads shards at a URL: pipeline/reading.py.
 """
 
 from __future__ import annotations
@@ -9,57 +9,9 @@ from dataclasses import dataclass
 
 from .limits import MAX_WORKERS
 from .options import Options, Range, option
-from .remote import MAX_MANIFEST, MIN_RATE, POLICY_OPTIONS, FetchPolicy, make_policy
+from .reading import FetchConfig, progress_field
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
-QUIET_HELP = "No progress bars."
-
-
-def progress_field():
-    """`--quiet`: every long-running command's switch for its progress bars."""
-    return option(True, flag="--quiet", help=QUIET_HELP)
-
-
-@dataclass
-class FetchConfig(Options):
-    """How shards at a URL are read (pipeline/remote.py): `shards --verify` and stage 2's readers."""
-
-    SECTION = "Shards at a URL"          # their heading in --help (pipeline.cli_options.FieldCommand)
-
-    fetch_retries: int = option(FetchPolicy.retries, range=Range(0),
-                                help="Shards at a URL: tries after the first on a transient error (5xx, reset, "
-                                     "timeout).")
-    fetch_backoff: float = option(FetchPolicy.backoff, range=Range(0),
-                                  help="Seconds before the first retry; doubled each time (at most 8 s).")
-    fetch_timeout: float = option(FetchPolicy.timeout, range=Range(0, open_low=True),
-                                  help="Seconds to connect and between reads.")
-    fetch_min_rate: str = option(MIN_RATE, metavar="SIZE",
-                                 help="Bytes per second: a fetch that takes longer than --fetch-timeout + size / "
-                                      "this is stalled, and retried like a 5xx.")
-    max_manifest_size: str = option(MAX_MANIFEST, metavar="SIZE",
-                                    help="Refuse a manifest or index.json larger than this (the largest real one is "
-                                         "about 15 MB).")
-    expect_digest: str = option("", metavar="SHA256",
-                                help="Require the published index.json to have this sha256 (what `phonerec publish` "
-                                     "printed; also --shards URL#sha256=...): then every manifest and shard must be "
-                                     "what was published.")
-
-    def fetch_policy(self) -> FetchPolicy:
-        """The FetchPolicy of these options (ValueError naming the option for a bad size or digest)."""
-        return make_policy(**{k: getattr(self, k) for k in POLICY_OPTIONS if hasattr(self, k)})
-
-
-@dataclass
-class CacheConfig(FetchConfig):
-    """FetchConfig plus a local cache of verified shards (stage 2's readers, which read them again)."""
-
-    SECTION = "Shards at a URL"
-
-    shard_cache: str = option("", metavar="DIR",
-                              help="Keep verified shards fetched from a URL here; later epochs read them from disk.")
-    shard_cache_size: str = option("0", metavar="SIZE",
-                                   help="Evict the least recently used cached shards above this size, e.g. 20G "
-                                        "(0 = no limit).")
 
 
 @dataclass

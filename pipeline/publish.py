@@ -20,7 +20,7 @@ from . import manifest as mf
 from . import remote
 from .atomic import ensure_writable, write_bytes
 from .errors import PhonerecError
-from .verify import check_shards
+from .reading import check_shards
 
 EXTRA_FILES = ("rejected.tsv", "stats.json")     # beside the splits: read by --verify and the reports
 

@@ -194,36 +194,6 @@ class FetchPolicy:
         return self.timeout + nbytes / self.min_rate
 
 
-# The option names (pipeline/config.py's FetchConfig and CacheConfig fields) make_policy takes.
-POLICY_OPTIONS = ("fetch_retries", "fetch_backoff", "fetch_timeout", "fetch_min_rate", "max_manifest_size",
-                  "expect_digest", "shard_cache", "shard_cache_size")
-
-
-def make_policy(fetch_retries: int = FetchPolicy.retries, fetch_backoff: float = FetchPolicy.backoff,
-                fetch_timeout: float = FetchPolicy.timeout, fetch_min_rate: str | int = MIN_RATE,
-                max_manifest_size: str | int = MAX_MANIFEST, expect_digest: str | None = None,
-                shard_cache: str | None = None, shard_cache_size: str | int = "0") -> FetchPolicy:
-    """A FetchPolicy from the POLICY_OPTIONS' values (sizes as '64K', '20G'); ValueError naming the
-    option."""
-    if fetch_retries < 0 or fetch_backoff < 0 or fetch_timeout <= 0:
-        raise ValueError("--fetch-retries and --fetch-backoff must be >= 0 and --fetch-timeout > 0")
-
-    def size_of(option: str, value) -> int:
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            raise ValueError(f"{option}: {exc}") from None
-    rate, cap = size_of("--fetch-min-rate", fetch_min_rate), size_of("--max-manifest-size", max_manifest_size)
-    if rate <= 0 or cap <= 0:
-        raise ValueError("--fetch-min-rate and --max-manifest-size must be above 0")
-    digest = expect_digest.lower() if expect_digest else None
-    if digest and not SHA256.fullmatch(digest):
-        raise ValueError(f"--expect-digest {expect_digest[:80]!r}: not a sha256 (64 hex digits)")
-    return FetchPolicy(retries=fetch_retries, backoff=fetch_backoff, timeout=fetch_timeout, cache=shard_cache or None,
-                       cache_bytes=size_of("--shard-cache-size", shard_cache_size), min_rate=rate, max_manifest=cap,
-                       expect_digest=digest)
-
-
 # What a read counts: files fetched, transient failures retried, shards fetched again after a
 # failed checksum, cache hits, and bytes fetched. A reader passes count(name, n).
 COUNTERS = ("fetched", "retries", "refetched", "cache_hits", "bytes")

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from .atomic import disk_full, disk_full_error
 from .errors import PhonerecError
 from .layout import SplitFiles, read_template, safe_text
-from .validate import Rejection, UtteranceError, load_utterance, npy_frames
+from .npyfile import UtteranceError, npy_frames
+from .validate import Rejection, load_utterance
 from .features import FEATURE_DIM
 from .vocab import F22, Inventory
 from .workers import spawn_pool

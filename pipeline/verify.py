@@ -8,7 +8,6 @@ import hashlib
 import io
 import tarfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import manifest as mf
@@ -16,8 +15,8 @@ from . import remote
 from .config import ShardsConfig
 from .errors import PhonerecError
 from .layout import list_split
+from .reading import check_shards
 from .shardformat import FEATS, LABELS, load_npy
-from .shards import sha256_file
 
 
 def _read_rejected(shards_dir: str | Path, policy: remote.FetchPolicy | None = None) -> dict[str, set[str]]:
@@ -30,63 +29,6 @@ def _read_rejected(shards_dir: str | Path, policy: remote.FetchPolicy | None = N
         if row.get("split") is not None and row.get("utterance") is not None:
             out.setdefault(row["split"], set()).add(row["utterance"])
     return out
-
-
-def _size(location: str, policy: remote.FetchPolicy | None) -> int | None:
-    """A shard's size (None: missing); OSError or FetchError when it cannot be asked."""
-    if remote.is_url(location):
-        return remote.size(location, policy or remote.FetchPolicy())
-    try:
-        return Path(location).stat().st_size
-    except FileNotFoundError:
-        return None
-
-
-def _sizes(locations: list[str], policy: remote.FetchPolicy | None) -> list:
-    """Each location's size, None (missing) or the error; at a URL 16 are asked at a time (one
-    round trip each: thousands of shards in an object store would otherwise take minutes)."""
-    def one(location: str):
-        try:
-            return _size(location, policy)
-        except (OSError, remote.FetchError) as exc:
-            return exc
-    if locations and remote.is_url(locations[0]):
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            return list(pool.map(one, locations))
-    return [one(loc) for loc in locations]
-
-
-def _sha256_problem(location: str, expected: str, policy, nbytes: int) -> str | None:
-    try:
-        digest = sha256_file(Path(location)) if not remote.is_url(location) else \
-            hashlib.sha256(remote.read_location(location, policy, size=nbytes)).hexdigest()
-    except (OSError, remote.FetchError) as exc:
-        return f"unreadable ({getattr(exc, 'strerror', None) or exc})"
-    return None if digest == expected else "sha256 differs from the manifest (corrupted or replaced)"
-
-
-def check_shards(m: mf.Manifest, *, full: bool = False,
-                 policy: remote.FetchPolicy | None = None) -> list[tuple[int, str]]:
-    """(shard number, problem) for each shard that is missing or whose size differs from the
-    manifest; with `full`, also each whose sha256 differs (reads every shard once). Shared by
-    `--verify`, training (before step 1) and prediction; shards may be at a URL."""
-    problems = []
-    locations = m.shard_locations()
-    for s, (info, location, size) in enumerate(zip(m.shards, locations, _sizes(locations, policy))):
-        if isinstance(size, Exception):
-            problems.append((s, f"cannot access ({getattr(size, 'strerror', None) or size})"))
-            continue
-        if size is None:
-            problems.append((s, "missing shard"))
-            continue
-        if info.sha256 and size != info.bytes:
-            problems.append((s, f"{size} bytes, the manifest says {info.bytes} (truncated or replaced)"))
-            continue
-        if full and info.sha256:
-            problem = _sha256_problem(location, info.sha256, policy, info.bytes)
-            if problem:
-                problems.append((s, problem))
-    return problems
 
 
 def _tar_members(data: bytes) -> tuple[list[str], dict[str, dict[str, bytes]], dict[str, dict[str, int]]]:

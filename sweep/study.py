@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import ensure_writable, write_text
-from pipeline.config import CacheConfig
+from pipeline.reading import CacheConfig
 from pipeline.errors import PhonerecError
 from pipeline.options import Options, Range, option
 from training.config import TrainConfig

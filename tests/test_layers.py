@@ -43,6 +43,36 @@ def test_imports_run_one_way(package):
     assert not wrong, f"upward imports: {wrong}"
 
 
+# The contract: the modules of pipeline/ that stage 2 (and decoding, sweep) may read; the rest is
+# stage 1's own rooms (layout, validate, store, stats, shards, build, verify, publish, workers).
+CONTRACT = {"features", "vocab", "manifest", "shardformat", "atomic", "errors", "remote", "reading", "npyfile",
+            "limits", "options", "strict"}
+
+
+def pipeline_modules(path: Path) -> set[str]:
+    """The pipeline modules a module imports (`from pipeline import manifest`, `from pipeline.remote ...`)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "pipeline":
+            parts = node.module.split(".")
+            out.update(parts[1:2] if len(parts) > 1 else [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline."))
+    return out
+
+
+@pytest.mark.parametrize("package", ["training", "decoding", "sweep"])
+def test_stage_2_reads_only_the_contract(package):
+    """...and its command modules also the click side of the options."""
+    wrong = {}
+    for path in modules(package):
+        allowed = CONTRACT | ({"cli_options"} if path.name == "commands.py" else set())
+        extra = pipeline_modules(path) - allowed
+        if extra:
+            wrong[str(path.relative_to(ROOT))] = sorted(extra)
+    assert not wrong, f"stage-1 rooms read from stage 2: {wrong}"
+
+
 CLICK_SIDE = "pipeline/cli_options.py"      # makes click options from the config dataclasses' fields
 
 

@@ -19,7 +19,8 @@ from phonerec.cli import main as cli_main
 from pipeline.shardformat import make_keys
 from pipeline.shards import cut_points, plan_order
 from corpora.random import FRAMES_PER_S, generate, sample_durations, utterance
-from pipeline.validate import MAX_ABS_FEATURE, UtteranceError, load_features, load_transcript
+from pipeline.npyfile import MAX_ABS_FEATURE, UtteranceError, load_features
+from pipeline.validate import load_transcript
 from pipeline.vocab import EOS, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, VOCAB, ctc_min_frames
 
 

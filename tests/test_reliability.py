@@ -27,8 +27,8 @@ from click.testing import CliRunner
 
 from phonerec.cli import main as cli_main
 from pipeline import manifest as mf
-from pipeline import validate
-from pipeline.verify import check_shards
+from pipeline import npyfile, validate
+from pipeline.reading import check_shards
 from tests import helpers
 from tests.helpers import (DEV, FAST_COUNTS, MAX_FRAMES, TEST, TRAIN, assert_one_line_error, cli,
                            flip_feature_byte, load_last, make_weights, metrics, temp_leftovers, train_and_stop,
@@ -133,7 +133,7 @@ def test_unreadable_files_are_rejected_with_permission_reason(pipe, tmp_path, mo
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return builtins.open(file, *a, **k)
 
-    monkeypatch.setattr(validate, "open", guarded_open, raising=False)
+    monkeypatch.setattr(npyfile, "open", guarded_open, raising=False)
     summary = pipe.build(data, tmp_path / "shards", min_shards=2)      # workers=1: in this process
     rows = {r["file"]: r for r in pipe.rejected_rows(tmp_path / "shards")}
     assert set(rows) == {str(p) for p in locked}

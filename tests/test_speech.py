@@ -23,7 +23,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from corpora import speech as sp  # noqa: E402
 from phonerec.cli import main as cli_main  # noqa: E402
-from pipeline.validate import load_features, load_transcript  # noqa: E402
+from pipeline.npyfile import load_features  # noqa: E402
+from pipeline.validate import load_transcript  # noqa: E402
 from pipeline.vocab import EOS, LABEL_SYMBOLS, SOS, SYMBOL_INDEX, ctc_min_frames  # noqa: E402
 
 try:

@@ -294,7 +294,7 @@ def test_a_server_error_on_the_size_probe_is_retried_not_missing(served):
     rel, n = first_shard(folder)
     m = mf.load(srv.url, TRAIN)
     srv.fail(rel, status=503, times=1, method="HEAD")
-    from pipeline.verify import check_shards
+    from pipeline.reading import check_shards
     assert check_shards(m, policy=FAST) == []                            # retried: there
     srv.fail(rel, status=503, times=None, method="HEAD")
     [(s, why)] = check_shards(m, policy=FAST)

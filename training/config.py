@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decoding.search import SearchOptions
-from pipeline.config import CacheConfig, progress_field
+from pipeline.reading import CacheConfig, progress_field
 from pipeline.errors import PhonerecError
 from pipeline.limits import MAX_WORKERS
 from pipeline.options import Options, Range, from_dict, known, option, redefault

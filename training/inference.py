@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.atomic import ensure_writable, folder_locks
-from pipeline.verify import check_shards
+from pipeline.reading import check_shards
 
 from decoding import SearchOptions, greedy_decode, restrict_to_labels
 from decoding.decoder import DecodePlan

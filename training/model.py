@@ -37,7 +37,7 @@ __all__ = [
     "MaskedBatchNorm1d",
     "ConvBlock",
     "PRESETS",
-    "PRESET_PARAMETERS",
+    "preset_parameters",
     "build_model",
     "preset_config",
     "count_parameters",
@@ -344,44 +344,28 @@ PRESETS: dict[str, ModelConfig] = {
         lstm_hidden=512, lstm_layers=2, pblstm_layers=2, locked_dropout=0.3,
         classifier_hidden=[2048, 1024], classifier_dropout=0.2,
     ),
-    # The same two recipes at CPU widths (~2.5-3 M parameters, like `default` narrowed to 192),
-    # for ablations on a CPU.
-    "f22-best-cpu": ModelConfig(
-        conv_channels=[128, 192], conv_kernels=[5, 5], conv_strides=[2, 2], conv_dropout=0.1,
-        embed_block="convnext", embed_blocks=2, norm="batch", activation="gelu",
-        lstm_hidden=192, lstm_layers=2, locked_dropout=0.2,
-        classifier_hidden=[768], classifier_dropout=0.2,
-    ),
-    "s24-pblstm-cpu": ModelConfig(
-        conv_channels=[96, 128], conv_kernels=[3, 3], conv_strides=[1, 1], conv_dropout=0.1,
-        norm="batch", activation="gelu",
-        lstm_hidden=192, lstm_layers=2, pblstm_layers=2, locked_dropout=0.2,
-        classifier_hidden=[768, 384], classifier_dropout=0.2,
-    ),
 }
+# The same two recipes at CPU widths (~2.5-3 M parameters, like `default` narrowed to 192), for
+# ablations on a CPU: only the widths (and the locked dropout, for the smaller model) differ.
+PRESETS["f22-best-cpu"] = dataclasses.replace(copy.deepcopy(PRESETS["f22-best"]), conv_channels=[128, 192],
+                                              lstm_hidden=192, locked_dropout=0.2, classifier_hidden=[768])
+PRESETS["s24-pblstm-cpu"] = dataclasses.replace(copy.deepcopy(PRESETS["s24-pblstm"]), conv_channels=[96, 128],
+                                                lstm_hidden=192, locked_dropout=0.2, classifier_hidden=[768, 384])
 
 
-# Trainable parameters of every preset at (15 features, 43 classes: this project's F22 edition)
-# and at (28 features, 41 classes: the S23/S24 editions'); the course caps a model at 20 M.
-# tests/test_presets.py checks them against count_parameters and `phonerec train --help`.
-PRESET_PARAMETERS: dict[str, tuple[int, int]] = {
-    "model1": (159_531, 172_329),
-    "model2": (321_387, 325_033),
-    "model3": (1_334_379, 1_338_281),
-    "default": (4_843_307, 4_862_249),
-    "large": (22_328_363, 22_413_353),
-    "f22-best": (19_761_451, 19_769_897),
-    "s24-pblstm": (19_042_731, 19_045_673),
-    "f22-best-cpu": (2_537_771, 2_544_553),
-    "s24-pblstm-cpu": (2_817_995, 2_820_969),
-}
+def preset_parameters(preset: str, input_dim: int = 15, num_classes: int = 43) -> int:
+    """Trainable parameters of `preset` for that edition (15 features and 43 classes: F22's; the
+    course caps a model at 20 M), counted on the meta device: no storage, milliseconds."""
+    cfg = dataclasses.replace(PRESETS[preset], input_dim=input_dim, num_classes=num_classes)
+    with torch.device("meta"):
+        return count_parameters(Model(cfg))
 
 
 def preset_help() -> str:
-    """`--preset`'s help: every preset's size (PRESET_PARAMETERS) grouped by time downsampling."""
+    """`--preset`'s help: every preset's size (preset_parameters) grouped by time downsampling."""
     groups: dict[int, list[str]] = {}
-    for name, (n, _) in PRESET_PARAMETERS.items():
-        groups.setdefault(PRESETS[name].downsampling, []).append(f"{name} {n / 1e6:.2f} M")
+    for name in PRESETS:
+        groups.setdefault(PRESETS[name].downsampling, []).append(f"{name} {preset_parameters(name) / 1e6:.2f} M")
     sizes = "; ".join(f"{', '.join(names)} (x{d})" for d, names in groups.items())
     return f"Model architecture; parameters at 15 features and 43 classes (time downsampling): {sizes}."
 

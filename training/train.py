@@ -21,7 +21,7 @@ from pipeline import manifest as mf
 from pipeline import remote
 from pipeline.atomic import ensure_writable, folder_locks, write_json
 from pipeline.remote import FetchPolicy
-from pipeline.verify import check_shards
+from pipeline.reading import check_shards
 from pipeline.vocab import Inventory
 
 from . import budget as B

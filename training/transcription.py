@@ -12,7 +12,7 @@ import torch
 
 from pipeline.atomic import ensure_writable
 from pipeline.features import FRAME_RATE, STORAGE_DTYPE
-from pipeline.validate import UtteranceError, load_features
+from pipeline.npyfile import UtteranceError, load_features
 from pipeline.vocab import F22, Inventory
 
 from decoding import CTCBeamDecoder, greedy_decode, restrict_to_labels
