@@ -94,6 +94,25 @@ class Budget:
         self.planned = epochs_done + plan_epochs(available, self.epoch_seconds, self.cap - epochs_done)
         return self.planned
 
+    def plan_ranks(self, ctx, epoch_frames: float, dev_frames: float, in_epoch_s: float, epochs_done: int) -> int:
+        """`plan` from every rank's timed steps (`ctx`: training.distributed's; times and frames
+        summed over ranks, so all make the same plan): this rank's padded `epoch_frames`, the dev
+        pass's frames, `in_epoch_s` seconds into the current epoch. Collective."""
+        from . import distributed as D
+        before_epoch = self.elapsed() - in_epoch_s
+        seconds, frames, epoch_frames, before_epoch = D.all_sum(ctx, [self.measured, self.frames, epoch_frames,
+                                                                      before_epoch])
+        return self.plan(seconds, frames, epoch_frames / ctx.world, dev_frames / ctx.world,
+                         self.seconds - before_epoch / ctx.world, epochs_done=epochs_done)
+
+    def after_epoch(self, ctx, epochs_done: int, epoch_s: float) -> tuple[int | None, float, float]:
+        """`replan` on the means over ranks of the clock and the last epoch's time (each rank has
+        its own: one decision for all). Returns (the new plan or None, elapsed, epoch seconds).
+        Collective."""
+        from . import distributed as D
+        elapsed, epoch_s = (v / ctx.world for v in D.all_sum(ctx, [self.elapsed(), epoch_s]))
+        return self.replan(epochs_done, epoch_s, elapsed), elapsed, epoch_s
+
     def replan(self, epochs_done: int, last_epoch_s: float, elapsed: float) -> int | None:
         """At an epoch's end, `elapsed` seconds into the budget: if the planned epochs left, each
         as long as the last one, would end more than SLACK past the budget, plan only those that

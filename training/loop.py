@@ -39,7 +39,7 @@ from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
 
 from . import distributed as D
-from . import metrics, tensorboard
+from . import metrics, schedule, tensorboard
 from .augment import AugmentConfig
 from .average import WeightAverage
 from .budget import Budget, describe
@@ -392,27 +392,14 @@ def train_one_epoch(run: Run, st: TrainState, plan: EpochPlan, first: int) -> di
 
 
 def plan_budget(run: Run, st: TrainState, plan: EpochPlan) -> None:
-    """The time budget's plan, from the steps timed so far, and the cosine schedule stretched to
-    end with it. Collective: times and frames are summed over ranks, so all make the same plan."""
-    b, ctx = run.budget, run.ctx
-    mine = padded_frames(plan, run.steps_per_epoch)
-    # The dev pass scores the averaged weights too: twice the dev frames.
-    passes = 2 if st.average is not None else 1
+    """The time budget's plan, from the steps timed so far (training/budget.py), and the schedule
+    made to end with it. Collective."""
+    passes = 2 if st.average is not None else 1          # the dev pass scores the averaged weights too
     dev = passes * float(run.dev_m.frames.sum()) if run.dev_m is not None else 0.0
-    # Every rank plans from the same sums (its own clock could tip the plan: ranks must agree).
-    before_epoch = b.elapsed() - (time.perf_counter() - st.t_epoch)
-    seconds, frames, epoch_frames, before_epoch = D.all_sum(ctx, [b.measured, b.frames, mine, before_epoch])
-    b.plan(seconds, frames, epoch_frames / ctx.world, dev / ctx.world, b.seconds - before_epoch / ctx.world,
-           epochs_done=st.epoch)
-    set_schedule_epochs(run, st, b.planned)
-    run.log(describe(b, run.steps_per_epoch))
-
-
-def set_schedule_epochs(run: Run, st: TrainState, epochs: int) -> None:
-    """Make the cosine schedule (training.train.Cosine) end with the last step of `epochs`."""
-    lambdas = getattr(st.sched, "lr_lambdas", None)
-    if lambdas and hasattr(lambdas[0], "total"):
-        lambdas[0].total = run.steps_per_epoch * epochs
+    epochs = run.budget.plan_ranks(run.ctx, padded_frames(plan, run.steps_per_epoch), dev,
+                                   time.perf_counter() - st.t_epoch, st.epoch)
+    schedule.set_total(st.sched, run.steps_per_epoch * epochs)
+    run.log(describe(run.budget, run.steps_per_epoch))
 
 
 def padded_frames(plan: EpochPlan, steps: int) -> float:

@@ -7,7 +7,6 @@ checkpoints, the epoch record) are in training/loop.py.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from pathlib import Path
@@ -26,7 +25,7 @@ from pipeline.vocab import Inventory
 
 from . import budget as B
 from . import distributed as D
-from . import host, metrics, tensorboard
+from . import host, metrics, schedule, tensorboard
 from .augment import AugmentConfig
 from .average import WeightAverage
 from .tuning import RECORD
@@ -35,11 +34,11 @@ from .checkpoint import (LAST, Checkpoint, CheckpointError, check_file, load_wei
 from .config import TrainConfig
 from .data import ShardSource, damage_report, shard_label, without_shards
 from .loop import (DataError, EvalResult, Run, StepHook, TrainingError, TrainState, evaluate, finish_epoch,
-                   plan_for, save_checkpoint, set_schedule_epochs, train_one_epoch)
+                   plan_for, save_checkpoint, train_one_epoch)
 from .model import Model, check_fits, count_parameters, describe, device_memory, preset_config
 from .plan import BatchOptions, check_budget
 
-__all__ = ["train", "TrainingError", "DataError", "EvalResult", "evaluate", "make_scheduler", "ctc_infeasible"]
+__all__ = ["train", "TrainingError", "DataError", "EvalResult", "evaluate", "ctc_infeasible"]
 
 
 def train(cfg: TrainConfig, log=print, on_step: StepHook | None = None) -> dict:
@@ -114,7 +113,7 @@ def _train(cfg: TrainConfig, ctx: D.Context, log, on_step: StepHook | None) -> d
               infeasible_ids=infeasible_ids, skipped=skipped, on_step=on_step, source=source)
     run.steps_per_epoch = _steps_per_epoch(run)
     run.budget = _make_budget(cfg, ck, started, log)
-    st.sched = make_scheduler(cfg, st.opt, run.steps_per_epoch * run.epochs)
+    st.sched = schedule.make_scheduler(cfg, st.opt, run.steps_per_epoch * run.epochs)
     st.step_sched = st.sched is not None and cfg.scheduler != "plateau"
     if ck is not None:
         _restore(st, ck, ctx, log)
@@ -156,9 +155,7 @@ def _shrink_plan(run: Run, st: TrainState, epochs_done: int, epoch_s: float) -> 
     Collective."""
     b = run.budget
     was = b.epochs
-    # One decision for all ranks (each has its own clock): the means over ranks.
-    elapsed, epoch_s = (v / run.ctx.world for v in D.all_sum(run.ctx, [b.elapsed(), epoch_s]))
-    new = b.replan(epochs_done, epoch_s, elapsed)
+    new, elapsed, epoch_s = b.after_epoch(run.ctx, epochs_done, epoch_s)
     if new is None:
         return False
     at = f"at {elapsed / 60:.1f} of {b.seconds / 60:g} min, the last epoch took {epoch_s / 60:.1f} min"
@@ -166,7 +163,7 @@ def _shrink_plan(run: Run, st: TrainState, epochs_done: int, epoch_s: float) -> 
         run.log(f"time budget: stopping after epoch {epochs_done} of the {was} planned ({at}; checkpoint "
                 f"{run.weights / LAST})")
         return True
-    set_schedule_epochs(run, st, new)
+    schedule.set_total(st.sched, run.steps_per_epoch * new)
     save_checkpoint(run, st, LAST, epochs_done, 0)
     run.log(f"time budget: {new} epochs instead of {was} ({at}); the learning-rate schedule ends with them")
     return False
@@ -460,35 +457,6 @@ def make_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-class Cosine:
-    """Linear warm-up over a fraction of all steps, then a cosine down to 2 % at the last one.
-    A class, not a closure, so that LambdaLR's state_dict keeps `total`: a time budget's plan
-    (training/budget.py) changes it after the first steps."""
-
-    def __init__(self, total: int, warmup: float):
-        self.total, self.warmup = total, warmup
-
-    def __call__(self, step: int) -> float:
-        warm = max(1, int(self.warmup * self.total))
-        if step < warm:
-            return (step + 1) / warm
-        p = min(1.0, (step - warm) / max(1, self.total - warm))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(opt, Cosine(total_steps, cfg.warmup))
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 2))
-    if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.plateau_patience,
-                                                          factor=cfg.plateau_factor)
-    if cfg.scheduler == "none":
-        return None
-    raise ValueError(f"unknown scheduler {cfg.scheduler!r}: cosine, onecycle, plateau or none")
 
 
 def _prepare_outputs(run: Run, st: TrainState, resumed: bool) -> None:
