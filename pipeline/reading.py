@@ -1,18 +1,21 @@
 """How every stage reads built shards (the contract's side of it): the options for shards at a URL
 and the local cache, declared once, which build their FetchPolicy (pipeline/remote.py); `--quiet`;
-and the check that a split's shards are all there at the sizes (and digests) its manifest records,
-which `shards --verify`, training (before step 1) and the decoding commands share."""
+the check that a split's shards are all there at the sizes (and digests) its manifest records;
+and the one reader of a shard's bytes (ShardReader), which `shards --verify`, the loaders and the
+decoding commands share."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest as mf
 from . import remote
+from .errors import PhonerecError
 from .options import Options, Range, option
 from .remote import MAX_MANIFEST, MIN_RATE, SHA256, FetchPolicy, parse_size
 
@@ -146,3 +149,115 @@ def check_shards(m: mf.Manifest, *, full: bool = False,
             if problem:
                 problems.append((s, problem))
     return problems
+
+
+# ------------------------------------------------------------------ reading a shard's bytes
+
+class ShardReadError(PhonerecError):
+    """A shard that does not hold what its manifest says (missing, truncated, corrupted, replaced).
+    Its text is one line also when a DataLoader worker raised it (see error_message)."""
+
+    damaged_input = True
+
+    def __str__(self) -> str:
+        return _one_line(super().__str__())
+
+
+_WORKER_ERROR = re.compile(r"ShardReadError: (.+)$")
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line message of a ShardReadError, also when a DataLoader worker raised it (the
+    DataLoader re-raises it with the worker's whole traceback as its message)."""
+    return _one_line(str(exc))
+
+
+def _one_line(text: str) -> str:
+    if "Traceback" in text:
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        found = _WORKER_ERROR.search(lines[-1]) if lines else None
+        if found:
+            return found.group(1)
+    return text
+
+
+def repair_hint(location: str | Path) -> str:
+    """What to do about a damaged shard at this path or URL."""
+    root = remote.parent(str(location), 2)
+    if remote.is_url(str(location)):
+        return (f"run `phonerec shards --verify --shards {root}` to list every damaged shard; rebuild them where the "
+                "shards were built and publish them again (`phonerec publish`)")
+    return (f"run `phonerec shards --verify --shards {root}` to list every damaged shard, delete them "
+            "and rerun `phonerec shards` with the same options to rewrite them")
+
+
+def _shard_error(location: str, problem: str, after: str = "") -> ShardReadError:
+    sep = " " if problem.startswith("has ") else ": "
+    return ShardReadError(f"shard {location}{sep}{problem}{after}; {repair_hint(location)}")
+
+
+def _read_local(m: mf.Manifest, s: int, path: Path) -> bytes:
+    """A local shard's bytes, checked against the manifest (Manifest.shard_problem)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ShardReadError(f"missing shard {path}; {repair_hint(path)}") from None
+    except OSError as exc:
+        raise ShardReadError(f"cannot read shard {path} ({exc.strerror or exc}); {repair_hint(path)}") from None
+    problem = m.shard_problem(s, data)
+    if problem:
+        raise _shard_error(str(path), problem)
+    return data
+
+
+@dataclass
+class ShardReader:
+    """The one reader of a shard's bytes, beside the cache it keeps them in (remote.ShardCache): a
+    local file as it is; a URL with the policy's retries, one more download after a failed
+    checksum, and the cache. `read` checks the bytes against the manifest (what the loaders and
+    the decoding commands read); `raw` gives them as stored, uncached (what `shards --verify`
+    checks itself). `count(name, n)` hears what the reads did (training counts it per process)."""
+
+    policy: FetchPolicy = field(default_factory=FetchPolicy)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Told what each read did (remote.COUNTERS); this reader keeps no count."""
+
+    def raw(self, m: mf.Manifest, s: int) -> bytes:
+        """Shard s's bytes as stored, at most its manifest's size + 1 (OSError or FetchError when
+        they cannot be read)."""
+        return remote.read_location(m.shard_location(s), self.policy, self.count, size=m.shards[s].bytes)
+
+    def read(self, m: mf.Manifest, s: int) -> bytes:
+        """Shard s's checked bytes (ShardReadError naming the path or URL when they cannot be had)."""
+        location = m.shard_location(s)
+        if not m.remote:
+            return _read_local(m, s, Path(location))
+        info = m.shards[s]
+        cache = remote.ShardCache(self.policy.cache, self.policy.cache_bytes) \
+            if self.policy.cache and info.sha256 else None
+        if cache is not None:
+            data = cache.get(info.sha256, info.bytes)
+            if data is not None and m.shard_problem(s, data) is None:
+                self.count("cache_hits")
+                return data
+            cache.drop(info.sha256)
+        return self._download(m, s, location, cache)
+
+    def _download(self, m: mf.Manifest, s: int, location: str, cache: remote.ShardCache | None) -> bytes:
+        """Fetch (with retries); a failed checksum is fetched once more before it is an error."""
+        for attempt in (1, 2):
+            try:
+                data = remote.read_bytes(location, self.policy, self.count, size=m.shards[s].bytes)
+            except FileNotFoundError:
+                raise ShardReadError(f"missing shard {location}; {repair_hint(location)}") from None
+            except remote.FetchError as exc:
+                raise ShardReadError(f"{exc}; the shard could not be fetched: check the server and the URL") from None
+            problem = m.shard_problem(s, data)
+            if problem is None:
+                if cache is not None:
+                    cache.put(m.shards[s].sha256, data)
+                return data
+            if attempt == 1:
+                self.count("refetched")
+        raise _shard_error(location, problem, " (fetched twice)")

@@ -15,7 +15,7 @@ from . import remote
 from .config import ShardsConfig
 from .errors import PhonerecError
 from .layout import list_split
-from .reading import check_shards
+from .reading import ShardReader, check_shards
 from .shardformat import FEATS, LABELS, load_npy
 
 
@@ -86,13 +86,14 @@ def verify_split(shards_dir: str | Path, split: str, data: Path | None = None,
     except (mf.ManifestError, remote.FetchError) as exc:
         return [str(exc)]
     damaged = dict(check_shards(m, policy=policy))
-    for i, (info, location) in enumerate(zip(m.shards, m.shard_locations())):
+    reader = ShardReader(policy or remote.FetchPolicy())       # the loaders' reader, its bytes as stored
+    for i, info in enumerate(m.shards):
         where = f"{split}/{info.name}"
         if i in damaged:
             problems.append(f"{where}: {damaged[i]}")
             continue
         try:
-            blob = remote.read_location(location, policy, size=info.bytes)
+            blob = reader.raw(m, i)
         except (OSError, remote.FetchError) as exc:
             problems.append(f"{where}: unreadable ({getattr(exc, 'strerror', None) or exc})")
             continue

@@ -20,7 +20,8 @@ from pipeline.manifest import Manifest, ShardInfo
 from pipeline.shards import plan_order, cut_points
 from corpora.random import sample_durations
 from training import data as tdata
-from training.data import ShardReadError, make_loader
+from pipeline.reading import ShardReadError
+from training.data import make_loader
 from training.plan import BatchOptions, PlanError, check_budget, plan_epoch
 
 TRAIN, DEV, TEST = "train-clean-100", "dev-clean", "test-clean"

@@ -36,7 +36,8 @@ from tests.helpers import (DEV, FAST_COUNTS, MAX_FRAMES, TEST, TRAIN, assert_one
 from training import checkpoint as ckpt
 from training import data as tdata
 from training import loop as tloop
-from training.data import ShardReadError, make_loader
+from pipeline.reading import ShardReadError
+from training.data import make_loader
 from training.plan import BatchOptions, plan_epoch
 
 N_TRAIN = FAST_COUNTS[TRAIN]      # training utterances of the `fast` corpus (conftest.py)

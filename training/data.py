@@ -14,12 +14,10 @@ import io
 import multiprocessing
 import os
 import math
-import re
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,10 +25,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline import remote
-from pipeline.errors import PhonerecError
 from pipeline.features import STORAGE_DTYPE
 from pipeline.limits import shared_memory_bytes
 from pipeline.manifest import Manifest
+from pipeline.reading import ShardReader, ShardReadError, error_message, repair_hint
 from pipeline.remote import FetchPolicy
 from pipeline.shardformat import FEATS, LABELS, decode_sample, slice_member
 
@@ -42,26 +40,6 @@ from .plan import EpochPlan
 _INT_BYTES = np.dtype(np.int64).itemsize
 _FEATURE_BYTES = STORAGE_DTYPE.itemsize
 _TORCH_STORAGE_DTYPE = torch.from_numpy(np.zeros(0, STORAGE_DTYPE)).dtype
-
-
-class ShardReadError(PhonerecError):
-    """A shard that does not hold what its manifest says (missing, truncated, corrupted, replaced).
-    Its text is one line also when a DataLoader worker raised it (see error_message)."""
-
-    damaged_input = True
-
-    def __str__(self) -> str:
-        return _one_line(super().__str__())
-
-
-def repair_hint(location: str | Path) -> str:
-    """What to do about a damaged shard at this path or URL."""
-    root = remote.parent(str(location), 2)
-    if remote.is_url(str(location)):
-        return (f"run `phonerec shards --verify --shards {root}` to list every damaged shard; rebuild them where the "
-                "shards were built and publish them again (`phonerec publish`)")
-    return (f"run `phonerec shards --verify --shards {root}` to list every damaged shard, delete them "
-            "and rerun `phonerec shards` with the same options to rewrite them")
 
 
 def shard_label(m: Manifest, s: int) -> str:
@@ -92,33 +70,12 @@ def without_shards(m: Manifest, drop: set[int] | list[int]) -> Manifest:
         ctc_lens=None if m.ctc_lens is None else m.ctc_lens[rows])
 
 
-def _shard_error(location: str, problem: str, after: str = "") -> ShardReadError:
-    sep = " " if problem.startswith("has ") else ": "
-    return ShardReadError(f"shard {location}{sep}{problem}{after}; {repair_hint(location)}")
-
-
-def read_shard_bytes(m: Manifest, s: int, path: Path) -> bytes:
-    """A local shard's bytes, checked against the manifest (Manifest.shard_problem)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ShardReadError(f"missing shard {path}; {repair_hint(path)}") from None
-    except OSError as exc:
-        raise ShardReadError(f"cannot read shard {path} ({exc.strerror or exc}); {repair_hint(path)}") from None
-    problem = m.shard_problem(s, data)
-    if problem:
-        raise _shard_error(str(path), problem)
-    return data
-
-
 @dataclass
-class ShardSource:
-    """Where the loaders' shard bytes come from: local files as they are; URLs with the policy's
-    retries, one more download after a failed checksum, and its cache. What the reads did is
-    counted in `counters` (int64 [rows, COUNTERS], shared memory: row 0 is this process, row w + 1
-    DataLoader worker w), so the trainer can report it whichever process fetched."""
+class ShardSource(ShardReader):
+    """The loaders' ShardReader (pipeline/reading.py), whose reads are counted in `counters` (int64
+    [rows, COUNTERS], shared memory: row 0 is this process, row w + 1 DataLoader worker w), so the
+    trainer can report them whichever process fetched."""
 
-    policy: FetchPolicy = field(default_factory=FetchPolicy)
     counters: torch.Tensor | None = None
 
     @classmethod
@@ -136,40 +93,6 @@ class ShardSource:
         """Every counter summed over the processes (this one and its loader workers)."""
         sums = self.counters.sum(0).tolist() if self.counters is not None else [0] * len(remote.COUNTERS)
         return dict(zip(remote.COUNTERS, (int(v) for v in sums)))
-
-    def read(self, m: Manifest, s: int) -> bytes:
-        """Shard s's checked bytes (ShardReadError naming the path or URL when they cannot be had)."""
-        location = m.shard_location(s)
-        if not m.remote:
-            return read_shard_bytes(m, s, Path(location))
-        info = m.shards[s]
-        cache = remote.ShardCache(self.policy.cache, self.policy.cache_bytes) \
-            if self.policy.cache and info.sha256 else None
-        if cache is not None:
-            data = cache.get(info.sha256, info.bytes)
-            if data is not None and m.shard_problem(s, data) is None:
-                self.count("cache_hits")
-                return data
-            cache.drop(info.sha256)
-        return self._download(m, s, location, cache)
-
-    def _download(self, m: Manifest, s: int, location: str, cache: remote.ShardCache | None) -> bytes:
-        """Fetch (with retries); a failed checksum is fetched once more before it is an error."""
-        for attempt in (1, 2):
-            try:
-                data = remote.read_bytes(location, self.policy, self.count, size=m.shards[s].bytes)
-            except FileNotFoundError:
-                raise ShardReadError(f"missing shard {location}; {repair_hint(location)}") from None
-            except remote.FetchError as exc:
-                raise ShardReadError(f"{exc}; the shard could not be fetched: check the server and the URL") from None
-            problem = m.shard_problem(s, data)
-            if problem is None:
-                if cache is not None:
-                    cache.put(m.shards[s].sha256, data)
-                return data
-            if attempt == 1:
-                self.count("refetched")
-        raise _shard_error(location, problem, " (fetched twice)")
 
 
 def _samples(data: bytes, url: str):
@@ -362,24 +285,6 @@ class PlannedShards(IterableDataset):
                 sent += 1
                 yield (slot, k, buf.numel()), shape
             del samples
-
-
-_WORKER_ERROR = re.compile(r"ShardReadError: (.+)$")
-
-
-def error_message(exc: BaseException) -> str:
-    """The one-line message of a ShardReadError, also when a DataLoader worker raised it (the
-    DataLoader re-raises it with the worker's whole traceback as its message)."""
-    return _one_line(str(exc))
-
-
-def _one_line(text: str) -> str:
-    if "Traceback" in text:
-        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-        found = _WORKER_ERROR.search(lines[-1]) if lines else None
-        if found:
-            return found.group(1)
-    return text
 
 
 class _Batches:

@@ -14,14 +14,14 @@ from tqdm import tqdm
 
 from pipeline import manifest as mf
 from pipeline.atomic import ensure_writable, folder_locks
-from pipeline.reading import check_shards
+from pipeline.reading import ShardReadError, check_shards, repair_hint
 
 from decoding import SearchOptions, greedy_decode, restrict_to_labels
 from decoding.decoder import DecodePlan
 
 from . import distributed as D
 from .config import SearchConfig, SplitConfig
-from .data import ShardReadError, ShardSource, damage_report, make_loader, repair_hint, shard_label
+from .data import ShardSource, damage_report, make_loader, shard_label
 from .loading import CompatibilityError, Loaded, check_compatible, load_model
 from .plan import DEFAULT_MAX_FRAMES, BatchOptions, plan_epoch
 from .tuning import Choice, sha256

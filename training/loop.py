@@ -37,6 +37,7 @@ from decoding import greedy_decode, restrict_to_labels
 from pipeline import manifest as mf
 from pipeline.atomic import atomic_path
 from pipeline.errors import PhonerecError
+from pipeline.reading import ShardReadError, error_message
 
 from . import distributed as D
 from . import metrics, schedule, tensorboard
@@ -45,7 +46,7 @@ from .average import WeightAverage
 from .budget import Budget, describe
 from .checkpoint import BEST, LAST, Checkpoint, capture_rng
 from .config import TrainConfig
-from .data import Batch, ShardReadError, ShardSource, error_message, make_loader
+from .data import Batch, ShardSource, make_loader
 from .model import Model
 from .plan import BatchOptions, EpochPlan, plan_epoch
 

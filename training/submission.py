@@ -12,12 +12,13 @@ from pathlib import Path
 
 from pipeline import manifest as mf
 from pipeline.atomic import write_json, write_text
+from pipeline.reading import ShardReadError
 from pipeline.remote import is_url
 
 from . import distributed as D
 from .checkpoint import BEST, LAST
 from .config import PredictConfig
-from .data import ShardReadError, ShardSource
+from .data import ShardSource
 from .inference import (beam_settings, decode_checkpoint, decoding_choice, describe_decoding, empty_split_message,
                         provenance, results_lock)
 from .loading import CompatibilityError
