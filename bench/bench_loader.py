@@ -59,16 +59,16 @@ import math
 import os
 import platform
 import resource
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from bench import ROOT
+from bench.harness import emit, run_child
 from pipeline import manifest as mf
 from pipeline.features import hours
 from pipeline.layout import transcript_dir
@@ -76,7 +76,6 @@ from pipeline.npyfile import npy_frames
 from training.plan import DEFAULT_MAX_FRAMES
 
 SYSTEMS = ("ours", "baseline_lazy", "baseline_memory")
-EVENT = "@@BENCH "
 LOADER_PHASES = ("setup", "loader_w2", "loader_w0", "loader_cold")
 
 
@@ -109,7 +108,7 @@ QUICK = dict(batches=12, seconds=10.0, train_steps=1, warmup_steps=0, max_frames
 # --------------------------------------------------------------------------------- the systems (child side)
 
 def _emit(**event) -> None:
-    print(EVENT + json.dumps(event), flush=True)
+    emit(event)
 
 
 def _phase(name: str) -> None:
@@ -370,107 +369,70 @@ def _machine_busy() -> float:
 
 def run_system(system: str, data: Path, shards: Path, cfg: LoaderBenchConfig, batch_size: int,
                log=print) -> dict:
-    """One system in a fresh subprocess, its process tree's memory sampled per phase."""
+    """One system in a fresh subprocess (bench/harness.py), its process tree's memory sampled per phase."""
     spec = {"system": system, "data": str(data), "shards": str(shards), "config": asdict(cfg),
             "batch_size": batch_size}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cfg.omp_wait_policy:
-        env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy
-    own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t_spawn = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_loader", "--child", json.dumps(spec)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    state = {"phase": "start"}
-    events: dict = {}
-    peaks: dict[str, list[float]] = {}
-    done = threading.Event()
-    err_lines: list[str] = []
+    phase, peaks, lock = ["start"], {}, threading.Lock()
 
-    lock = threading.Lock()
-
-    def sample():
-        pss, rss, nproc = tree_memory(proc.pid)
+    def sample(pid: int) -> None:
+        pss, rss, nproc = tree_memory(pid)
         with lock:
-            p = peaks.setdefault(state["phase"], [0.0, 0.0, 0])
+            p = peaks.setdefault(phase[0], [0.0, 0.0, 0])
             p[0], p[1], p[2] = max(p[0], pss), max(p[1], rss), max(p[2], nproc)
 
-    def reader():
-        for line in proc.stdout:
-            if line.startswith(EVENT):
-                ev = json.loads(line[len(EVENT):])
-                if ev["event"] == "phase":
-                    sample()            # every phase gets at least one sample, however short
-                    with lock:
-                        state["phase"] = ev["phase"]
-                    events[f"phase_{ev['phase']}"] = ev["t"]
-                else:
-                    events[ev["event"]] = ev.get("result", ev.get("t"))
-
-    def err_reader():
-        for line in proc.stderr:
-            err_lines.append(line)
-            del err_lines[:-60]
-
-    def sampler():
-        while not done.is_set():
-            sample()
-            done.wait(cfg.sample_interval)
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (reader, err_reader, sampler)]
-    for t in threads:
-        t.start()
+    def on_event(ev: dict, pid: int) -> None:
+        if ev["event"] == "phase":
+            sample(pid)                 # every phase gets at least one sample, however short
+            with lock:
+                phase[0] = ev["phase"]
     busy0, load0 = _machine_busy(), os.getloadavg()[0]
-    rc = proc.wait()
-    t_end = time.time()
-    own = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = run_child([sys.executable, "-m", "bench.bench_loader", "--child", json.dumps(spec)],
+                      env={"OMP_WAIT_POLICY": cfg.omp_wait_policy} if cfg.omp_wait_policy else None,
+                      on_event=on_event, tick=sample, every=cfg.sample_interval)
     busy1, load1 = _machine_busy(), os.getloadavg()[0]
-    done.set()
-    for t in threads:
-        t.join(timeout=5)
-    if rc != 0 or "result" not in events:
-        raise RuntimeError(f"{system} benchmark process failed (exit {rc}):\n{''.join(err_lines)[-4000:]}")
-    res = events["result"]
-    wall = t_end - t_spawn
-    own_cpu = (own.ru_utime + own.ru_stime) - (own0.ru_utime + own0.ru_stime)
-    machine_cpu = busy1 - busy0
-    stamps = sorted((t, k[len("phase_"):]) for k, t in events.items() if k.startswith("phase_"))
-    phase_seconds = {name: round(b - a, 2) for (a, name), (b, _) in zip(stamps, stamps[1:])}
-    loader_peaks = [peaks[p] for p in LOADER_PHASES if p in peaks] or [[float("nan"), float("nan"), 0]]
-    out = {
-        "first_batch_s": events["first_batch"] - t_spawn,
-        "first_batch_after_imports_s": events["first_batch"] - events["imported"],
-        "setup_s": res["setup_s"],
-        "loader_frames_per_s": res["w2"]["frames_per_s"],
-        "loader_utts_per_s": res["w2"]["utts_per_s"],
-        "loader_batches": res["w2"]["batches"],
-        "loader_seconds": res["w2"]["seconds"],
-        "padding_efficiency_loaded": res["w2"]["frames"] / max(res["w2"]["padded_frames"], 1),
-        "max_batch_frames_loaded": res["w2"]["max_batch_frames"],
-        "peak_rss_mb": max(p[0] for p in loader_peaks),
-        "peak_rss_sum_mb": max(p[1] for p in loader_peaks),
-        "peak_rss_main_mb": res["ru_maxrss_main_mb"],
-        "peak_rss_worker_mb": res["ru_maxrss_worker_mb"],
-        "loader_processes": max(p[2] for p in loader_peaks),
-        "wall_s": wall, "phase_seconds": phase_seconds,
-        # Other jobs on a shared machine: cores busy with something other than this benchmark.
-        "contention": {"loadavg_1min_start_end": [round(load0, 2), round(load1, 2)],
-                       "own_cpus": round(own_cpu / wall, 2),
-                       "other_cpus": round(max(machine_cpu - own_cpu, 0.0) / wall, 2)},
-    }
-    if "w0" in res:
-        out.update(loader_frames_per_s_w0=res["w0"]["frames_per_s"], loader_utts_per_s_w0=res["w0"]["utts_per_s"],
-                   loader_batches_w0=res["w0"]["batches"], loader_seconds_w0=res["w0"]["seconds"])
-    if "cold" in res:
-        out.update(loader_frames_per_s_cold=res["cold"]["frames_per_s"], loader_utts_per_s_cold=res["cold"]["utts_per_s"],
-                   loader_batches_cold=res["cold"]["batches"])
-    if "train" in res:
-        out.update(res["train"])
-        out["train_peak_rss_mb"] = peaks.get("train", [None])[0]
+    res = child.result()
+    if res is None:
+        raise RuntimeError(f"{system} benchmark process failed (exit {child.returncode}):\n{child.stderr[-4000:]}")
+    out = _system_figures(child, res, peaks)
+    out["contention"] = {"loadavg_1min_start_end": [round(load0, 2), round(load1, 2)],   # other jobs on the machine
+                         "own_cpus": round(child.cpu_s / child.wall_s, 2),
+                         "other_cpus": round(max(busy1 - busy0 - child.cpu_s, 0.0) / child.wall_s, 2)}
     log(f"  {system:<16} first batch {out['first_batch_s']:.1f} s, loader {out['loader_frames_per_s']:,.0f} "
-        f"frames/s (w{cfg.workers}), peak {out['peak_rss_mb']:,.0f} MB, {wall:.0f} s, "
+        f"frames/s (w{cfg.workers}), peak {out['peak_rss_mb']:,.0f} MB, {child.wall_s:.0f} s, "
         f"other jobs {out['contention']['other_cpus']:.1f} cores"
         + (f", train {out['train_frames_per_s']:,.0f} frames/s, wait {out['data_wait_fraction']:.2f}"
            if "train" in res else ""))
+    return out
+
+
+def _system_figures(child, res: dict, peaks: dict) -> dict:
+    """run_system's row: the child's result, its events' times and the sampled memory peaks."""
+    events = {f"phase_{e['phase']}" if e["event"] == "phase" else e["event"]: e.get("t") for e in child.events}
+    stamps = sorted((t, k[len("phase_"):]) for k, t in events.items() if k.startswith("phase_"))
+    loader_peaks = [peaks[p] for p in LOADER_PHASES if p in peaks] or [[float("nan"), float("nan"), 0]]
+    w2 = res["w2"]
+    out = {
+        "first_batch_s": events["first_batch"] - child.started,
+        "first_batch_after_imports_s": events["first_batch"] - events["imported"],
+        "setup_s": res["setup_s"], "loader_frames_per_s": w2["frames_per_s"], "loader_utts_per_s": w2["utts_per_s"],
+        "loader_batches": w2["batches"], "loader_seconds": w2["seconds"],
+        "padding_efficiency_loaded": w2["frames"] / max(w2["padded_frames"], 1),
+        "max_batch_frames_loaded": w2["max_batch_frames"],
+        "peak_rss_mb": max(p[0] for p in loader_peaks), "peak_rss_sum_mb": max(p[1] for p in loader_peaks),
+        "peak_rss_main_mb": res["ru_maxrss_main_mb"], "peak_rss_worker_mb": res["ru_maxrss_worker_mb"],
+        "loader_processes": max(p[2] for p in loader_peaks), "wall_s": child.wall_s,
+        "phase_seconds": {name: round(b - a, 2) for (a, name), (b, _) in zip(stamps, stamps[1:])},
+    }
+    for run_name in ("w0", "cold"):
+        if run_name in res:
+            r = res[run_name]
+            out.update({f"loader_frames_per_s_{run_name}": r["frames_per_s"], f"loader_utts_per_s_{run_name}":
+                        r["utts_per_s"], f"loader_batches_{run_name}": r["batches"]})
+            if run_name == "w0":
+                out["loader_seconds_w0"] = r["seconds"]
+    if "train" in res:
+        out.update(res["train"])
+        out["train_peak_rss_mb"] = peaks.get("train", [None])[0]
     return out
 
 
@@ -649,17 +611,25 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def config_arguments(ap: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of a bench config dataclass (its declaration is the one place: --batches,
+    --train-steps, ...); not given, the field keeps its default (or the --quick preset's)."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"default {f.default}")
+        else:
+            ap.add_argument(flag, type=type(f.default), default=None, help=f"default {f.default!r}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_loader", description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help="raw corpus root (holds <split>/mfcc)")
     ap.add_argument("--shards", type=Path, help="shards folder built from it")
-    ap.add_argument("--split", default="train-clean-100")
     ap.add_argument("--quick", action="store_true", help="a few batches and one timed step (smoke test)")
-    ap.add_argument("--batches", type=int, help="loader throughput: batches per run (default 500)")
-    ap.add_argument("--seconds", type=float, help="loader throughput: time limit per run (default 60)")
-    ap.add_argument("--train-steps", type=int, help="timed training steps per system (default 5; 0 = none)")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    config_arguments(ap, LoaderBenchConfig)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_loader.json")
     a = ap.parse_args(argv)
     if a.child:
@@ -667,9 +637,8 @@ def main(argv=None) -> None:
         return
     if a.data is None or a.shards is None:
         ap.error("--data and --shards are required")
-    over = {k: v for k, v in (("batches", a.batches), ("seconds", a.seconds), ("train_steps", a.train_steps))
-            if v is not None}
-    res = run(a.data, a.shards, quick=a.quick, split=a.split, systems=tuple(a.systems.split(",")), **over)
+    over = {f.name: getattr(a, f.name) for f in fields(LoaderBenchConfig) if getattr(a, f.name) is not None}
+    res = run(a.data, a.shards, quick=a.quick, systems=tuple(a.systems.split(",")), **over)
     res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     res["command"] = " ".join(["python", "-m", "bench.bench_loader", *(argv if argv is not None else sys.argv[1:])])
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import ROOT, httpserve
-from bench.bench_loader import EVENT, QUICK, LoaderBenchConfig, _drain, _machine_busy
+from bench.bench_loader import QUICK, LoaderBenchConfig, _drain, _machine_busy
+from bench.harness import emit, run_child
 from pipeline import manifest as mf
 
 PASSES = ("local", "http", "http_cache_cold", "http_cache_warm")
@@ -194,7 +194,7 @@ def child_main(spec: dict) -> None:
         raise RuntimeError(f"the manifest at {spec['url']} is not the one in {spec['shards']}")
     passes = _summarise(_rounds(local, m, cfg, spec["cache"], spec["rounds"]))
     passes["local"]["warmup_frames_per_s"] = warmup["frames_per_s"]
-    print(EVENT + json.dumps({"event": "result", "result": passes}), flush=True)
+    emit({"event": "result", "result": passes})
 
 
 # ----------------------------------------------------------------------------------- parent side
@@ -215,19 +215,14 @@ def _config(shards: Path, config, quick: bool, overrides: dict) -> LoaderBenchCo
 
 
 def _child(spec: dict, cfg: LoaderBenchConfig) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cfg.omp_wait_policy:
-        env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy
     limit = (len(PASSES) * spec["rounds"] + 1) * (cfg.seconds + 120) + 120      # only catches a hang
-    proc = subprocess.run([sys.executable, "-m", "bench.bench_remote", "--child", json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=limit)
-    for line in proc.stdout.splitlines():
-        if line.startswith(EVENT):
-            ev = json.loads(line[len(EVENT):])
-            if ev.get("event") == "result" and proc.returncode == 0:
-                return ev["result"]
-    raise RuntimeError(f"remote loader benchmark process failed (exit {proc.returncode}):\n"
-                       f"{proc.stderr[-4000:]}")
+    child = run_child([sys.executable, "-m", "bench.bench_remote", "--child", json.dumps(spec)],
+                      env={"OMP_WAIT_POLICY": cfg.omp_wait_policy} if cfg.omp_wait_policy else None, timeout=limit)
+    res = child.result()
+    if res is None:
+        raise RuntimeError(f"remote loader benchmark process failed (exit {child.returncode}):\n"
+                           f"{child.stderr[-4000:]}")
+    return res
 
 
 def run(shards: str | Path, config=None, *, quick: bool = False, rounds: int | None = None,

@@ -15,11 +15,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from bench import ROOT
+from bench.harness import run_child
 from pipeline.features import FEATURE_DIM, hours
 
 TRAIN = "train-clean-100"
@@ -51,12 +51,10 @@ def phonerec(*args: str) -> list[str]:
 
 def measure(cmd: list[str]) -> tuple[float, float]:
     """(seconds, peak RSS in MB of the largest process in the tree) of one command run in a fresh child."""
-    code = ("import resource,subprocess,sys,time;t=time.perf_counter();"
-            "r=subprocess.run(sys.argv[1:]);dt=time.perf_counter()-t;"
-            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)")
-    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True, cwd=ROOT)
-    seconds, kb = out.stdout.strip().splitlines()[-1].split()
-    return float(seconds), int(kb) / 1024
+    child = run_child(cmd)
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(cmd[2:5])} failed (exit {child.returncode}):\n{child.stderr[-2000:]}")
+    return child.wall_s, child.maxrss_mb
 
 
 def run(sizes: list[int], work: Path, workers: int, keep: bool = False, dim: int = FEATURE_DIM) -> dict:

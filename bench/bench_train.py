@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from bench import ROOT
 from bench.bench_shards import ensure_corpus, phonerec
+from bench.harness import run_child
 
 RECIPE = "configs/demo.yaml"          # each arm's own, relative to its tree
 BEFORE_REV = "6ecf3af"                 # the last commit before issue 28's changes
@@ -68,19 +66,16 @@ def run_arm(name: str, tree: Path, shards: Path, work: Path, extra: list[str], m
     cmd = phonerec("train", "--config", RECIPE, "--shards", str(shards), "--weights", str(run / "weights"),
                     "--results", str(run / "results"), "--epochs", str(EPOCHS), "--quiet",
                     "--checkpoint-every", "0", *(["--max-steps", str(max_steps)] if max_steps else []), *extra)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, ru = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"arm {name} failed: {err[-2000:]}")
+    child = run_child(cmd, cwd=tree)
+    if child.returncode:
+        raise RuntimeError(f"arm {name} failed: {child.stderr[-2000:]}")
     recs = [json.loads(ln) for ln in (run / "results" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     return {"arm": name, "code": _code(tree),
-            "wall_s": time.perf_counter() - t0, "cpu_s": (ru.ru_utime + ru.ru_stime) / EPOCHS,
-            "sys_s": ru.ru_stime / EPOCHS, "minor_faults": ru.ru_minflt // EPOCHS,
+            "wall_s": child.wall_s, "cpu_s": child.cpu_s / EPOCHS,
+            "sys_s": child.sys_s / EPOCHS, "minor_faults": child.minor_faults // EPOCHS,
             "frames_per_s": [r["frames_per_s"] for r in recs], "epoch_s": [r["epoch_seconds"] for r in recs],
             "dev_per": [r["dev_per"] for r in recs], "steps": recs[-1]["step"],
-            "log": [ln for ln in err.splitlines() if ln][:3]}
+            "log": [ln for ln in child.stderr.splitlines() if ln][:3]}
 
 
 def run(data: Path | None = None, *, n_train: int = 1000, work: Path = Path("/tmp/phonerec-bench"),
