@@ -29,8 +29,8 @@ from pipeline import manifest as mf
 from pipeline import remote
 from pipeline.publish import Target
 from pipeline.remote import ConfinementError, FetchError, FetchPolicy, Oversized, ShardCache
-from tests.helpers import (DEV, ROOT, TEST, TRAIN, assert_one_line_error, cli, decode_args, popen, subprocess_env,
-                           train_args)
+from tests.helpers import (DEV, ROOT, TEST, TRAIN, assert_one_line_error, assert_usage_error, cli, decode_args, popen,
+                           subprocess_env, train_args)
 from tests.httpserver import ShardServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -409,5 +409,5 @@ def test_a_recipe_out_of_range_is_one_line(fast, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("epochs: 0\n")
     res = cli(*train_args(fast[1], tmp_path / "run", "--config", recipe), ok=False)
-    assert_one_line_error(res, "epochs (--epochs): 0 is below 1")
+    assert_usage_error(res, "epochs (--epochs): 0 is below 1")      # exit status 2: refused before any work
     assert not (tmp_path / "run" / "weights" / "best.pt").exists()
