@@ -27,6 +27,8 @@ class Cosine:
 
 
 def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
+    """`--scheduler`'s scheduler over `total_steps` steps (None for "none"); stepped every step,
+    except plateau (every epoch, on the dev distance)."""
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(opt, Cosine(total_steps, cfg.warmup))
     if cfg.scheduler == "onecycle":
