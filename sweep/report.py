@@ -125,11 +125,11 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_history(table: list[dict]):
-    """Dev PER by trial (complete and pruned) and the best so far."""
+    """Dev PER by trial (complete, pruned, and interrupted: its best epoch so far) and the best so far."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    for state, mark in (("complete", "o"), ("pruned", "x")):
+    for state, mark in (("complete", "o"), ("pruned", "x"), ("interrupted", "+")):
         pts = [(r["number"], 100 * r["dev_per"]) for r in table if r["state"] == state and r["dev_per"] is not None]
         if pts:
             ax.plot(*zip(*pts), mark, label=state, linestyle="none")
@@ -141,7 +141,8 @@ def plot_history(table: list[dict]):
             xs.append(n)
             ys.append(best)
         ax.step(xs, ys, where="post", color="C3", label="best so far")
-    counts = ", ".join(f"{sum(r['state'] == k for r in table)} {k}" for k in ("complete", "pruned", "failed"))
+    counts = ", ".join(f"{n} {k}" for k in ("complete", "pruned", "interrupted", "failed")
+                       if (n := sum(r["state"] == k for r in table)) or k != "interrupted")
     ax.set(title=f"optimization history ({counts})", xlabel="trial", ylabel="dev PER (%)")
     ax.legend()
     ax.grid(alpha=0.3)

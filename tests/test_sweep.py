@@ -300,3 +300,13 @@ def test_an_error_of_the_sweep_itself_stops_it_in_one_line_and_leaves_no_trial_r
     assert_one_line_error(cli(*sweep_args(shards, tmp_path, "--devices", "cpu,cpu"), ok=False), "no space left")
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'results' / 'sweep.db'}")
     assert study.trials and {t.state.name for t in study.trials} == {"FAIL"}
+
+
+def test_the_history_plot_shows_interrupted_trials_too():
+    from sweep.report import plot_history
+    rows = [{"number": 0, "state": "complete", "dev_per": 0.3}, {"number": 1, "state": "pruned", "dev_per": 0.9},
+            {"number": 2, "state": "interrupted", "dev_per": 0.2}, {"number": 3, "state": "failed", "dev_per": None}]
+    ax = plot_history(rows).axes[0]
+    assert ax.get_title() == "optimization history (1 complete, 1 pruned, 1 interrupted, 1 failed)"
+    assert {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}["interrupted"] == [20.0]
+    assert "interrupted" not in plot_history(rows[:2]).axes[0].get_title()      # said only when there is one
