@@ -89,7 +89,8 @@ def _size_of(option: str, value) -> int:
         raise ValueError(f"{option}: {exc}") from None
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """A local file's sha256 (as manifests record it)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -120,7 +121,7 @@ def _sizes(locations: list[str], policy: remote.FetchPolicy | None) -> list:
 
 def _sha256_problem(location: str, expected: str, policy, nbytes: int) -> str | None:
     try:
-        digest = _sha256_of(Path(location)) if not remote.is_url(location) else \
+        digest = sha256_file(Path(location)) if not remote.is_url(location) else \
             hashlib.sha256(remote.read_location(location, policy, size=nbytes)).hexdigest()
     except (OSError, remote.FetchError) as exc:
         return f"unreadable ({getattr(exc, 'strerror', None) or exc})"

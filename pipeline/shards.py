@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import atomic, manifest as mf, remote
 from .features import bytes_per_frame
 from .manifest import Stats
+from .reading import sha256_file
 from .shardformat import FEATS, LABELS, make_keys, member_offsets, sample_members, write_tar
 from .store import CorpusStore
 from .vocab import ctc_min_frames_ragged
@@ -72,11 +73,6 @@ def shard_name(split: str, i: int) -> str:
 def is_shard_name(split: str, name: str) -> bool:
     """A name `shard_name` makes for this split (a shard of ours, of any plan)."""
     return re.fullmatch(re.escape(split) + r"-\d{6}\.tar", name) is not None
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def file_digests(path: Path) -> tuple[str, int]:
