@@ -27,6 +27,8 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+from . import distributed as D
+
 WARMUP_STEPS = 2          # steps not timed: thread pools, the allocator, the first shard reads
 MEASURE_STEPS = 20        # steps timed for the plan
 DEV_COST = 0.5            # a dev frame's time over a training frame's (forward + greedy decoding)
@@ -98,7 +100,6 @@ class Budget:
         """`plan` from every rank's timed steps (`ctx`: training.distributed's; times and frames
         summed over ranks, so all make the same plan): this rank's padded `epoch_frames`, the dev
         pass's frames, `in_epoch_s` seconds into the current epoch. Collective."""
-        from . import distributed as D
         before_epoch = self.elapsed() - in_epoch_s
         seconds, frames, epoch_frames, before_epoch = D.all_sum(ctx, [self.measured, self.frames, epoch_frames,
                                                                       before_epoch])
@@ -109,7 +110,6 @@ class Budget:
         """`replan` on the means over ranks of the clock and the last epoch's time (each rank has
         its own: one decision for all). Returns (the new plan or None, elapsed, epoch seconds).
         Collective."""
-        from . import distributed as D
         elapsed, epoch_s = (v / ctx.world for v in D.all_sum(ctx, [self.elapsed(), epoch_s]))
         return self.replan(epochs_done, epoch_s, elapsed), elapsed, epoch_s
 

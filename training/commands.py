@@ -112,7 +112,8 @@ def transcribe(files, **params):
     from .transcription import transcribe_files
 
     cfg = make_config(TranscribeConfig, params)
-    declare_outputs(cfg.plot or "the posteriorgram")
+    if cfg.plot:
+        declare_outputs(cfg.plot)           # the one file it writes
     failed = transcribe_files(cfg, files, echo=click.echo, warn=lambda m: click.echo(m, err=True)).failed
     if len(files) == 1 and failed:
         raise PhonerecError(failed[0])
