@@ -141,9 +141,8 @@ def other_rows(rep: dict) -> list[dict | None]:
             fast = next((f for f in dec["rows"] if f.get("decoder") == "fast-ctc-decode"
                          and f.get("family", "peaked") == family
                          and f.get("beam_width") == r["beam_width"] and f.get("threads") == r["threads"]), {})
-            threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
-            rows.append(_row(f"decode_{family}_w{r['beam_width']}_t{r['threads']}",
-                             f"beam search + exact re-ranking, {family} posteriors, width {r['beam_width']}, {threads}",
+            rows.append(_row(f"decode_{family}_w{r['beam_width']}_t1",
+                             f"beam search + exact re-ranking, {family} posteriors, width {r['beam_width']}, 1 thread",
                              "utterances/s",
                              r.get("utt_per_s"), fast.get("utt_per_s"), "fast-ctc-decode, same width and threads",
                              ratio=r.get("x_fast"), **decode_source(dec)))
